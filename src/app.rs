@@ -1,0 +1,159 @@
+//! Building the application from a [`Config`] and serving it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, header};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::db::Db;
+use crate::db::replica::{ReplicaHealth, spawn_probe};
+use crate::error::AppError;
+use crate::middleware::auth::{Authenticator, require_token};
+use crate::middleware::route::DbRouteLayer;
+use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
+use crate::service::SizeService;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database configuration: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("Redis configuration: {0}")]
+    Cache(#[from] fred::error::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready-to-serve instance.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    sizes: Arc<SizeService>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects lazily to every dependency (so it starts while one is down) and binds.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let db = Db::connect_lazy(
+            &config.database_url,
+            config.replica_url.as_ref(),
+            &config.database,
+        )?;
+        let cache = Arc::new(Cache::connect(&config.redis_url, config.cache.clone())?);
+        if !cache.wait_connected(Duration::from_secs(2)).await {
+            tracing::warn!("Redis is not reachable yet; serving from the database until it is");
+        }
+        let mut background = Vec::new();
+        let replica_health = db.replica().map(|replica| {
+            let health = Arc::new(ReplicaHealth::default());
+            background.push(spawn_probe(
+                replica.clone(),
+                health.clone(),
+                REPLICA_PROBE_INTERVAL,
+            ));
+            health
+        });
+        let sizes = Arc::new(SizeService::new(db, cache));
+        let state = AppState {
+            sizes: sizes.clone(),
+        };
+        let router = router(
+            state,
+            Arc::new(Authenticator::new(&config.auth)),
+            DbRouteLayer::new(replica_health),
+        );
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            router,
+            sizes,
+            background,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests and closes pools.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        for task in &self.background {
+            task.abort();
+        }
+        self.sizes.db().close().await;
+        self.sizes.cache().quit().await;
+        served
+    }
+}
+
+/// The full router: the documented API, docs, and the middleware stack.
+pub fn router(state: AppState, auth: Arc<Authenticator>, db_route: DbRouteLayer) -> Router {
+    let (api, _) = routes::api().split_for_parts();
+    let openapi = routes::openapi_json();
+    api.route(
+        "/openapi.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }),
+    )
+    .route("/docs", get(docs::docs_page))
+    .route("/docs/{*file}", get(docs::docs_asset))
+    .fallback(|| async { AppError::NotFound("no such route".into()) })
+    .with_state(state)
+    .layer(db_route)
+    .layer(axum::middleware::from_fn_with_state(auth, require_token))
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(CatchPanicLayer::custom(|_| {
+        tracing::error!("handler panicked");
+        axum::response::IntoResponse::into_response(AppError::Internal)
+    }))
+    .layer(
+        TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let path = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or(request.uri().path(), MatchedPath::as_str);
+            let request_id = request
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path, request_id)
+        }),
+    )
+    .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+    .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+    .layer(SetSensitiveRequestHeadersLayer::new([
+        header::AUTHORIZATION,
+    ]))
+}

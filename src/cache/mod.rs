@@ -1,0 +1,322 @@
+//! Redis: a small wrapper owning the fred client pool, the key scheme and the Lua scripts.
+//!
+//! Three kinds of key, all under a configurable prefix (default `ps`):
+//! - `ps:{SKU}` — the cache entry: `<version>|<epoch>|<JSON body>`; an empty body is a
+//!   tombstone (deleted) or, at version 0, a remembered "not found".
+//! - `ps:{SKU}:fence` — `<version>|<epoch>`: the newest version a write acknowledged for
+//!   this SKU. It outlives an evicted entry, so no fill can put back an older version, and it
+//!   tells the read path how new the replica's row must be.
+//! - `ps:meta` — `<epoch>|<hwm>`: the epoch names this Redis data set (a FLUSHALL or restart
+//!   ends it), the high-water mark is the newest WAL position of any acknowledged write.
+//!
+//! The entry and fence of a SKU share the hash tag `{SKU}`, so the install script touches one
+//! Cluster slot.
+
+pub mod entry;
+mod scripts;
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, Pool};
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy, SetOptions, Value};
+use fred::types::CustomCommand;
+use fred::types::scripts::Script;
+use secrecy::{ExposeSecret, SecretString};
+
+pub use entry::{Entry, Epoch, Fence, Meta};
+
+use crate::config::CacheSettings;
+use crate::domain::{Lsn, Sku};
+
+pub type CacheError = fred::error::Error;
+
+/// What Redis holds for a set of SKUs, read in one round trip.
+#[derive(Debug)]
+pub struct CacheRead {
+    pub entries: Vec<Option<Entry>>,
+    pub fences: Vec<Option<Fence>>,
+    pub meta: Option<Meta>,
+}
+
+/// One versioned value to install with compare-and-set.
+#[derive(Debug, Clone)]
+pub struct Install<'a> {
+    pub sku: &'a str,
+    pub version: i64,
+    /// `None` for a tombstone or "not found".
+    pub body: Option<&'a Bytes>,
+}
+
+pub struct Cache {
+    pool: Pool,
+    prefix: String,
+    settings: CacheSettings,
+    install: Script,
+    bump: Script,
+    /// The last epoch this instance saw, stamped on writes (see [`Cache::known_epoch`]).
+    epoch: RwLock<Option<Epoch>>,
+}
+
+impl Cache {
+    /// Builds the client pool and starts connecting in the background: the service starts,
+    /// and serves from the database, while Redis is down.
+    pub fn connect(url: &SecretString, settings: CacheSettings) -> Result<Self, CacheError> {
+        let config = RedisConfig::from_url(url.expose_secret())?;
+        let pool = Builder::from_config(config)
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = settings.command_timeout;
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = settings.command_timeout.max(Duration::from_millis(500));
+                conn.internal_command_timeout =
+                    settings.command_timeout.max(Duration::from_millis(500));
+                conn.max_command_attempts = 1;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+            .build_pool(settings.pool_size)?;
+        let _connection_tasks = pool.connect();
+        Ok(Self {
+            pool,
+            prefix: settings.key_prefix.clone(),
+            settings,
+            install: Script::from_lua(scripts::INSTALL),
+            bump: Script::from_lua(scripts::BUMP_HWM),
+            epoch: RwLock::new(None),
+        })
+    }
+
+    /// Waits up to `timeout` for the first connection; `false` if Redis is not there yet.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.pool.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.pool.next().ping::<()>(None).await
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.pool.quit().await;
+    }
+
+    pub fn entry_key(&self, sku: &str) -> String {
+        format!("{}:{{{sku}}}", self.prefix)
+    }
+
+    pub fn fence_key(&self, sku: &str) -> String {
+        format!("{}:{{{sku}}}:fence", self.prefix)
+    }
+
+    pub fn meta_key(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    /// Entries, fences and the meta key for `skus`, in one MGET.
+    pub async fn read(&self, skus: &[Sku]) -> Result<CacheRead, CacheError> {
+        let mut keys: Vec<String> = Vec::with_capacity(skus.len() * 2 + 1);
+        keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
+        keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
+        keys.push(self.meta_key());
+        let mut values: Vec<Option<Bytes>> = self.pool.next().mget(keys).await?;
+        let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
+        let fences = values
+            .split_off(skus.len())
+            .into_iter()
+            .map(|v| v.and_then(|v| Fence::decode(&v)))
+            .collect();
+        let entries = values
+            .into_iter()
+            .map(|v| v.and_then(Entry::decode))
+            .collect();
+        if let Some(meta) = &meta {
+            self.remember_epoch(&meta.epoch);
+        }
+        Ok(CacheRead {
+            entries,
+            fences,
+            meta,
+        })
+    }
+
+    /// The epoch this instance last saw. Writes stamp it on what they install: it was current
+    /// before their commit, so if Redis loses its data after the commit, readers see a stale
+    /// stamp and ignore the entry instead of trusting it.
+    pub fn known_epoch(&self) -> Option<Epoch> {
+        self.epoch.read().ok().and_then(|e| e.clone())
+    }
+
+    fn remember_epoch(&self, epoch: &Epoch) {
+        if self.known_epoch().as_ref() != Some(epoch) {
+            if let Ok(mut slot) = self.epoch.write() {
+                *slot = Some(epoch.clone());
+            }
+        }
+    }
+
+    pub async fn read_meta(&self) -> Result<Option<Meta>, CacheError> {
+        let value: Option<Bytes> = self.pool.next().get(self.meta_key()).await?;
+        let meta = value.and_then(|v| Meta::decode(&v));
+        if let Some(meta) = &meta {
+            self.remember_epoch(&meta.epoch);
+        }
+        Ok(meta)
+    }
+
+    /// Starts a new epoch if none exists (its high-water mark still unknown: zero). The caller
+    /// then raises the mark to a primary WAL position read *after* this call, which covers
+    /// every write acknowledged before; writes acknowledged after it raise the mark themselves.
+    pub async fn start_epoch(&self) -> Result<(), CacheError> {
+        let fresh = Meta {
+            epoch: Epoch::random(),
+            hwm: Lsn::ZERO,
+        };
+        let _: Option<String> = self
+            .pool
+            .next()
+            .set(
+                self.meta_key(),
+                fresh.encode(),
+                None,
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Raises the high-water mark to `lsn` (never lowers it; no-op without an epoch).
+    pub async fn raise_hwm(&self, lsn: Lsn) -> Result<(), CacheError> {
+        let client = self.pool.next();
+        self.bump
+            .evalsha_with_reload::<i64, _, _>(
+                client,
+                vec![self.meta_key()],
+                vec![entry::pad_lsn(lsn)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Installs values read from the database, each only if nothing newer is cached or fenced.
+    /// Returns how many were installed.
+    pub async fn fill(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<usize, CacheError> {
+        self.install_all(items, epoch, None).await
+    }
+
+    /// Installs what writes committed (with their fences) and raises the high-water mark to
+    /// the commit's WAL position, in one pipeline.
+    pub async fn record_writes(
+        &self,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+        lsn: Lsn,
+    ) -> Result<usize, CacheError> {
+        self.install_all(items, epoch, Some(lsn)).await
+    }
+
+    async fn install_all(
+        &self,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+        written_at: Option<Lsn>,
+    ) -> Result<usize, CacheError> {
+        let client = self.pool.next();
+        let results = self.run_installs(client, items, epoch, written_at).await?;
+        let missing_script = results.iter().any(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.details().starts_with("NOSCRIPT"))
+        });
+        let results = if missing_script {
+            self.install.load(client).await?;
+            self.bump.load(client).await?;
+            self.run_installs(client, items, epoch, written_at).await?
+        } else {
+            results
+        };
+        let mut installed = 0;
+        for result in results.into_iter().take(items.len()) {
+            installed += usize::from(result? == 1);
+        }
+        Ok(installed)
+    }
+
+    /// One pipeline: an install per item, then the high-water mark for writes.
+    async fn run_installs(
+        &self,
+        client: &Client,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+        written_at: Option<Lsn>,
+    ) -> Result<Vec<Result<i64, CacheError>>, CacheError> {
+        let pipeline = client.pipeline();
+        for item in items {
+            let (keys, args) = self.install_call(item, epoch, written_at.is_some());
+            let _: () = pipeline
+                .custom(evalsha(&keys[0]), script_args(&self.install, keys, args))
+                .await?;
+        }
+        if let Some(lsn) = written_at {
+            let key = self.meta_key();
+            let args = vec![Bytes::from(entry::pad_lsn(lsn))];
+            let _: () = pipeline
+                .custom(evalsha(&key), script_args(&self.bump, vec![key], args))
+                .await?;
+        }
+        Ok(pipeline.try_all().await)
+    }
+
+    fn install_call(
+        &self,
+        item: &Install<'_>,
+        epoch: &Epoch,
+        is_write: bool,
+    ) -> ([String; 2], Vec<Bytes>) {
+        let ttl = match item.body {
+            Some(_) => entry::jittered(self.settings.entry_ttl),
+            None if item.version == 0 => self.settings.negative_ttl,
+            None => entry::jittered(self.settings.entry_ttl),
+        };
+        let fence_ttl = if is_write {
+            self.settings.fence_ttl.as_millis()
+        } else {
+            0
+        };
+        let keys = [self.entry_key(item.sku), self.fence_key(item.sku)];
+        let args = vec![
+            Bytes::from(item.version.to_string()),
+            Bytes::from(epoch.as_str().to_owned()),
+            Entry::encode(item.version, epoch, item.body),
+            Bytes::from(ttl.as_millis().to_string()),
+            Bytes::from(fence_ttl.to_string()),
+        ];
+        (keys, args)
+    }
+}
+
+/// `EVALSHA` as a pipelined command, routed to the slot of its first key (fred's pipelines
+/// have no Lua interface, and the default routing would hash the script's SHA).
+fn evalsha(first_key: &str) -> CustomCommand {
+    CustomCommand::new_static(
+        "EVALSHA",
+        Some(fred::util::redis_keyslot(first_key.as_bytes())),
+        false,
+    )
+}
+
+fn script_args(
+    script: &Script,
+    keys: impl IntoIterator<Item = String>,
+    args: Vec<Bytes>,
+) -> Vec<Value> {
+    let keys: Vec<String> = keys.into_iter().collect();
+    let mut values = Vec::with_capacity(2 + keys.len() + args.len());
+    values.push(Value::from(script.sha1().clone()));
+    values.push(Value::from(keys.len() as i64));
+    values.extend(keys.into_iter().map(Value::from));
+    values.extend(args.into_iter().map(Value::Bytes));
+    values
+}

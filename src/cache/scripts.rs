@@ -1,0 +1,48 @@
+//! Lua scripts, loaded once and called by SHA (reloaded on `NOSCRIPT`).
+
+/// Versioned compare-and-set of one cache entry.
+///
+/// KEYS: entry, fence. ARGV: version, epoch, encoded entry, entry TTL (ms), fence TTL (ms;
+/// `0` for a fill, which leaves the fence alone).
+///
+/// Installs only if the fence names no newer version and the entry holds no newer version
+/// (an equal version is re-stamped when its epoch differs). A write also sets the fence.
+pub const INSTALL: &str = r#"
+local version = tonumber(ARGV[1])
+local fence = redis.call('GET', KEYS[2])
+if fence then
+  local fenced = tonumber(string.match(fence, '^(%d+)|'))
+  if fenced and fenced > version then
+    return 0
+  end
+end
+local current = redis.call('GET', KEYS[1])
+if current then
+  local cv, ce = string.match(current, '^(%d+)|([^|]*)|')
+  cv = tonumber(cv)
+  if cv and (cv > version or (cv == version and ce == ARGV[2])) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+if ARGV[5] ~= '0' then
+  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[5])
+end
+return 1
+"#;
+
+/// Raises the high-water mark in the meta key; never lowers it, never creates the key.
+///
+/// KEYS: meta. ARGV: WAL position as 20 zero-padded decimal digits (so string order is
+/// numeric order, with no loss of precision in Lua).
+pub const BUMP_HWM: &str = r#"
+local meta = redis.call('GET', KEYS[1])
+if not meta then
+  return 0
+end
+local epoch, hwm = string.match(meta, '^([^|]+)|(%d+)$')
+if epoch and ARGV[1] > hwm then
+  redis.call('SET', KEYS[1], epoch .. '|' .. ARGV[1])
+end
+return 1
+"#;

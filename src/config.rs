@@ -1,0 +1,210 @@
+//! Configuration: one typed struct, from environment variables and `serve` flags, checked at
+//! start so a bad URL or a missing token fails fast instead of at the first request.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+/// The flags of `product-size serve`; each also reads an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// PostgreSQL streaming replica; unset = read from the primary.
+    #[arg(long, env = "DATABASE_REPLICA_URL", hide_env_values = true)]
+    pub database_replica_url: Option<String>,
+
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Listen address.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+
+    /// Comma-separated bearer tokens that may read.
+    #[arg(
+        long,
+        env = "API_READ_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_read_tokens: Vec<String>,
+
+    /// Comma-separated bearer tokens that may read and write.
+    #[arg(
+        long,
+        env = "API_WRITE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_write_tokens: Vec<String>,
+
+    /// Serve without authentication (development only).
+    #[arg(long, env = "AUTH_DISABLED")]
+    pub auth_disabled: bool,
+
+    /// Cache entry lifetime in seconds (jittered by ±10%).
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 3600)]
+    pub cache_ttl_secs: u64,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "CACHE_KEY_PREFIX", default_value = "ps")]
+    pub cache_key_prefix: String,
+
+    /// Timeout of one Redis command, in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+
+    /// Redis connections (commands are pipelined on each).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 2)]
+    pub redis_pool_size: usize,
+}
+
+/// What every command that talks to the primary needs.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL primary.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Connections per database pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Longest wait for a pooled connection, and longest statement, in milliseconds.
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 3000)]
+    pub database_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: SecretString,
+    pub replica_url: Option<SecretString>,
+    pub redis_url: SecretString,
+    pub bind_addr: SocketAddr,
+    pub auth: AuthSettings,
+    pub database: DatabaseSettings,
+    pub cache: CacheSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub read_tokens: Vec<SecretString>,
+    pub write_tokens: Vec<SecretString>,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub key_prefix: String,
+    pub entry_ttl: Duration,
+    /// How long a "not found" is remembered (a later create replaces it at once).
+    pub negative_ttl: Duration,
+    /// How long a write's fence lives: far longer than any read can take, so a fill that read
+    /// before the write always finds the fence when it lands.
+    pub fence_ttl: Duration,
+    pub command_timeout: Duration,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not a valid PostgreSQL URL: {reason}")]
+    DatabaseUrl { name: &'static str, reason: String },
+    #[error("REDIS_URL is not a valid Redis URL: {0}")]
+    RedisUrl(String),
+    #[error("no API tokens: set API_READ_TOKENS and/or API_WRITE_TOKENS, or AUTH_DISABLED=true")]
+    NoTokens,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DatabaseSettings {
+    pub fn from_args(args: &DatabaseArgs) -> Self {
+        let timeout = Duration::from_millis(args.database_timeout_ms.max(1));
+        Self {
+            max_connections: args.database_max_connections.max(1),
+            acquire_timeout: timeout,
+            statement_timeout: timeout,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        check_pg_url("DATABASE_URL", &args.database.database_url)?;
+        if let Some(url) = &args.database_replica_url {
+            check_pg_url("DATABASE_REPLICA_URL", url)?;
+        }
+        fred::prelude::Config::from_url(&args.redis_url)
+            .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
+        let tokens = |raw: Vec<String>| -> Vec<SecretString> {
+            raw.into_iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from)
+                .collect()
+        };
+        let auth = AuthSettings {
+            read_tokens: tokens(args.api_read_tokens),
+            write_tokens: tokens(args.api_write_tokens),
+            disabled: args.auth_disabled,
+        };
+        if !auth.disabled && auth.read_tokens.is_empty() && auth.write_tokens.is_empty() {
+            return Err(ConfigError::NoTokens);
+        }
+        if args.cache_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "CACHE_TTL_SECS must be at least 1".into(),
+            ));
+        }
+        if args.cache_key_prefix.is_empty() || args.cache_key_prefix.contains(['{', '}', ' ']) {
+            return Err(ConfigError::Invalid(
+                "CACHE_KEY_PREFIX must be non-empty, without braces or spaces".into(),
+            ));
+        }
+        let entry_ttl = Duration::from_secs(args.cache_ttl_secs);
+        Ok(Self {
+            database_url: SecretString::from(args.database.database_url.clone()),
+            replica_url: args.database_replica_url.map(SecretString::from),
+            redis_url: SecretString::from(args.redis_url),
+            bind_addr: args.bind_addr,
+            auth,
+            database: DatabaseSettings::from_args(&args.database),
+            cache: CacheSettings {
+                key_prefix: args.cache_key_prefix,
+                entry_ttl,
+                negative_ttl: entry_ttl.min(Duration::from_secs(30)),
+                fence_ttl: Duration::from_secs(600),
+                command_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+                pool_size: args.redis_pool_size.clamp(1, 64),
+            },
+        })
+    }
+}
+
+fn check_pg_url(name: &'static str, url: &str) -> Result<(), ConfigError> {
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .map(|_| ())
+        .map_err(|e| ConfigError::DatabaseUrl {
+            name,
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,174 @@
+//! Queries on `product_sizes`. Plain SQL with bound parameters, set-based for batches.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
+
+use crate::domain::{Lsn, StoredSize};
+
+/// Rows read in one round trip, with the WAL position the server had replayed before its
+/// snapshot (`None` on a primary, or a replica that was promoted).
+#[derive(Debug)]
+pub struct Fetched {
+    pub replayed: Option<Lsn>,
+    pub rows: Vec<StoredSize>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FetchedRow {
+    replay_lsn: Option<String>,
+    sku: Option<String>,
+    length_mm: Option<i32>,
+    width_mm: Option<i32>,
+    height_mm: Option<i32>,
+    weight_g: Option<i32>,
+    size_label: Option<String>,
+    version: Option<i64>,
+    source_version: Option<i64>,
+    deleted: Option<bool>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl FetchedRow {
+    fn into_stored(self) -> Option<StoredSize> {
+        Some(StoredSize {
+            sku: self.sku?,
+            length_mm: self.length_mm?,
+            width_mm: self.width_mm?,
+            height_mm: self.height_mm?,
+            weight_g: self.weight_g?,
+            size_label: self.size_label,
+            version: self.version?,
+            source_version: self.source_version,
+            deleted: self.deleted?,
+            updated_at: self.updated_at?,
+        })
+    }
+}
+
+/// Reads `skus` (tombstones included) and the replay position that bounds what the rows
+/// reflect. See `read_product_sizes` in the migrations for why the bound is exact.
+pub async fn fetch(pool: &PgPool, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
+    let rows: Vec<FetchedRow> = sqlx::query_as("SELECT * FROM read_product_sizes($1)")
+        .bind(skus)
+        .fetch_all(pool)
+        .await?;
+    let replayed = rows
+        .first()
+        .and_then(|row| row.replay_lsn.as_deref())
+        .and_then(|text| text.parse().ok());
+    Ok(Fetched {
+        replayed,
+        rows: rows
+            .into_iter()
+            .filter_map(FetchedRow::into_stored)
+            .collect(),
+    })
+}
+
+/// The primary's current WAL insert position. Taken after a commit returns, it is at or past
+/// that commit's record, so a replica that has replayed it sees the commit.
+pub async fn current_wal_lsn(conn: &mut PgConnection) -> Result<Lsn, sqlx::Error> {
+    let text: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(conn)
+        .await?;
+    text.parse()
+        .map_err(|_| sqlx::Error::Protocol(format!("unexpected WAL position {text:?}")))
+}
+
+/// What a write transaction stored, and the WAL position after its commit.
+#[derive(Debug)]
+pub struct Committed<T> {
+    pub outcome: T,
+    pub lsn: Lsn,
+}
+
+/// How often a write is retried when a concurrent transaction created one of its new SKUs.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Runs one write transaction on the primary: locks the current rows of `skus`, asks `plan`
+/// what to store (given those rows by SKU), stores it with one set-based upsert, commits, and
+/// reads the WAL position after the commit.
+///
+/// Rows that do not exist yet cannot be locked; if a concurrent transaction inserts one first,
+/// the guarded upsert skips it, and the whole transaction is retried against the new row.
+pub async fn write_transaction<T>(
+    pool: &PgPool,
+    skus: &[&str],
+    plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
+) -> Result<Committed<T>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    for _ in 0..MAX_ATTEMPTS {
+        let mut tx = conn.begin().await?;
+        let current = lock_rows(&mut tx, skus).await?;
+        let (rows, outcome) = plan(&current);
+        if rows.is_empty() {
+            tx.commit().await?;
+        } else {
+            let stored = upsert(&mut tx, &rows).await?;
+            if stored < rows.len() {
+                tx.rollback().await?;
+                continue;
+            }
+            tx.commit().await?;
+        }
+        let lsn = current_wal_lsn(&mut conn).await?;
+        return Ok(Committed { outcome, lsn });
+    }
+    Err(sqlx::Error::Protocol(
+        "write kept conflicting with concurrent creates".to_owned(),
+    ))
+}
+
+async fn lock_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    skus: &[&str],
+) -> Result<HashMap<String, StoredSize>, sqlx::Error> {
+    let rows: Vec<StoredSize> = sqlx::query_as(
+        "SELECT sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
+                source_version, deleted, updated_at \
+         FROM product_sizes WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.sku.clone(), row)).collect())
+}
+
+/// Inserts or replaces `rows`; each replaces only the version it was planned from
+/// (`version - 1`), so a row created concurrently is skipped. Returns how many were stored.
+async fn upsert(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[StoredSize],
+) -> Result<usize, sqlx::Error> {
+    let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
+    let stored: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO product_sizes AS p \
+             (sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
+              source_version, deleted, updated_at) \
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], \
+                              $6::text[], $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[]) \
+         ON CONFLICT (sku) DO UPDATE SET \
+             length_mm = EXCLUDED.length_mm, width_mm = EXCLUDED.width_mm, \
+             height_mm = EXCLUDED.height_mm, weight_g = EXCLUDED.weight_g, \
+             size_label = EXCLUDED.size_label, version = EXCLUDED.version, \
+             source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted, \
+             updated_at = EXCLUDED.updated_at \
+         WHERE p.version = EXCLUDED.version - 1 \
+         RETURNING p.sku",
+    )
+    .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
+    .bind(column(|r| r.length_mm))
+    .bind(column(|r| r.width_mm))
+    .bind(column(|r| r.height_mm))
+    .bind(column(|r| r.weight_g))
+    .bind(rows.iter().map(|r| r.size_label.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.source_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(stored.len())
+}

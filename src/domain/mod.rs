@@ -1,0 +1,12 @@
+//! Validated domain types. Nothing here does I/O: once you hold one of these values, it is valid.
+
+pub mod field_errors;
+pub mod lsn;
+pub mod size;
+pub mod sku;
+pub mod write;
+
+pub use field_errors::{FieldError, FieldErrors};
+pub use lsn::Lsn;
+pub use size::{ProductSize, SizeSpec, SizeUpdate, StoredSize};
+pub use sku::Sku;

@@ -1,0 +1,299 @@
+//! The rules that decide what a write does to the stored row, kept free of I/O so each rule is
+//! a unit test. The database layer locks the current row, asks [`decide`], and stores the answer.
+
+use chrono::{DateTime, Utc};
+
+use super::{SizeUpdate, Sku, StoredSize};
+
+/// The conditional headers of a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// `If-Match`: the write applies only to one of these current versions.
+    pub if_match: Option<IfMatch>,
+    /// `If-None-Match: *` on PUT: the write applies only if the product does not exist.
+    pub if_none_match_any: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// `If-Match: *`: the product must exist.
+    Any,
+    /// `If-Match: "3", "4"`: the current version must be one of these.
+    Versions(Vec<i64>),
+}
+
+/// What a client asks to happen to one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(SizeUpdate),
+    Delete,
+}
+
+/// What happens to one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Store `row` (a new version, or a tombstone for a delete).
+    Write {
+        row: StoredSize,
+        created: bool,
+    },
+    /// The content equals what is stored: nothing to write.
+    Unchanged(StoredSize),
+    /// The WMS sent a `source_version` older than (or equal to, with other content) the stored one.
+    Stale(StoredSize),
+    PreconditionFailed,
+    NotFound,
+}
+
+/// Decides what `change` does to `current` (a tombstone counts as absent, but keeps its
+/// version and `source_version` so that neither can go backwards after a delete).
+pub fn decide(
+    sku: &Sku,
+    current: Option<&StoredSize>,
+    change: &Change,
+    preconditions: &Preconditions,
+    now: DateTime<Utc>,
+) -> Decision {
+    let live = current.filter(|row| !row.deleted);
+    if preconditions.if_none_match_any && live.is_some() {
+        return Decision::PreconditionFailed;
+    }
+    match (&preconditions.if_match, live) {
+        (Some(IfMatch::Any), None) => return Decision::PreconditionFailed,
+        (Some(IfMatch::Versions(versions)), _)
+            if !live.is_some_and(|row| versions.contains(&row.version)) =>
+        {
+            return Decision::PreconditionFailed;
+        }
+        _ => {}
+    }
+
+    let update = match change {
+        Change::Delete => {
+            return match live {
+                None => Decision::NotFound,
+                Some(row) => Decision::Write {
+                    row: StoredSize {
+                        version: row.version + 1,
+                        deleted: true,
+                        updated_at: now,
+                        ..row.clone()
+                    },
+                    created: false,
+                },
+            };
+        }
+        Change::Put(update) => update,
+    };
+
+    let stored_source = current.and_then(|row| row.source_version);
+    if let (Some(incoming), Some(row)) = (update.source_version, current) {
+        let same_content = live.is_some_and(|live| live.spec() == update.spec);
+        match row.source_version {
+            Some(stored) if incoming < stored || (incoming == stored && !same_content) => {
+                return Decision::Stale(row.clone());
+            }
+            _ => {}
+        }
+    }
+    // A manual PUT without a counter keeps the WMS's, so later WMS updates are still ordered.
+    let source_version = update.source_version.or(stored_source);
+    match live {
+        Some(row) if row.spec() == update.spec && row.source_version == source_version => {
+            Decision::Unchanged(row.clone())
+        }
+        Some(row) => Decision::Write {
+            row: StoredSize::replaced(sku, update, row.version + 1, source_version, now),
+            created: false,
+        },
+        // Re-creating after a delete continues from the tombstone's version, so an ETag
+        // never names two different contents.
+        None => Decision::Write {
+            row: StoredSize::replaced(
+                sku,
+                update,
+                current.map_or(1, |row| row.version + 1),
+                source_version,
+                now,
+            ),
+            created: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FieldErrors;
+    use crate::domain::size::SourceVersion;
+    use serde_json::json;
+
+    fn sku() -> Sku {
+        Sku::parse("SKU-1").unwrap()
+    }
+
+    fn update(length: i64, source_version: Option<i64>) -> SizeUpdate {
+        let body = json!({"length_mm": length, "width_mm": 2, "height_mm": 3, "weight_g": 4,
+                          "source_version": source_version});
+        let mut errors = FieldErrors::default();
+        SizeUpdate::parse(
+            body.as_object().unwrap(),
+            "",
+            SourceVersion::Optional,
+            &[],
+            &mut errors,
+        )
+        .unwrap()
+    }
+
+    fn stored(length: i64, version: i64, source_version: Option<i64>) -> StoredSize {
+        StoredSize::replaced(
+            &sku(),
+            &update(length, None),
+            version,
+            source_version,
+            Utc::now(),
+        )
+    }
+
+    fn put(current: Option<&StoredSize>, change: SizeUpdate, pre: Preconditions) -> Decision {
+        decide(&sku(), current, &Change::Put(change), &pre, Utc::now())
+    }
+
+    fn written(decision: Decision) -> (i64, bool, Option<i64>) {
+        match decision {
+            Decision::Write { row, created } => (row.version, created, row.source_version),
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_is_version_one_and_change_bumps_it() {
+        assert_eq!(
+            written(put(None, update(1, None), Preconditions::default())),
+            (1, true, None)
+        );
+        let row = stored(1, 1, None);
+        assert_eq!(
+            written(put(Some(&row), update(2, None), Preconditions::default())),
+            (2, false, None)
+        );
+    }
+
+    #[test]
+    fn equal_content_is_a_no_op() {
+        let row = stored(1, 4, Some(9));
+        assert!(matches!(
+            put(Some(&row), update(1, None), Preconditions::default()),
+            Decision::Unchanged(_)
+        ));
+        assert!(matches!(
+            put(Some(&row), update(1, Some(9)), Preconditions::default()),
+            Decision::Unchanged(_)
+        ));
+    }
+
+    #[test]
+    fn older_or_conflicting_source_versions_never_apply() {
+        let row = stored(1, 4, Some(9));
+        assert!(matches!(
+            put(Some(&row), update(2, Some(8)), Preconditions::default()),
+            Decision::Stale(_)
+        ));
+        assert!(matches!(
+            put(Some(&row), update(2, Some(9)), Preconditions::default()),
+            Decision::Stale(_)
+        ));
+        assert_eq!(
+            written(put(
+                Some(&row),
+                update(2, Some(10)),
+                Preconditions::default()
+            )),
+            (5, false, Some(10))
+        );
+    }
+
+    #[test]
+    fn a_put_without_source_version_keeps_the_stored_one() {
+        let row = stored(1, 4, Some(9));
+        assert_eq!(
+            written(put(Some(&row), update(2, None), Preconditions::default())),
+            (5, false, Some(9))
+        );
+    }
+
+    #[test]
+    fn if_match_and_if_none_match() {
+        let row = stored(1, 4, None);
+        let if_match = |v| Preconditions {
+            if_match: Some(IfMatch::Versions(vec![v])),
+            ..Default::default()
+        };
+        assert_eq!(
+            put(Some(&row), update(2, None), if_match(3)),
+            Decision::PreconditionFailed
+        );
+        assert_eq!(written(put(Some(&row), update(2, None), if_match(4))).0, 5);
+        assert_eq!(
+            put(None, update(2, None), if_match(4)),
+            Decision::PreconditionFailed
+        );
+        let create_only = Preconditions {
+            if_none_match_any: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            put(Some(&row), update(2, None), create_only.clone()),
+            Decision::PreconditionFailed
+        );
+        assert_eq!(written(put(None, update(2, None), create_only)).1, true);
+    }
+
+    #[test]
+    fn delete_leaves_a_tombstone_that_keeps_counting() {
+        let row = stored(1, 4, Some(9));
+        let tombstone = match decide(
+            &sku(),
+            Some(&row),
+            &Change::Delete,
+            &Preconditions::default(),
+            Utc::now(),
+        ) {
+            Decision::Write {
+                row,
+                created: false,
+            } => row,
+            other => panic!("{other:?}"),
+        };
+        assert!(tombstone.deleted);
+        assert_eq!(tombstone.version, 5);
+        assert_eq!(
+            decide(
+                &sku(),
+                Some(&tombstone),
+                &Change::Delete,
+                &Preconditions::default(),
+                Utc::now()
+            ),
+            Decision::NotFound
+        );
+        // A replayed WMS update does not resurrect it; a newer one re-creates it at version 6.
+        assert!(matches!(
+            put(
+                Some(&tombstone),
+                update(1, Some(9)),
+                Preconditions::default()
+            ),
+            Decision::Stale(_)
+        ));
+        assert_eq!(
+            written(put(
+                Some(&tombstone),
+                update(1, Some(10)),
+                Preconditions::default()
+            )),
+            (6, true, Some(10))
+        );
+    }
+}

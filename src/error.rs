@@ -1,0 +1,152 @@
+//! One error type for the HTTP layer, rendered as `application/problem+json` (RFC 9457).
+//!
+//! Database and Redis failures never show their text to clients: the detail goes to the log
+//! inside the request span, the client gets an opaque 503 (or 500) body.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{FieldError, FieldErrors};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("this token may only read; writes need a write token")]
+    Forbidden,
+    #[error("no product size for SKU {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the product's current version does not match the request's precondition")]
+    PreconditionFailed,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body has invalid fields")]
+    Validation(FieldErrors),
+    #[error("{dependency} is unavailable; try again shortly")]
+    Unavailable { dependency: &'static str },
+    #[error("internal error")]
+    Internal,
+}
+
+/// The problem details body (RFC 9457) of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI reference identifying the problem type; `about:blank` means "see the status".
+    #[schema(example = "about:blank")]
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The status code's reason phrase.
+    #[schema(example = "Unprocessable Entity")]
+    pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(example = 422)]
+    pub status: u16,
+    /// What went wrong, for a person.
+    #[schema(example = "the request body has invalid fields")]
+    pub detail: String,
+    /// Each invalid field (422 only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// One invalid field, as a 422.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut errors = FieldErrors::default();
+        errors.push(field, message);
+        Self::Validation(errors)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let errors = match &self {
+            Self::Validation(errors) => errors.clone().into_vec(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match self {
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Forbidden => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer error=\"insufficient_scope\", scope=\"write\"",
+                    ),
+                );
+            }
+            Self::Unavailable { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &error {
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
+                tracing::warn!(%error, "database unavailable");
+                Self::Unavailable {
+                    dependency: "the database",
+                }
+            }
+            // Shutdown, crash or failover of the server, and too many connections.
+            E::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("57") || c.starts_with("08") || c == "53300"
+                }) =>
+            {
+                tracing::warn!(%error, "database unavailable");
+                Self::Unavailable {
+                    dependency: "the database",
+                }
+            }
+            _ => {
+                tracing::error!(%error, "database error");
+                Self::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use product_size_service::cli::{Cli, Command};
+use product_size_service::config::{Config, DatabaseSettings};
+use product_size_service::{Application, db, routes, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::Openapi => {
+            print!("{}", routes::openapi_json());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+async fn serve(args: product_size_service::config::ServeArgs) -> Result<(), AnyError> {
+    let config = Config::from_args(args)?;
+    let app = Application::build(config).await?;
+    tracing::info!(addr = %app.local_addr(), "serving");
+    app.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate(args: product_size_service::config::DatabaseArgs) -> Result<(), AnyError> {
+    let url = secrecy::SecretString::from(args.database_url.clone());
+    let db = db::Db::connect_lazy(&url, None, &DatabaseSettings::from_args(&args))?;
+    db::migrate(db.primary()).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,84 @@
+//! Read/write routing as a tower layer: each request gets a [`DbRoute`] in its extensions
+//! before it reaches a handler, so handlers never choose a pool themselves.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::http::Request;
+use tower::{Layer, Service};
+
+use super::{Access, classify};
+use crate::db::DbRoute;
+use crate::db::replica::ReplicaHealth;
+use crate::domain::Lsn;
+
+pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
+
+/// Writes go to the primary. Reads prefer the replica while its probe says it is up and has
+/// replayed the request's `X-Consistency-Token`; otherwise they go to the primary.
+#[derive(Clone)]
+pub struct DbRouteLayer {
+    replica: Option<Arc<ReplicaHealth>>,
+}
+
+impl DbRouteLayer {
+    /// `None` when no replica is configured: everything goes to the primary.
+    pub fn new(replica: Option<Arc<ReplicaHealth>>) -> Self {
+        Self { replica }
+    }
+}
+
+impl<S> Layer<S> for DbRouteLayer {
+    type Service = DbRouteService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DbRouteService {
+            inner,
+            replica: self.replica.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DbRouteService<S> {
+    inner: S,
+    replica: Option<Arc<ReplicaHealth>>,
+}
+
+impl<S> DbRouteService<S> {
+    fn route<B>(&self, request: &Request<B>) -> DbRoute {
+        if classify(request.method(), request.uri().path()) != Access::Read {
+            return DbRoute::Primary;
+        }
+        let Some(replica) = self.replica.as_ref().filter(|r| r.is_up()) else {
+            return DbRoute::Primary;
+        };
+        match request.headers().get(CONSISTENCY_TOKEN) {
+            None => DbRoute::ReplicaPreferred,
+            Some(raw) => match raw.to_str().ok().and_then(|t| t.parse::<Lsn>().ok()) {
+                Some(token) if replica.replayed() >= token => DbRoute::ReplicaPreferred,
+                // Behind the token, or a malformed token (the handler rejects it).
+                _ => DbRoute::Primary,
+            },
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for DbRouteService<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let route = self.route(&request);
+        request.extensions_mut().insert(route);
+        self.inner.call(request)
+    }
+}

@@ -1,0 +1,67 @@
+//! `/openapi.json` (byte-identical to the committed `openapi/openapi.json`) and `/docs`, a
+//! Swagger UI page served from assets compiled into the binary: it works with no internet.
+
+use std::sync::Arc;
+
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use utoipa_swagger_ui::Config;
+
+const DOCS_PAGE: &str = r##"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>product-size-service API</title>
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/swagger-ui-bundle.js"></script>
+  <script src="/docs/swagger-ui-standalone-preset.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({
+      url: "/openapi.json",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      persistAuthorization: true,
+      presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+      layout: "StandaloneLayout"
+    });
+  </script>
+</body>
+</html>
+"##;
+
+pub async fn docs_page() -> Html<&'static str> {
+    Html(DOCS_PAGE)
+}
+
+/// The Swagger UI assets the page loads.
+pub async fn docs_asset(Path(file): Path<String>) -> Response {
+    let config = Arc::new(Config::from("/openapi.json"));
+    match utoipa_swagger_ui::serve(&file, config) {
+        Ok(Some(asset)) => {
+            let mut response = (
+                [
+                    (header::CONTENT_TYPE, asset.content_type),
+                    (header::CACHE_CONTROL, "public, max-age=3600".to_owned()),
+                ],
+                asset.bytes.into_owned(),
+            )
+                .into_response();
+            if asset.gzpipped {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(error) => {
+            tracing::error!(%error, "could not serve a docs asset");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Extractors that turn HTTP input into domain values, rejecting bad input with a clear 4xx.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, header};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::domain::write::{IfMatch, Preconditions};
+use crate::domain::{Lsn, Sku};
+use crate::error::AppError;
+use crate::middleware::route::CONSISTENCY_TOKEN;
+
+/// The largest request body accepted (a full WMS batch of 1,000 items fits many times over).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The `{sku}` path segment; 400 if it is not a valid SKU.
+pub struct SkuPath(pub Sku);
+
+impl<S: Send + Sync> FromRequestParts<S> for SkuPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| AppError::BadRequest("the path must name one SKU".into()))?;
+        Sku::parse(&raw)
+            .map(SkuPath)
+            .map_err(|e| AppError::BadRequest(format!("invalid SKU in path: {e}")))
+    }
+}
+
+/// A JSON object body. 415 unless the content type is JSON, 413 past [`BODY_LIMIT`], 400 for
+/// malformed JSON, 422 for JSON that is not an object.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(AppError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::PayloadTooLarge { limit: BODY_LIMIT }
+                } else {
+                    AppError::BadRequest("could not read the request body".into())
+                }
+            })?;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(object)) => Ok(Self(object)),
+            Ok(_) => Err(AppError::invalid_field("body", "must be a JSON object")),
+            Err(error) => Err(AppError::BadRequest(format!("malformed JSON: {error}"))),
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// `X-Consistency-Token` from an earlier write; 400 if malformed.
+pub struct ConsistencyToken(pub Option<Lsn>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConsistencyToken {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get(CONSISTENCY_TOKEN) {
+            None => Ok(Self(None)),
+            Some(raw) => raw
+                .to_str()
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .map(|lsn| Self(Some(lsn)))
+                .ok_or_else(|| AppError::BadRequest("malformed X-Consistency-Token".into())),
+        }
+    }
+}
+
+/// `If-Match` and `If-None-Match` of a write.
+pub struct WritePreconditions(pub Preconditions);
+
+impl<S: Send + Sync> FromRequestParts<S> for WritePreconditions {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header_text = |name: HeaderName| -> Result<Option<&str>, AppError> {
+            parts
+                .headers
+                .get(&name)
+                .map(|v| {
+                    v.to_str()
+                        .map_err(|_| AppError::BadRequest(format!("malformed {name} header")))
+                })
+                .transpose()
+        };
+        let if_match = header_text(header::IF_MATCH)?.map(|value| {
+            if value.trim() == "*" {
+                IfMatch::Any
+            } else {
+                // Strong comparison: weak tags never match a write precondition.
+                IfMatch::Versions(
+                    entity_tags(value)
+                        .filter(|t| !t.weak)
+                        .filter_map(|t| t.version)
+                        .collect(),
+                )
+            }
+        });
+        let if_none_match_any = match header_text(header::IF_NONE_MATCH)? {
+            None => false,
+            Some(value) if value.trim() == "*" => true,
+            Some(_) => {
+                return Err(AppError::BadRequest(
+                    "writes support only `If-None-Match: *` (create only)".into(),
+                ));
+            }
+        };
+        Ok(Self(Preconditions {
+            if_match,
+            if_none_match_any,
+        }))
+    }
+}
+
+/// Whether a GET's `If-None-Match` matches `version` (weak comparison, as RFC 9110 asks).
+pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
+    let Some(value) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    value.trim() == "*" || entity_tags(value).any(|t| t.version == Some(version))
+}
+
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+struct EntityTag {
+    weak: bool,
+    /// The tag as one of our versions, if it is one.
+    version: Option<i64>,
+}
+
+fn entity_tags(list: &str) -> impl Iterator<Item = EntityTag> + '_ {
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|tag| {
+            let (weak, tag) = match tag.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, tag),
+            };
+            let version = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| t.parse().ok());
+            EntityTag { weak, version }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn if_none_match_uses_weak_comparison() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"2\", W/\"3\""),
+        );
+        assert!(if_none_match_hits(&headers, 3));
+        assert!(if_none_match_hits(&headers, 2));
+        assert!(!if_none_match_hits(&headers, 4));
+    }
+}

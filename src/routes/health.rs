@@ -1,0 +1,72 @@
+//! `/healthz` (the process is alive) and `/readyz` (what it can serve).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use super::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyState {
+    Up,
+    Down,
+    /// Not configured (a replica is optional).
+    Disabled,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` (everything up), `degraded` (serving what it can) or `unavailable`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    primary: DependencyState,
+    replica: DependencyState,
+    cache: DependencyState,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Can serve (possibly degraded)", body = Readiness),
+        (status = 503, description = "Can serve nothing", body = Readiness),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let ready = state.sizes.readiness().await;
+    let up = |ok: bool| {
+        if ok {
+            DependencyState::Up
+        } else {
+            DependencyState::Down
+        }
+    };
+    let replica = ready.replica.map_or(DependencyState::Disabled, up);
+    let any_reads = ready.primary || ready.replica == Some(true) || ready.cache;
+    let all_up = ready.primary && ready.cache && ready.replica != Some(false);
+    let (status, word) = match (all_up, any_reads) {
+        (true, _) => (StatusCode::OK, "ready"),
+        (false, true) => (StatusCode::OK, "degraded"),
+        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    (
+        status,
+        Json(Readiness {
+            status: word,
+            primary: up(ready.primary),
+            replica,
+            cache: up(ready.cache),
+        }),
+    )
+}

@@ -1,0 +1,85 @@
+//! HTTP only: extract, call the service, map the answer.
+
+pub mod docs;
+pub mod extract;
+pub mod health;
+pub mod lookup;
+pub mod sizes;
+pub mod sync;
+
+use std::sync::Arc;
+
+use axum::http::HeaderName;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::service::SizeService;
+
+pub const X_READ_SOURCE: HeaderName = HeaderName::from_static("x-read-source");
+pub const X_CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub sizes: Arc<SizeService>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "product-size-service",
+        description = "Product sizes (dimensions, weight, size label per SKU) for the Order system, \
+                       updated by the WMS. Reads are cache-first and never older than an acknowledged write.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "sizes", description = "Read and write product sizes"),
+        (name = "sync", description = "WMS batch updates"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A read token (GET, lookup) or a write token (everything, including PUT, DELETE and sync).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route; the OpenAPI document is generated from the same registrations.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            sizes::get_size,
+            sizes::put_size,
+            sizes::delete_size
+        ))
+        .routes(routes!(lookup::lookup))
+        .routes(routes!(sync::sync_sizes))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
+/// The OpenAPI document, as committed in `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    let (_, mut openapi) = api().split_for_parts();
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let mut json = openapi.to_pretty_json().unwrap_or_default();
+    json.push('\n');
+    json
+}

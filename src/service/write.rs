@@ -1,0 +1,142 @@
+//! The write path: one transaction on the primary, then, before the response, the versioned
+//! compare-and-set into Redis (entry, fence and high-water mark in one pipeline).
+
+use bytes::Bytes;
+use chrono::Utc;
+use tracing::instrument;
+
+use super::SizeService;
+use crate::cache::{Epoch, Install};
+use crate::db::sizes::write_transaction;
+use crate::domain::write::{Change, Decision, Preconditions, decide};
+use crate::domain::{Lsn, SizeUpdate, Sku, StoredSize};
+use crate::error::AppError;
+
+/// The decision for one write and the WAL position after its transaction, which clients get
+/// back as `X-Consistency-Token`.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub decision: Decision,
+    pub token: Lsn,
+}
+
+/// Per-item decisions of a WMS batch, in input order, and the batch's token.
+#[derive(Debug)]
+pub struct SyncItemOutcome {
+    pub decisions: Vec<Decision>,
+    pub token: Lsn,
+}
+
+impl SizeService {
+    #[instrument(skip_all, fields(sku = %sku))]
+    pub async fn put(
+        &self,
+        sku: Sku,
+        update: SizeUpdate,
+        preconditions: &Preconditions,
+    ) -> Result<WriteOutcome, AppError> {
+        self.write_one(sku, Change::Put(update), preconditions)
+            .await
+    }
+
+    #[instrument(skip_all, fields(sku = %sku))]
+    pub async fn delete(
+        &self,
+        sku: Sku,
+        preconditions: &Preconditions,
+    ) -> Result<WriteOutcome, AppError> {
+        self.write_one(sku, Change::Delete, preconditions).await
+    }
+
+    /// Applies a WMS batch in one transaction; each item follows the `source_version` rule.
+    #[instrument(skip_all, fields(items = updates.len()))]
+    pub async fn sync(&self, updates: Vec<(Sku, SizeUpdate)>) -> Result<SyncItemOutcome, AppError> {
+        let changes: Vec<(Sku, Change)> = updates
+            .into_iter()
+            .map(|(sku, u)| (sku, Change::Put(u)))
+            .collect();
+        let (decisions, token) = self.apply(&changes, &Preconditions::default()).await?;
+        Ok(SyncItemOutcome { decisions, token })
+    }
+
+    async fn write_one(
+        &self,
+        sku: Sku,
+        change: Change,
+        preconditions: &Preconditions,
+    ) -> Result<WriteOutcome, AppError> {
+        let (mut decisions, token) = self.apply(&[(sku, change)], preconditions).await?;
+        let decision = decisions.pop().ok_or(AppError::Internal)?;
+        Ok(WriteOutcome { decision, token })
+    }
+
+    /// Decides and stores `changes` (in order; a SKU may appear more than once) in one
+    /// transaction, then records what was written in the cache before returning.
+    async fn apply(
+        &self,
+        changes: &[(Sku, Change)],
+        preconditions: &Preconditions,
+    ) -> Result<(Vec<Decision>, Lsn), AppError> {
+        // Captured before the commit: if Redis loses its data after the commit, this stamp is
+        // stale and readers ignore what we install.
+        let epoch = self.epoch_for_write().await;
+        let mut skus: Vec<&str> = changes.iter().map(|(sku, _)| sku.as_str()).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        let now = Utc::now();
+        let committed = write_transaction(self.db.primary(), &skus, |current| {
+            let mut state = current.clone();
+            let mut written: Vec<&str> = Vec::new();
+            let decisions: Vec<Decision> = changes
+                .iter()
+                .map(|(sku, change)| {
+                    let decision = decide(sku, state.get(sku.as_str()), change, preconditions, now);
+                    if let Decision::Write { row, .. } = &decision {
+                        state.insert(row.sku.clone(), row.clone());
+                        written.push(sku.as_str());
+                    }
+                    decision
+                })
+                .collect();
+            written.sort_unstable();
+            written.dedup();
+            let rows: Vec<StoredSize> = written
+                .iter()
+                .filter_map(|sku| state.get(*sku).cloned())
+                .collect();
+            (rows.clone(), (decisions, rows))
+        })
+        .await?;
+        let (decisions, rows) = committed.outcome;
+        if !rows.is_empty() {
+            self.record_in_cache(&rows, &epoch, committed.lsn).await;
+        }
+        Ok((decisions, committed.lsn))
+    }
+
+    async fn epoch_for_write(&self) -> Epoch {
+        if let Some(epoch) = self.cache.known_epoch() {
+            return epoch;
+        }
+        let seen = self.cache.read_meta().await.ok().flatten();
+        self.current_meta(seen)
+            .await
+            .map_or_else(Epoch::unknown, |meta| meta.epoch)
+    }
+
+    async fn record_in_cache(&self, rows: &[StoredSize], epoch: &Epoch, lsn: Lsn) {
+        let bodies: Vec<Option<Bytes>> = rows.iter().map(StoredSize::to_body).collect();
+        let installs: Vec<Install<'_>> = rows
+            .iter()
+            .zip(&bodies)
+            .map(|(row, body)| Install {
+                sku: &row.sku,
+                version: row.version,
+                body: body.as_ref(),
+            })
+            .collect();
+        if let Err(error) = self.cache.record_writes(&installs, epoch, lsn).await {
+            tracing::warn!(%error, rows = rows.len(), "cache update after commit failed");
+        }
+    }
+}
