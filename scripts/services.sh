@@ -18,6 +18,12 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=${PSS_DATA:-$repo/.local}
+# PostgreSQL runs as `postgres`, which must reach the data folder: a checkout under a private
+# home (/root/...) is not reachable, so its data goes to a per-checkout folder in /tmp.
+if [ -z "${PSS_DATA:-}" ] && [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 \
+    && ! runuser -u postgres -- test -x "$repo" 2>/dev/null; then
+  data=${TMPDIR:-/tmp}/product-size-service-$(printf '%s' "$repo" | md5sum | cut -c1-8)
+fi
 pg_primary_port=${PSS_PG_PRIMARY_PORT:-55432}
 pg_replica_port=${PSS_PG_REPLICA_PORT:-55433}
 pg_lagging_port=${PSS_PG_LAGGING_PORT:-55434}
@@ -63,10 +69,16 @@ pg_running() { # datadir
   [ -f "$1/postmaster.pid" ] && kill -0 "$(head -n 1 "$1/postmaster.pid")" 2>/dev/null
 }
 
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 pg_start() { # datadir port
   local dir=$1 port=$2 bin
   bin=$(pg_bindir)
   if pg_running "$dir"; then return; fi
+  if port_taken "$port"; then
+    log "port $port is taken by another server (another checkout's services? stop them with its scripts/services.sh down)"
+    exit 1
+  fi
   as_postgres "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
     -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$data/pg/run" start >/dev/null
 }
@@ -131,6 +143,10 @@ redis_running() {
 redis_start() {
   mkdir -p "$data/redis"
   redis_running && return
+  if port_taken "$redis_port"; then
+    log "port $redis_port is taken by another server"
+    exit 1
+  fi
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize yes --pidfile "$(redis_pidfile)" --dir "$data/redis" \
     --logfile "$data/redis/redis.log" >/dev/null
@@ -218,5 +234,6 @@ case ${1:-} in
   lag) set_lag "${2:-}" ;;
   env) print_env ;;
   reset) down; rm -rf "$data"; up ;;
-  *) echo "usage: $0 up|down|status|lag SECONDS|env|reset" >&2; exit 2 ;;
+  running) redis_running && pg_running "$data/pg/primary" ;;
+  *) echo "usage: $0 up|down|status|lag SECONDS|env|reset|running" >&2; exit 2 ;;
 esac

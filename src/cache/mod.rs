@@ -150,10 +150,10 @@ impl Cache {
     }
 
     fn remember_epoch(&self, epoch: &Epoch) {
-        if self.known_epoch().as_ref() != Some(epoch) {
-            if let Ok(mut slot) = self.epoch.write() {
-                *slot = Some(epoch.clone());
-            }
+        if self.known_epoch().as_ref() != Some(epoch)
+            && let Ok(mut slot) = self.epoch.write()
+        {
+            *slot = Some(epoch.clone());
         }
     }
 

@@ -247,7 +247,7 @@ mod tests {
             put(Some(&row), update(2, None), create_only.clone()),
             Decision::PreconditionFailed
         );
-        assert_eq!(written(put(None, update(2, None), create_only)).1, true);
+        assert!(written(put(None, update(2, None), create_only)).1);
     }
 
     #[test]

@@ -124,20 +124,20 @@ impl SizeService {
         }
         let docs: Vec<SizeDoc> = docs.into_iter().flatten().collect();
 
-        if let Some(meta) = &meta {
-            if started.elapsed() < FILL_MAX_AGE {
-                let installs: Vec<Install<'_>> = misses
-                    .iter()
-                    .map(|m| &docs[m.index])
-                    .map(|doc| Install {
-                        sku: doc.sku.as_str(),
-                        version: doc.version,
-                        body: doc.body.as_ref(),
-                    })
-                    .collect();
-                if let Err(error) = self.cache.fill(&installs, &meta.epoch).await {
-                    tracing::warn!(%error, "cache fill failed");
-                }
+        if let Some(meta) = &meta
+            && started.elapsed() < FILL_MAX_AGE
+        {
+            let installs: Vec<Install<'_>> = misses
+                .iter()
+                .map(|m| &docs[m.index])
+                .map(|doc| Install {
+                    sku: doc.sku.as_str(),
+                    version: doc.version,
+                    body: doc.body.as_ref(),
+                })
+                .collect();
+            if let Err(error) = self.cache.fill(&installs, &meta.epoch).await {
+                tracing::warn!(%error, "cache fill failed");
             }
         }
         Ok(ReadResult { docs, source })
@@ -172,10 +172,8 @@ impl SizeService {
                         let fresh = fetched.replayed.is_some_and(|replayed| {
                             is_fresh(replayed, version, misses[i].fence, meta, token)
                         });
-                        if fresh {
-                            if let Some(row) = rows.remove(skus[i]) {
-                                found.insert(row.sku.clone(), row);
-                            }
+                        if fresh && let Some(row) = rows.remove(skus[i]) {
+                            found.insert(row.sku.clone(), row);
                         }
                         !fresh
                     });

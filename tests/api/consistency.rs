@@ -1,0 +1,333 @@
+//! SPEC C1–C4 against real lag: the "lagging" replica applies WAL 2 s late.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use product_size_service::cache::{Cache, Epoch, Install};
+use product_size_service::config::CacheSettings;
+use product_size_service::domain::Lsn;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::helpers::{
+    Options, OwnRedis, Replica, TestApp, WRITE_TOKEN, read_source, shared_redis_url, size,
+    version_of,
+};
+
+async fn lagging_app(redis: Option<&OwnRedis>) -> TestApp {
+    TestApp::spawn_with(Options {
+        replica: Replica::Lagging,
+        redis_url: redis.map(OwnRedis::url),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_2xx_write_is_committed_on_the_primary_before_the_response() {
+    let app = TestApp::spawn().await;
+    let sku = app.sku("durable");
+    for length in 1..=5 {
+        let response = app.put(&sku, &size(length)).await;
+        assert!(response.status().is_success());
+        let acknowledged = version_of(&response.json().await.unwrap());
+        assert_eq!(
+            app.primary_row(&sku).await,
+            Some((acknowledged, false, length as i32))
+        );
+    }
+    assert_eq!(app.delete(&sku).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.primary_row(&sku).await, Some((6, true, 5)));
+}
+
+#[tokio::test]
+async fn read_after_write_is_fresh_while_the_replica_lags_and_the_entry_is_evicted() {
+    let app = lagging_app(None).await;
+    let sku = app.sku("lag");
+    app.put(&sku, &size(1)).await;
+    app.wait_replica_caught_up().await;
+
+    for length in 2..=6 {
+        let written = app.put(&sku, &size(length)).await;
+        let acknowledged = version_of(&written.json().await.unwrap());
+        app.evict(&sku).await;
+
+        let read = app.get(&sku).await;
+        assert_eq!(
+            read_source(&read),
+            "primary",
+            "the lagging replica must not answer"
+        );
+        let body: Value = read.json().await.unwrap();
+        assert_eq!(
+            (version_of(&body), body["length_mm"].as_i64()),
+            (acknowledged, Some(length))
+        );
+    }
+}
+
+#[tokio::test]
+async fn read_after_write_is_fresh_while_the_replica_lags_across_flushall() {
+    let redis = OwnRedis::start().await;
+    let app = lagging_app(Some(&redis)).await;
+    let (sku, other) = (app.sku("flush"), app.sku("other"));
+    app.put(&sku, &size(1)).await;
+    app.put(&other, &size(1)).await;
+    app.wait_replica_caught_up().await;
+
+    for length in 2..=4 {
+        let acknowledged = version_of(&app.put(&sku, &size(length)).await.json().await.unwrap());
+        app.flushall().await;
+
+        let read = app.get(&sku).await;
+        assert_eq!(read_source(&read), "primary");
+        assert_eq!(version_of(&read.json().await.unwrap()), acknowledged);
+        // No fence survives a FLUSHALL: even a SKU that was not written is read from the
+        // primary until the replica reaches the new epoch's high-water mark.
+        let unrelated = app.get(&other).await;
+        assert_eq!(read_source(&unrelated), "primary");
+    }
+}
+
+#[tokio::test]
+async fn the_replica_serves_misses_once_it_has_replayed_the_write() {
+    let app = lagging_app(None).await;
+    let sku = app.sku("caught-up");
+    app.put(&sku, &size(1)).await;
+    app.evict(&sku).await;
+    assert_eq!(read_source(&app.get(&sku).await), "primary");
+
+    app.wait_replica_caught_up().await;
+    app.evict(&sku).await;
+    let read = app.get(&sku).await;
+    assert_eq!(read_source(&read), "replica");
+    assert_eq!(version_of(&read.json().await.unwrap()), 1);
+}
+
+#[tokio::test]
+async fn a_deleted_sku_is_not_resurrected_by_a_lagging_replica() {
+    let redis = OwnRedis::start().await;
+    let app = lagging_app(Some(&redis)).await;
+    let sku = app.sku("deleted");
+    app.put(&sku, &size(1)).await;
+    app.wait_replica_caught_up().await;
+    assert_eq!(app.delete(&sku).await.status(), StatusCode::NO_CONTENT);
+
+    app.evict(&sku).await;
+    assert_eq!(app.get(&sku).await.status(), StatusCode::NOT_FOUND);
+    app.flushall().await;
+    assert_eq!(app.get(&sku).await.status(), StatusCode::NOT_FOUND);
+    let lookup: Value = app.lookup(&[&sku]).await.json().await.unwrap();
+    assert_eq!(lookup["not_found"][0], sku.as_str());
+    // And the cache now remembers the tombstone, not the replica's old row.
+    assert_eq!(app.get(&sku).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
+    let prefix = format!("c3{:08x}", fastrand::u32(..));
+    let cache = Cache::connect(
+        &SecretString::from(shared_redis_url()),
+        CacheSettings {
+            key_prefix: prefix.clone(),
+            entry_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            fence_ttl: Duration::from_secs(60),
+            command_timeout: Duration::from_millis(500),
+            pool_size: 1,
+        },
+    )
+    .unwrap();
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let sku = "C3-SKU";
+    let sku_parsed = product_size_service::domain::Sku::parse(sku).unwrap();
+    let epoch = Epoch::random();
+    let (old, new) = (
+        Bytes::from_static(b"{\"v\":1}"),
+        Bytes::from_static(b"{\"v\":2}"),
+    );
+    let install = |version, body| [Install { sku, version, body }];
+
+    assert_eq!(
+        cache
+            .record_writes(&install(2, Some(&new)), &epoch, Lsn::new(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        cache.fill(&install(1, Some(&old)), &epoch).await.unwrap(),
+        0,
+        "older than the entry"
+    );
+
+    cache.read(std::slice::from_ref(&sku_parsed)).await.unwrap();
+    let _: i64 =
+        fred::prelude::KeysInterface::del(&fred_client().await, format!("{prefix}:{{{sku}}}"))
+            .await
+            .unwrap();
+    assert_eq!(
+        cache.fill(&install(1, Some(&old)), &epoch).await.unwrap(),
+        0,
+        "older than the fence"
+    );
+    assert_eq!(
+        cache.fill(&install(0, None), &epoch).await.unwrap(),
+        0,
+        "a stale 'not found'"
+    );
+    assert_eq!(
+        cache.fill(&install(2, Some(&new)), &epoch).await.unwrap(),
+        1,
+        "the fenced version itself"
+    );
+    assert_eq!(
+        cache.fill(&install(3, None), &epoch).await.unwrap(),
+        1,
+        "newer is fine"
+    );
+
+    let read = cache.read(std::slice::from_ref(&sku_parsed)).await.unwrap();
+    let entry = read.entries[0].clone().unwrap();
+    assert_eq!((entry.version, entry.body), (3, None));
+}
+
+async fn fred_client() -> fred::prelude::Client {
+    use fred::prelude::ClientLike;
+    let client = fred::prelude::Client::new(
+        fred::prelude::Config::from_url(&shared_redis_url()).unwrap(),
+        None,
+        None,
+        None,
+    );
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn racing_fills_evictions_and_writes_never_serve_an_older_version() {
+    let app = Arc::new(lagging_app(None).await);
+    let sku = app.sku("race");
+    app.put(&sku, &size(1)).await;
+    let acknowledged = Arc::new(AtomicI64::new(1));
+    let deadline = Instant::now() + Duration::from_secs(4);
+
+    let writer = {
+        let (app, sku, acknowledged) = (app.clone(), sku.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut length = 1;
+            while Instant::now() < deadline {
+                length += 1;
+                let response = app.put(&sku, &size(length)).await;
+                assert!(response.status().is_success());
+                acknowledged.fetch_max(
+                    version_of(&response.json().await.unwrap()),
+                    Ordering::SeqCst,
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let readers: Vec<_> = (0..4)
+        .map(|n| {
+            let (app, sku, acknowledged) = (app.clone(), sku.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while Instant::now() < deadline {
+                    if n % 2 == 0 {
+                        app.evict(&sku).await;
+                    }
+                    let floor = acknowledged.load(Ordering::SeqCst);
+                    let read = app.get(&sku).await;
+                    let version = version_of(&read.json().await.unwrap());
+                    assert!(
+                        version >= floor,
+                        "read version {version} after version {floor} was acknowledged"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    assert!(
+        acknowledged.load(Ordering::SeqCst) > 20 && reads > 100,
+        "real load: {reads} reads"
+    );
+}
+
+#[tokio::test]
+async fn of_twenty_concurrent_puts_with_one_if_match_exactly_one_wins() {
+    let app = Arc::new(TestApp::spawn().await);
+    let sku = app.sku("cas");
+    app.put(&sku, &size(1)).await;
+
+    let attempts: Vec<_> = (0..20)
+        .map(|i| {
+            let (app, sku) = (app.clone(), sku.clone());
+            tokio::spawn(async move {
+                app.request(
+                    Method::PUT,
+                    &format!("/v1/products/{sku}/size"),
+                    Some(WRITE_TOKEN),
+                )
+                .header("If-Match", "\"1\"")
+                .json(&size(100 + i))
+                .send()
+                .await
+                .unwrap()
+                .status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    let won = statuses.iter().filter(|s| s.is_success()).count();
+    let lost = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
+        .count();
+    assert_eq!((won, lost), (1, 19), "{statuses:?}");
+    assert_eq!(app.primary_row(&sku).await.map(|r| r.0), Some(2));
+}
+
+#[tokio::test]
+async fn a_consistency_token_makes_another_instance_read_at_least_that_new() {
+    let writer = TestApp::spawn().await;
+    // Another deployment sharing the database but not the cache: it knows nothing of the
+    // writer's fences, only the token.
+    let reader = lagging_app(None).await;
+    let sku = writer.sku("token");
+    writer.put(&sku, &size(1)).await;
+    reader.wait_replica_caught_up().await;
+    assert_eq!(read_source(&reader.get(&sku).await), "replica");
+    reader.evict(&sku).await;
+
+    let written = writer.put(&sku, &size(2)).await;
+    let token = written.headers()["x-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let read = reader
+        .request(
+            Method::GET,
+            &format!("/v1/products/{sku}/size"),
+            Some(crate::helpers::READ_TOKEN),
+        )
+        .header("X-Consistency-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_source(&read), "primary");
+    assert_eq!(version_of(&read.json().await.unwrap()), 2);
+}

@@ -1,0 +1,346 @@
+//! One test app per test: its own HTTP listener, its own Redis key prefix and its own SKUs,
+//! against the real PostgreSQL primary, replicas and Redis that `scripts/services.sh` runs.
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
+use product_size_service::Application;
+use product_size_service::config::{AuthSettings, CacheSettings, Config, DatabaseSettings};
+use product_size_service::db;
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+pub const READ_TOKEN: &str = "test-read-token";
+pub const WRITE_TOKEN: &str = "test-write-token";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn primary_url() -> String {
+    env_or(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:55432/product_sizes",
+    )
+}
+pub fn replica_url() -> String {
+    env_or(
+        "DATABASE_REPLICA_URL",
+        "postgres://postgres@127.0.0.1:55433/product_sizes",
+    )
+}
+/// A replica that always applies WAL 2 s late (`recovery_min_apply_delay`).
+pub fn lagging_replica_url() -> String {
+    env_or(
+        "PSS_TEST_LAGGING_REPLICA_URL",
+        "postgres://postgres@127.0.0.1:55434/product_sizes",
+    )
+}
+pub fn shared_redis_url() -> String {
+    env_or("REDIS_URL", "redis://127.0.0.1:56379")
+}
+
+#[derive(Debug, Clone)]
+pub enum Replica {
+    Fresh,
+    Lagging,
+    None,
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub replica: Replica,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            replica: Replica::Fresh,
+            database_url: primary_url(),
+            redis_url: None,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// Makes this test's SKUs unique.
+    pub id: String,
+    /// This app's Redis key prefix.
+    pub key_prefix: String,
+    pub redis: Client,
+    pub primary: PgPool,
+    pub replica: Option<PgPool>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let id = format!("{:08x}", fastrand::u32(..));
+        let primary = PgPool::connect(&primary_url())
+            .await
+            .expect("primary is up (scripts/services.sh up)");
+        db::migrate(&primary).await.expect("migrations apply");
+        let replica_url = match &options.replica {
+            Replica::Fresh => Some(replica_url()),
+            Replica::Lagging => Some(lagging_replica_url()),
+            Replica::None => None,
+            Replica::Url(url) => Some(url.clone()),
+        };
+        let replica = match (&options.replica, &replica_url) {
+            (Replica::Fresh | Replica::Lagging, Some(url)) => {
+                Some(PgPool::connect(url).await.expect("replica is up"))
+            }
+            _ => None,
+        };
+        let redis_url = options.redis_url.clone().unwrap_or_else(shared_redis_url);
+        let key_prefix = format!("t{id}");
+        let config = Config {
+            database_url: SecretString::from(options.database_url.clone()),
+            replica_url: replica_url.map(SecretString::from),
+            redis_url: SecretString::from(redis_url.clone()),
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
+            auth: AuthSettings {
+                read_tokens: vec![SecretString::from(READ_TOKEN)],
+                write_tokens: vec![SecretString::from(WRITE_TOKEN)],
+                disabled: false,
+            },
+            database: DatabaseSettings {
+                max_connections: 10,
+                acquire_timeout: Duration::from_secs(2),
+                statement_timeout: Duration::from_secs(5),
+            },
+            cache: CacheSettings {
+                key_prefix: key_prefix.clone(),
+                entry_ttl: Duration::from_secs(300),
+                negative_ttl: Duration::from_secs(30),
+                fence_ttl: Duration::from_secs(600),
+                command_timeout: Duration::from_millis(500),
+                pool_size: 2,
+            },
+        };
+        let app = Application::build(config).await.expect("app builds");
+        let address = format!("http://{}", app.local_addr());
+        tokio::spawn(app.run_until(std::future::pending()));
+
+        let redis = Client::new(RedisConfig::from_url(&redis_url).unwrap(), None, None, None);
+        // Some tests point the app at a Redis that is down on purpose: connect lazily.
+        let _connection = redis.connect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), redis.wait_for_connect()).await;
+        let test_app = Self {
+            address,
+            client: reqwest::Client::new(),
+            id,
+            key_prefix,
+            redis,
+            primary,
+            replica,
+        };
+        test_app.wait_replica_up().await;
+        test_app
+    }
+
+    /// A SKU unique to this test.
+    pub fn sku(&self, name: &str) -> String {
+        format!("{}-{name}", self.id)
+    }
+
+    pub fn entry_key(&self, sku: &str) -> String {
+        format!("{}:{{{sku}}}", self.key_prefix)
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn get(&self, sku: &str) -> Response {
+        self.request(
+            Method::GET,
+            &format!("/v1/products/{sku}/size"),
+            Some(READ_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn put(&self, sku: &str, body: &Value) -> Response {
+        self.request(
+            Method::PUT,
+            &format!("/v1/products/{sku}/size"),
+            Some(WRITE_TOKEN),
+        )
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn delete(&self, sku: &str) -> Response {
+        self.request(
+            Method::DELETE,
+            &format!("/v1/products/{sku}/size"),
+            Some(WRITE_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn lookup(&self, skus: &[&str]) -> Response {
+        self.request(Method::POST, "/v1/product-sizes/lookup", Some(READ_TOKEN))
+            .json(&json!({ "skus": skus }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sync(&self, updates: &[Value]) -> Response {
+        self.request(Method::POST, "/v1/sync/product-sizes", Some(WRITE_TOKEN))
+            .json(&json!({ "updates": updates }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The stored row on the primary, tombstones included: (version, deleted, length_mm).
+    pub async fn primary_row(&self, sku: &str) -> Option<(i64, bool, i32)> {
+        sqlx::query_as("SELECT version, deleted, length_mm FROM product_sizes WHERE sku = $1")
+            .bind(sku)
+            .fetch_optional(&self.primary)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the app's replica has replayed everything the primary has now.
+    pub async fn wait_replica_caught_up(&self) {
+        let Some(replica) = &self.replica else { return };
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(&self.primary)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let caught_up: bool =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                    .bind(&target)
+                    .fetch_one(replica)
+                    .await
+                    .unwrap();
+            if caught_up {
+                // Let the app's replica probe see it too.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_replica_up(&self) {
+        if self.replica.is_none() {
+            return;
+        }
+        // The first probe runs at start; give it a moment so reads may use the replica.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    pub async fn evict(&self, sku: &str) {
+        let _: i64 = self.redis.del(self.entry_key(sku)).await.unwrap();
+    }
+
+    pub async fn flushall(&self) {
+        let _: () = self.redis.flushall(false).await.unwrap();
+    }
+}
+
+pub fn size(length_mm: i64) -> Value {
+    json!({"length_mm": length_mm, "width_mm": 20, "height_mm": 30, "weight_g": 400, "size_label": "M"})
+}
+
+pub fn version_of(response_body: &Value) -> i64 {
+    response_body["version"].as_i64().expect("a version")
+}
+
+pub fn read_source(response: &Response) -> String {
+    response
+        .headers()
+        .get("x-read-source")
+        .expect("X-Read-Source")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A Redis server of the test's own, on a free port, stopped when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let redis = Self { port, child };
+        redis.wait_ready().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

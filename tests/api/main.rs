@@ -1,0 +1,9 @@
+//! Integration tests against real PostgreSQL (primary + streaming replicas) and Redis.
+//! Start them with `scripts/services.sh up`; `scripts/test.sh` does everything.
+
+mod consistency;
+mod errors;
+mod helpers;
+mod operations;
+mod sizes;
+mod sync;
