@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::replica::{ReplicaHealth, spawn_probe};
 use crate::error::AppError;
+use crate::metrics::Metrics;
 use crate::middleware::auth::{Authenticator, require_token};
 use crate::middleware::route::DbRouteLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
@@ -72,7 +73,9 @@ impl Application {
             ));
             health
         });
-        let sizes = Arc::new(SizeService::new(db, cache));
+        let metrics = Arc::new(Metrics::default());
+        let sizes = Arc::new(SizeService::new(db, cache, metrics));
+        background.extend(sizes.spawn_repair_tasks());
         let state = AppState {
             sizes: sizes.clone(),
         };

@@ -13,7 +13,8 @@ pub enum LogFormat {
 /// Installs the global subscriber; `RUST_LOG` filters (default `info`). Logs go to stderr so
 /// that commands printing data (`openapi`) keep stdout clean.
 pub fn init(format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Pretty
     } else {

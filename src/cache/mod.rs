@@ -12,9 +12,11 @@
 //! The entry and fence of a SKU share the hash tag `{SKU}`, so the install script touches one
 //! Cluster slot.
 
+mod breaker;
 pub mod entry;
 mod scripts;
 
+use std::future::Future;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 use secrecy::{ExposeSecret, SecretString};
 
+pub use breaker::Breaker;
 pub use entry::{Entry, Epoch, Fence, Meta};
 
 use crate::config::CacheSettings;
@@ -58,6 +61,7 @@ pub struct Cache {
     bump: Script,
     /// The last epoch this instance saw, stamped on writes (see [`Cache::known_epoch`]).
     epoch: RwLock<Option<Epoch>>,
+    breaker: Breaker,
 }
 
 impl Cache {
@@ -85,6 +89,7 @@ impl Cache {
             install: Script::from_lua(scripts::INSTALL),
             bump: Script::from_lua(scripts::BUMP_HWM),
             epoch: RwLock::new(None),
+            breaker: Breaker::default(),
         })
     }
 
@@ -95,8 +100,35 @@ impl Cache {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Asks Redis directly, past the breaker (readiness and the repair worker's probe); a
+    /// success closes the breaker.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        self.pool.next().ping::<()>(None).await
+        let result = self.pool.next().ping::<()>(None).await;
+        if result.is_ok() {
+            self.breaker.record(true);
+        }
+        result
+    }
+
+    /// Whether cache operations are being skipped because Redis keeps failing.
+    pub fn is_unavailable(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Runs one Redis operation through the breaker.
+    async fn guarded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        if !self.breaker.allow() {
+            return Err(CacheError::new(
+                fred::error::ErrorKind::Canceled,
+                "Redis is failing; the cache breaker is open",
+            ));
+        }
+        let result = operation.await;
+        self.breaker.record(result.is_ok());
+        result
     }
 
     pub async fn quit(&self) {
@@ -121,7 +153,7 @@ impl Cache {
         keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
         keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
         keys.push(self.meta_key());
-        let mut values: Vec<Option<Bytes>> = self.pool.next().mget(keys).await?;
+        let mut values: Vec<Option<Bytes>> = self.guarded(self.pool.next().mget(keys)).await?;
         let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
         let fences = values
             .split_off(skus.len())
@@ -158,7 +190,7 @@ impl Cache {
     }
 
     pub async fn read_meta(&self) -> Result<Option<Meta>, CacheError> {
-        let value: Option<Bytes> = self.pool.next().get(self.meta_key()).await?;
+        let value: Option<Bytes> = self.guarded(self.pool.next().get(self.meta_key())).await?;
         let meta = value.and_then(|v| Meta::decode(&v));
         if let Some(meta) = &meta {
             self.remember_epoch(&meta.epoch);
@@ -219,6 +251,16 @@ impl Cache {
     }
 
     async fn install_all(
+        &self,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+        written_at: Option<Lsn>,
+    ) -> Result<usize, CacheError> {
+        self.guarded(self.install_all_unguarded(items, epoch, written_at))
+            .await
+    }
+
+    async fn install_all_unguarded(
         &self,
         items: &[Install<'_>],
         epoch: &Epoch,

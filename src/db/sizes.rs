@@ -137,26 +137,34 @@ async fn lock_rows(
 }
 
 /// Inserts or replaces `rows`; each replaces only the version it was planned from
-/// (`version - 1`), so a row created concurrently is skipped. Returns how many were stored.
+/// (`version - 1`), so a row created concurrently is skipped. Every stored version is also
+/// recorded in `cache_repairs` in the same statement. Returns how many rows were stored.
 async fn upsert(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[StoredSize],
 ) -> Result<usize, sqlx::Error> {
     let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
     let stored: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO product_sizes AS p \
-             (sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
-              source_version, deleted, updated_at) \
-         SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[]) \
-         ON CONFLICT (sku) DO UPDATE SET \
-             length_mm = EXCLUDED.length_mm, width_mm = EXCLUDED.width_mm, \
-             height_mm = EXCLUDED.height_mm, weight_g = EXCLUDED.weight_g, \
-             size_label = EXCLUDED.size_label, version = EXCLUDED.version, \
-             source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted, \
-             updated_at = EXCLUDED.updated_at \
-         WHERE p.version = EXCLUDED.version - 1 \
-         RETURNING p.sku",
+        "WITH stored AS ( \
+             INSERT INTO product_sizes AS p \
+                 (sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
+                  source_version, deleted, updated_at) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], \
+                                  $6::text[], $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[]) \
+             ON CONFLICT (sku) DO UPDATE SET \
+                 length_mm = EXCLUDED.length_mm, width_mm = EXCLUDED.width_mm, \
+                 height_mm = EXCLUDED.height_mm, weight_g = EXCLUDED.weight_g, \
+                 size_label = EXCLUDED.size_label, version = EXCLUDED.version, \
+                 source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted, \
+                 updated_at = EXCLUDED.updated_at \
+             WHERE p.version = EXCLUDED.version - 1 \
+             RETURNING p.sku, p.version \
+         ), owed AS ( \
+             INSERT INTO cache_repairs AS r (sku, version) SELECT sku, version FROM stored \
+             ON CONFLICT (sku) DO UPDATE \
+                 SET version = GREATEST(r.version, EXCLUDED.version), created_at = now() \
+         ) \
+         SELECT sku FROM stored",
     )
     .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
     .bind(column(|r| r.length_mm))
@@ -171,4 +179,48 @@ async fn upsert(
     .fetch_all(&mut **tx)
     .await?;
     Ok(stored.len())
+}
+
+/// Cache repairs still owed: those of `pending` SKUs, and any older than `min_age` (a write
+/// whose instance died before updating Redis, or before clearing its repair).
+pub async fn owed_repairs(
+    pool: &PgPool,
+    pending: &[&str],
+    min_age: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sku, version FROM cache_repairs \
+         WHERE sku = ANY($1) OR created_at < now() - make_interval(secs => $2) \
+         ORDER BY created_at LIMIT $3",
+    )
+    .bind(pending)
+    .bind(min_age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Clears repairs that Redis now satisfies: those at or below the given versions.
+pub async fn settle_repairs(pool: &PgPool, settled: &[(String, i64)]) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM cache_repairs AS r \
+         USING UNNEST($1::text[], $2::bigint[]) AS s(sku, version) \
+         WHERE r.sku = s.sku AND r.version <= s.version",
+    )
+    .bind(
+        settled
+            .iter()
+            .map(|(sku, _)| sku.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        settled
+            .iter()
+            .map(|(_, version)| *version)
+            .collect::<Vec<_>>(),
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::AppState;
@@ -68,5 +69,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             replica,
             cache: up(ready.cache),
         }),
+    )
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text format)",
+               content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.sizes.metrics().encode(),
     )
 }

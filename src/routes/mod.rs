@@ -73,6 +73,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sync::sync_sizes))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
 }
 
 /// The OpenAPI document, as committed in `openapi/openapi.json`.

@@ -16,7 +16,10 @@
 //! - Redis losing its data (FLUSHALL, restart) ends the epoch: everything stamped before is
 //!   ignored, and the next epoch's high-water mark is taken from the primary.
 
+mod flight;
+mod position;
 mod read;
+pub mod repair;
 mod write;
 
 use std::sync::Arc;
@@ -28,6 +31,7 @@ pub use write::{SyncItemOutcome, WriteOutcome};
 use crate::cache::{Cache, Meta};
 use crate::db::Db;
 use crate::db::sizes::current_wal_lsn;
+use crate::metrics::Metrics;
 
 /// A fill whose database read is older than this is dropped rather than installed.
 pub const FILL_MAX_AGE: Duration = Duration::from_secs(10);
@@ -35,6 +39,10 @@ pub const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 pub struct SizeService {
     db: Db,
     cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    repairs: repair::Repairs,
+    flights: flight::Flights,
+    primary_position: position::PrimaryPosition,
 }
 
 /// Whether each dependency answers, for `/readyz`.
@@ -46,8 +54,19 @@ pub struct Readiness {
 }
 
 impl SizeService {
-    pub fn new(db: Db, cache: Arc<Cache>) -> Self {
-        Self { db, cache }
+    pub fn new(db: Db, cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            db,
+            cache,
+            metrics,
+            repairs: repair::Repairs::default(),
+            flights: flight::Flights::default(),
+            primary_position: position::PrimaryPosition::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn db(&self) -> &Db {

@@ -13,6 +13,7 @@ use crate::db::DbRoute;
 use crate::db::sizes::fetch;
 use crate::domain::{Lsn, Sku, StoredSize};
 use crate::error::AppError;
+use crate::metrics::{CacheOutcome, Database};
 
 /// Where an answer came from, in order of distance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,7 +63,7 @@ impl SizeService {
         let cached = match self.cache.read(skus).await {
             Ok(cached) => Some(cached),
             Err(error) => {
-                tracing::warn!(%error, "cache read failed; reading the database");
+                tracing::debug!(%error, "cache unavailable; reading the database");
                 None
             }
         };
@@ -79,7 +80,10 @@ impl SizeService {
         let mut docs: Vec<Option<SizeDoc>> = Vec::with_capacity(skus.len());
         let mut misses = Vec::new();
         for (i, (sku, entry)) in skus.iter().zip(entries).enumerate() {
-            match entry.filter(|e| Some(&e.epoch) == epoch) {
+            // Until its repair is applied, Redis may hold an older version than this
+            // instance acknowledged: neither its entry nor its fence can be trusted.
+            let owed = self.repairs.is_pending(sku.as_str());
+            match entry.filter(|e| Some(&e.epoch) == epoch && !owed) {
                 Some(entry) => docs.push(Some(SizeDoc {
                     sku: sku.clone(),
                     version: entry.version,
@@ -92,10 +96,24 @@ impl SizeService {
                         .as_ref()
                         .filter(|f| Some(&f.epoch) == epoch)
                         .map(|f| f.version);
-                    misses.push(Miss { index: i, fence });
+                    misses.push(Miss {
+                        index: i,
+                        fence,
+                        primary_only: owed,
+                    });
                 }
             }
         }
+        let bypassed = if meta.is_none() {
+            misses.len()
+        } else {
+            misses.iter().filter(|m| m.primary_only).count()
+        };
+        self.metrics
+            .count_cache(CacheOutcome::Hit, skus.len() - misses.len());
+        self.metrics
+            .count_cache(CacheOutcome::Miss, misses.len() - bypassed);
+        self.metrics.count_cache(CacheOutcome::Bypass, bypassed);
         if misses.is_empty() {
             return Ok(ReadResult {
                 docs: docs.into_iter().flatten().collect(),
@@ -104,32 +122,72 @@ impl SizeService {
         }
 
         let miss_skus: Vec<&str> = misses.iter().map(|m| skus[m.index].as_str()).collect();
-        let (mut rows, source) = self
-            .read_database(&miss_skus, &misses, meta.as_ref(), route, token)
-            .await?;
-        for miss in &misses {
-            let sku = &skus[miss.index];
-            docs[miss.index] = Some(match rows.remove(sku.as_str()) {
-                Some(row) => SizeDoc {
-                    sku: sku.clone(),
-                    version: row.version,
-                    body: row.to_body(),
-                },
-                None => SizeDoc {
-                    sku: sku.clone(),
-                    version: 0,
-                    body: None,
-                },
-            });
+        let load = Load {
+            skus: &miss_skus,
+            misses: &misses,
+            meta: meta.as_ref(),
+            route,
+            token,
+            started,
+        };
+        let (loaded, source) = match (&misses[..], &meta, token) {
+            // One SKU, Redis up, no token: share the read with concurrent misses. The shared
+            // answer must reach this request's own fence, else read again.
+            ([miss], Some(meta), None) if !miss.primary_only => {
+                let shared = self
+                    .flights
+                    .read(miss_skus[0], &meta.epoch, async {
+                        self.load(&load)
+                            .await
+                            .ok()
+                            .and_then(|(mut docs, source)| Some((docs.pop()?, source)))
+                    })
+                    .await
+                    .filter(|(doc, _)| miss.fence.is_none_or(|fence| doc.version >= fence));
+                match shared {
+                    Some((doc, source)) => (vec![doc], source),
+                    None => self.load(&load).await?,
+                }
+            }
+            _ => self.load(&load).await?,
+        };
+        for (miss, doc) in misses.iter().zip(loaded) {
+            docs[miss.index] = Some(doc);
         }
-        let docs: Vec<SizeDoc> = docs.into_iter().flatten().collect();
+        Ok(ReadResult {
+            docs: docs.into_iter().flatten().collect(),
+            source,
+        })
+    }
 
-        if let Some(meta) = &meta
-            && started.elapsed() < FILL_MAX_AGE
+    /// Reads the misses from the databases and fills the cache with what it found.
+    async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
+        let (mut rows, source) = self.read_database(load).await?;
+        let docs: Vec<SizeDoc> = load
+            .skus
+            .iter()
+            .map(|sku| {
+                let sku = Sku::parse(sku).map_err(|_| AppError::Internal)?;
+                Ok(match rows.remove(sku.as_str()) {
+                    Some(row) => SizeDoc {
+                        sku,
+                        version: row.version,
+                        body: row.to_body(),
+                    },
+                    None => SizeDoc {
+                        sku,
+                        version: 0,
+                        body: None,
+                    },
+                })
+            })
+            .collect::<Result<_, AppError>>()?;
+
+        if let Some(meta) = load.meta
+            && load.started.elapsed() < FILL_MAX_AGE
         {
-            let installs: Vec<Install<'_>> = misses
+            let installs: Vec<Install<'_>> = docs
                 .iter()
-                .map(|m| &docs[m.index])
                 .map(|doc| Install {
                     sku: doc.sku.as_str(),
                     version: doc.version,
@@ -137,30 +195,49 @@ impl SizeService {
                 })
                 .collect();
             if let Err(error) = self.cache.fill(&installs, &meta.epoch).await {
-                tracing::warn!(%error, "cache fill failed");
+                tracing::debug!(%error, "cache fill failed");
             }
         }
-        Ok(ReadResult { docs, source })
+        Ok((docs, source))
     }
 
-    /// Reads the misses from the replica where that is provably fresh, the rest from the
-    /// primary: at most one query on each.
+    /// Reads from the replica what is provably fresh there, the rest from the primary: at
+    /// most one query on each.
     async fn read_database(
         &self,
-        skus: &[&str],
-        misses: &[Miss],
-        meta: Option<&Meta>,
-        route: DbRoute,
-        token: Option<Lsn>,
+        load: &Load<'_>,
     ) -> Result<(HashMap<String, StoredSize>, ReadSource), AppError> {
+        let skus = load.skus;
         let mut found = HashMap::with_capacity(skus.len());
         let mut pending: Vec<usize> = (0..skus.len()).collect();
         let replica = self
             .db
             .replica()
-            .filter(|_| route == DbRoute::ReplicaPreferred);
+            .filter(|_| load.route == DbRoute::ReplicaPreferred)
+            .filter(|_| load.misses.iter().any(|m| !m.primary_only));
         if let Some(replica) = replica {
-            match fetch(replica, skus).await {
+            let replica_skus: Vec<&str> = load
+                .misses
+                .iter()
+                .zip(skus)
+                .filter(|(m, _)| !m.primary_only)
+                .map(|(_, sku)| *sku)
+                .collect();
+            // Without Redis there is no high-water mark: the primary's position, read after
+            // this request began, is one.
+            let hwm = async {
+                match load.meta {
+                    Some(meta) => Some(meta.hwm),
+                    None => {
+                        self.primary_position
+                            .read_after(load.started, self.db.primary())
+                            .await
+                    }
+                }
+            };
+            let (fetched, hwm) = tokio::join!(fetch(replica, &replica_skus), hwm);
+            self.metrics.count_database_read(Database::Replica);
+            match fetched {
                 Ok(fetched) => {
                     let mut rows: HashMap<String, StoredSize> = fetched
                         .rows
@@ -168,10 +245,12 @@ impl SizeService {
                         .map(|r| (r.sku.clone(), r))
                         .collect();
                     pending.retain(|&i| {
+                        let miss = &load.misses[i];
                         let version = rows.get(skus[i]).map_or(0, |r| r.version);
-                        let fresh = fetched.replayed.is_some_and(|replayed| {
-                            is_fresh(replayed, version, misses[i].fence, meta, token)
-                        });
+                        let fresh = !miss.primary_only
+                            && fetched.replayed.is_some_and(|replayed| {
+                                is_fresh(replayed, version, miss.fence, hwm, load.token)
+                            });
                         if fresh && let Some(row) = rows.remove(skus[i]) {
                             found.insert(row.sku.clone(), row);
                         }
@@ -185,10 +264,21 @@ impl SizeService {
             }
         }
         let rest: Vec<&str> = pending.iter().map(|&i| skus[i]).collect();
+        self.metrics.count_database_read(Database::Primary);
         let fetched = fetch(self.db.primary(), &rest).await?;
         found.extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
         Ok((found, ReadSource::Primary))
     }
+}
+
+/// The cache misses of one read, and what decides where they may be read from.
+struct Load<'a> {
+    skus: &'a [&'a str],
+    misses: &'a [Miss],
+    meta: Option<&'a Meta>,
+    route: DbRoute,
+    token: Option<Lsn>,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -196,24 +286,27 @@ struct Miss {
     index: usize,
     /// The newest acknowledged version, from a fence of the current epoch.
     fence: Option<i64>,
+    /// A cache repair is pending for this SKU: only the primary is known to be fresh.
+    primary_only: bool,
 }
 
 /// Whether a replica row of `version`, read from a snapshot that includes everything up to
-/// `replayed`, may be served.
+/// `replayed`, may be served. `hwm` covers every acknowledged write (the high-water mark, or
+/// the primary's position when Redis is unavailable).
 fn is_fresh(
     replayed: Lsn,
     version: i64,
     fence: Option<i64>,
-    meta: Option<&Meta>,
+    hwm: Option<Lsn>,
     token: Option<Lsn>,
 ) -> bool {
     if token.is_some_and(|token| replayed < token) {
         return false;
     }
-    match (fence, meta) {
+    match (fence, hwm) {
         (Some(fence), _) => version >= fence,
-        (None, Some(meta)) => replayed >= meta.hwm,
-        // Without Redis there is no record of acknowledged writes: only the primary knows.
+        (None, Some(hwm)) => replayed >= hwm,
+        // No record of acknowledged writes at all: only the primary knows.
         (None, None) => false,
     }
 }
@@ -221,31 +314,21 @@ fn is_fresh(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Epoch;
 
-    fn meta(hwm: u64) -> Meta {
-        Meta {
-            epoch: Epoch::random(),
-            hwm: Lsn::new(hwm),
-        }
+    fn hwm(lsn: u64) -> Option<Lsn> {
+        Some(Lsn::new(lsn))
     }
 
     #[test]
     fn a_fence_decides_by_version() {
-        assert!(is_fresh(Lsn::new(1), 5, Some(5), Some(&meta(100)), None));
-        assert!(!is_fresh(
-            Lsn::new(1000),
-            4,
-            Some(5),
-            Some(&meta(100)),
-            None
-        ));
+        assert!(is_fresh(Lsn::new(1), 5, Some(5), hwm(100), None));
+        assert!(!is_fresh(Lsn::new(1000), 4, Some(5), hwm(100), None));
     }
 
     #[test]
     fn without_a_fence_the_replica_must_reach_the_high_water_mark() {
-        assert!(is_fresh(Lsn::new(100), 1, None, Some(&meta(100)), None));
-        assert!(!is_fresh(Lsn::new(99), 1, None, Some(&meta(100)), None));
+        assert!(is_fresh(Lsn::new(100), 1, None, hwm(100), None));
+        assert!(!is_fresh(Lsn::new(99), 1, None, hwm(100), None));
         assert!(!is_fresh(Lsn::new(u64::MAX), 1, None, None, None));
     }
 
@@ -255,14 +338,14 @@ mod tests {
             Lsn::new(100),
             5,
             Some(5),
-            Some(&meta(1)),
+            hwm(1),
             Some(Lsn::new(101))
         ));
         assert!(is_fresh(
             Lsn::new(101),
             5,
             Some(5),
-            Some(&meta(1)),
+            hwm(1),
             Some(Lsn::new(101))
         ));
     }

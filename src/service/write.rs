@@ -135,8 +135,15 @@ impl SizeService {
                 body: body.as_ref(),
             })
             .collect();
-        if let Err(error) = self.cache.record_writes(&installs, epoch, lsn).await {
-            tracing::warn!(%error, rows = rows.len(), "cache update after commit failed");
+        match self.cache.record_writes(&installs, epoch, lsn).await {
+            Ok(_) => self.repairs.settled(rows),
+            Err(error) => {
+                tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
+                self.repairs.mark_pending(rows);
+                self.metrics
+                    .repairs_pending
+                    .set(self.repairs.pending_count() as i64);
+            }
         }
     }
 }

@@ -1,0 +1,99 @@
+//! Prometheus metrics (OpenMetrics text at `/metrics`). Names follow Prometheus conventions:
+//! `_total` counters, base units (`_seconds`, `_bytes`).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Database {
+    Primary,
+    Replica,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatabaseLabels {
+    pub database: Database,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheOutcome {
+    /// Served from Redis.
+    Hit,
+    /// Not in Redis (or not trusted): read from a database.
+    Miss,
+    /// Redis was not asked or did not answer (breaker open, timeout, pending repair).
+    Bypass,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub outcome: CacheOutcome,
+}
+
+/// Every metric the service exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// Queries that read product rows, by database.
+    pub database_reads: Family<DatabaseLabels, Counter>,
+    /// Per-SKU cache lookups, by outcome.
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    /// Cache repairs this instance owes Redis (writes whose cache update failed).
+    pub repairs_pending: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("product_size");
+        let database_reads = Family::<DatabaseLabels, Counter>::default();
+        registry.register(
+            "database_reads",
+            "Queries that read product rows, by database",
+            database_reads.clone(),
+        );
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Per-SKU cache lookups by outcome (hit, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        let repairs_pending = Gauge::default();
+        registry.register(
+            "cache_repairs_pending",
+            "Cache updates this instance still owes Redis",
+            repairs_pending.clone(),
+        );
+        Self {
+            registry,
+            database_reads,
+            cache_lookups,
+            repairs_pending,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_database_read(&self, database: Database) {
+        self.database_reads
+            .get_or_create(&DatabaseLabels { database })
+            .inc();
+    }
+
+    pub fn count_cache(&self, outcome: CacheOutcome, n: usize) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { outcome })
+            .inc_by(n as u64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
