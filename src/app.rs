@@ -67,14 +67,24 @@ impl Application {
         let replica_health = db.replica().map(|replica| {
             let health = Arc::new(ReplicaHealth::default());
             background.push(spawn_probe(
+                db.primary().clone(),
                 replica.clone(),
                 health.clone(),
                 REPLICA_PROBE_INTERVAL,
+                config.replica_max_lag,
             ));
             health
         });
         let metrics = Arc::new(Metrics::default());
-        let sizes = Arc::new(SizeService::new(db, cache, metrics));
+        let sizes = Arc::new(SizeService::new(db, cache, metrics, replica_health.clone()));
+        match sizes.adopt_owed_repairs().await {
+            Ok(0) => {}
+            Ok(owed) => tracing::info!(
+                owed,
+                "cache repairs recorded before this start will be applied"
+            ),
+            Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
+        }
         background.extend(sizes.spawn_repair_tasks());
         let state = AppState {
             sizes: sizes.clone(),

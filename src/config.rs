@@ -18,6 +18,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_REPLICA_URL", hide_env_values = true)]
     pub database_replica_url: Option<String>,
 
+    /// Reads avoid the replica while it lags the primary by more than this (milliseconds).
+    #[arg(long, env = "REPLICA_MAX_LAG_MS", default_value_t = 5000)]
+    pub replica_max_lag_ms: u64,
+
     /// Redis URL.
     #[arg(
         long,
@@ -90,6 +94,7 @@ pub struct DatabaseArgs {
 pub struct Config {
     pub database_url: SecretString,
     pub replica_url: Option<SecretString>,
+    pub replica_max_lag: Duration,
     pub redis_url: SecretString,
     pub bind_addr: SocketAddr,
     pub auth: AuthSettings,
@@ -184,6 +189,7 @@ impl Config {
         Ok(Self {
             database_url: SecretString::from(args.database.database_url.clone()),
             replica_url: args.database_replica_url.map(SecretString::from),
+            replica_max_lag: Duration::from_millis(args.replica_max_lag_ms),
             redis_url: SecretString::from(args.redis_url),
             bind_addr: args.bind_addr,
             auth,

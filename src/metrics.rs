@@ -5,7 +5,9 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::registry::{Registry, Unit};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -44,6 +46,11 @@ pub struct Metrics {
     pub cache_lookups: Family<CacheLabels, Counter>,
     /// Cache repairs this instance owes Redis (writes whose cache update failed).
     pub repairs_pending: Gauge,
+    /// 1 while Redis answers, 0 while the breaker is open.
+    pub cache_up: Gauge,
+    /// How far the replica's replay is behind the primary.
+    pub replica_lag_bytes: Gauge,
+    pub replica_lag_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -67,11 +74,34 @@ impl Default for Metrics {
             "Cache updates this instance still owes Redis",
             repairs_pending.clone(),
         );
+        let cache_up = Gauge::default();
+        registry.register(
+            "cache_up",
+            "1 while Redis answers, 0 while the cache breaker is open",
+            cache_up.clone(),
+        );
+        let replica_lag_bytes = Gauge::default();
+        registry.register_with_unit(
+            "replica_lag",
+            "How far the replica's replay is behind the primary's WAL",
+            Unit::Bytes,
+            replica_lag_bytes.clone(),
+        );
+        let replica_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "replica_lag",
+            "How long ago the primary was where the replica's replay is now",
+            Unit::Seconds,
+            replica_lag_seconds.clone(),
+        );
         Self {
             registry,
             database_reads,
             cache_lookups,
             repairs_pending,
+            cache_up,
+            replica_lag_bytes,
+            replica_lag_seconds,
         }
     }
 }

@@ -30,6 +30,7 @@ pub use write::{SyncItemOutcome, WriteOutcome};
 
 use crate::cache::{Cache, Meta};
 use crate::db::Db;
+use crate::db::replica::ReplicaHealth;
 use crate::db::sizes::current_wal_lsn;
 use crate::metrics::Metrics;
 
@@ -43,6 +44,7 @@ pub struct SizeService {
     repairs: repair::Repairs,
     flights: flight::Flights,
     primary_position: position::PrimaryPosition,
+    replica_health: Option<Arc<ReplicaHealth>>,
 }
 
 /// Whether each dependency answers, for `/readyz`.
@@ -54,19 +56,37 @@ pub struct Readiness {
 }
 
 impl SizeService {
-    pub fn new(db: Db, cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        db: Db,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+        replica_health: Option<Arc<ReplicaHealth>>,
+    ) -> Self {
         Self {
             db,
             cache,
             metrics,
+            replica_health,
             repairs: repair::Repairs::default(),
             flights: flight::Flights::default(),
             primary_position: position::PrimaryPosition::default(),
         }
     }
 
+    /// The metrics, with gauges brought up to date (for a scrape).
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        let metrics = &self.metrics;
+        metrics
+            .cache_up
+            .set(i64::from(!self.cache.is_unavailable()));
+        metrics
+            .repairs_pending
+            .set(self.repairs.pending_count() as i64);
+        if let Some(replica) = &self.replica_health {
+            metrics.replica_lag_bytes.set(replica.lag_bytes() as i64);
+            metrics.replica_lag_seconds.set(replica.lag().as_secs_f64());
+        }
+        metrics
     }
 
     pub fn db(&self) -> &Db {

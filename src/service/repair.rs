@@ -20,7 +20,7 @@ use crate::db::sizes::{current_wal_lsn, fetch, owed_repairs, settle_repairs};
 use crate::domain::StoredSize;
 
 /// A repair record this old is taken to be orphaned (its writer died or could not clear it).
-pub const ORPHAN_AGE: Duration = Duration::from_secs(5);
+pub const ORPHAN_AGE: Duration = Duration::from_secs(2);
 const REPAIR_INTERVAL: Duration = Duration::from_millis(250);
 const BATCH: usize = 500;
 
@@ -66,14 +66,18 @@ impl Repairs {
 
     /// The cache update for these rows failed: stop serving them from the cache.
     pub fn mark_pending(&self, rows: &[StoredSize]) {
+        self.mark_owed(rows.iter().map(|row| (row.sku.as_str(), row.version)));
+        self.wake.notify_one();
+    }
+
+    fn mark_owed<'a>(&self, owed: impl IntoIterator<Item = (&'a str, i64)>) {
         if let Ok(mut pending) = self.pending.lock() {
-            for row in rows {
-                let version = pending.entry(row.sku.clone()).or_insert(row.version);
-                *version = (*version).max(row.version);
+            for (sku, version) in owed {
+                let entry = pending.entry(sku.to_owned()).or_insert(version);
+                *entry = (*entry).max(version);
             }
             self.pending_count.store(pending.len(), Ordering::Release);
         }
-        self.wake.notify_one();
     }
 
     /// Redis now holds at least these versions.
@@ -157,6 +161,18 @@ impl SizeService {
         tasks
     }
 
+    /// Takes over every repair still recorded, so that an instance that starts after a crash
+    /// does not serve, from the cache, versions older than what its predecessor acknowledged.
+    pub async fn adopt_owed_repairs(&self) -> Result<usize, sqlx::Error> {
+        let owed = owed_repairs(self.db.primary(), &[], Duration::ZERO, 1_000_000).await?;
+        self.repairs
+            .mark_owed(owed.iter().map(|(sku, version)| (sku.as_str(), *version)));
+        if !owed.is_empty() {
+            self.repairs.wake.notify_one();
+        }
+        Ok(owed.len())
+    }
+
     /// Puts the committed version of owed SKUs into Redis. Returns how many were repaired.
     pub async fn repair_once(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         if self.cache.is_unavailable() {
@@ -169,6 +185,10 @@ impl SizeService {
         if owed.is_empty() {
             return Ok(0);
         }
+        // Orphans (their writer died or could not clear them) are not served from the cache
+        // here either until they are repaired.
+        self.repairs
+            .mark_owed(owed.iter().map(|(sku, version)| (sku.as_str(), *version)));
         // The epoch is captured before the rows are read, like a write's.
         let seen = self.cache.read_meta().await?;
         let Some(meta) = self.current_meta(seen).await else {

@@ -13,9 +13,9 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::helpers::{
-    Options, OwnRedis, Replica, TestApp, WRITE_TOKEN, read_source, shared_redis_url, size,
-    version_of,
+    Options, Replica, TestApp, WRITE_TOKEN, read_source, shared_redis_url, size, version_of,
 };
+use crate::processes::OwnRedis;
 
 async fn lagging_app(redis: Option<&OwnRedis>) -> TestApp {
     TestApp::spawn_with(Options {

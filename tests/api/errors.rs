@@ -244,7 +244,7 @@ async fn a_write_with_the_primary_down_is_503_with_retry_after() {
             "postgres://postgres@127.0.0.1:{}/product_sizes",
             free_port()
         ),
-        redis_url: None,
+        ..Options::default()
     })
     .await;
     let sku = app.sku("down");

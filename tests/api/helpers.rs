@@ -2,7 +2,6 @@
 //! against the real PostgreSQL primary, replicas and Redis that `scripts/services.sh` runs.
 
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
@@ -57,6 +56,9 @@ pub struct Options {
     pub replica: Replica,
     pub database_url: String,
     pub redis_url: Option<String>,
+    pub replica_max_lag: Duration,
+    /// Names the deployment (SKU and key prefix); random unless given.
+    pub id: Option<String>,
 }
 
 impl Default for Options {
@@ -65,12 +67,18 @@ impl Default for Options {
             replica: Replica::Fresh,
             database_url: primary_url(),
             redis_url: None,
+            replica_max_lag: Duration::from_secs(10),
+            id: None,
         }
     }
 }
 
 pub struct TestApp {
     pub address: String,
+    server: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
     pub client: reqwest::Client,
     /// Makes this test's SKUs unique.
     pub id: String,
@@ -87,11 +95,24 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
-        let id = format!("{:08x}", fastrand::u32(..));
-        let primary = PgPool::connect(&primary_url())
-            .await
-            .expect("primary is up (scripts/services.sh up)");
-        db::migrate(&primary).await.expect("migrations apply");
+        // `TEST_LOG=1 cargo test ...` shows the service's logs.
+        static TRACING: std::sync::Once = std::sync::Once::new();
+        TRACING.call_once(|| {
+            if std::env::var_os("TEST_LOG").is_some() {
+                product_size_service::telemetry::init(Some(
+                    product_size_service::telemetry::LogFormat::Pretty,
+                ));
+            }
+        });
+        let id = options
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)));
+        let primary = PgPool::connect_lazy(&options.database_url).unwrap();
+        // A test may point the app at a primary that is down on purpose.
+        if let Err(error) = db::migrate(&primary).await {
+            eprintln!("migrations not applied: {error}");
+        }
         let replica_url = match &options.replica {
             Replica::Fresh => Some(replica_url()),
             Replica::Lagging => Some(lagging_replica_url()),
@@ -109,6 +130,7 @@ impl TestApp {
         let config = Config {
             database_url: SecretString::from(options.database_url.clone()),
             replica_url: replica_url.map(SecretString::from),
+            replica_max_lag: options.replica_max_lag,
             redis_url: SecretString::from(redis_url.clone()),
             bind_addr: "127.0.0.1:0".parse().unwrap(),
             auth: AuthSettings {
@@ -132,7 +154,10 @@ impl TestApp {
         };
         let app = Application::build(config).await.expect("app builds");
         let address = format!("http://{}", app.local_addr());
-        tokio::spawn(app.run_until(std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
 
         let redis = Client::new(RedisConfig::from_url(&redis_url).unwrap(), None, None, None);
         // Some tests point the app at a Redis that is down on purpose: connect lazily.
@@ -140,6 +165,7 @@ impl TestApp {
         let _ = tokio::time::timeout(Duration::from_secs(1), redis.wait_for_connect()).await;
         let test_app = Self {
             address,
+            server: Some((stop, server)),
             client: reqwest::Client::new(),
             id,
             key_prefix,
@@ -149,6 +175,23 @@ impl TestApp {
         };
         test_app.wait_replica_up().await;
         test_app
+    }
+
+    /// Another instance of the same deployment: same SKUs and Redis key prefix.
+    pub async fn sibling(&self, options: Options) -> Self {
+        Self::spawn_with(Options {
+            id: Some(self.id.clone()),
+            ..options
+        })
+        .await
+    }
+
+    /// Stops serving, like a crash: background tasks end with the server.
+    pub async fn stop(&mut self) {
+        if let Some((stop, server)) = self.server.take() {
+            let _ = stop.send(());
+            let _ = server.await;
+        }
     }
 
     /// A SKU unique to this test.
@@ -287,54 +330,6 @@ pub fn read_source(response: &Response) -> String {
         .to_str()
         .unwrap()
         .to_owned()
-}
-
-/// A Redis server of the test's own, on a free port, stopped when dropped.
-pub struct OwnRedis {
-    pub port: u16,
-    child: Child,
-}
-
-impl OwnRedis {
-    pub async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let redis = Self { port, child };
-        redis.wait_ready().await;
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub fn free_port() -> u16 {

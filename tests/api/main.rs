@@ -2,8 +2,10 @@
 //! Start them with `scripts/services.sh up`; `scripts/test.sh` does everything.
 
 mod consistency;
+mod degraded;
 mod errors;
 mod helpers;
 mod operations;
+mod processes;
 mod sizes;
 mod sync;

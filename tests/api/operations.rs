@@ -58,6 +58,7 @@ async fn readyz_degrades_when_a_dependency_is_down_and_fails_when_all_are() {
         replica: Replica::None,
         database_url: down(free_port()),
         redis_url: Some(format!("redis://127.0.0.1:{}", free_port())),
+        ..Options::default()
     })
     .await;
     let response = nothing

@@ -1,0 +1,354 @@
+//! C6 and the cache failure modes, with the tests' own Redis, replica and primary processes
+//! stopped, paused and restarted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use product_size_service::cache::Cache;
+use product_size_service::config::{CacheSettings, DatabaseSettings};
+use product_size_service::db::{Db, DbRoute};
+use product_size_service::domain::Sku;
+use product_size_service::metrics::{Database, DatabaseLabels, Metrics};
+use product_size_service::service::SizeService;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::helpers::{
+    Options, Replica, TestApp, primary_url, read_source, shared_redis_url, size, version_of,
+};
+use crate::processes::{OwnPostgres, OwnRedis};
+
+fn with_redis(redis: &OwnRedis) -> Options {
+    Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    }
+}
+
+/// Polls `check` until it holds, for up to `seconds`.
+async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_write_acknowledged_while_redis_is_paused_is_never_served_stale() {
+    let redis = OwnRedis::start().await;
+    let app = TestApp::spawn_with(with_redis(&redis)).await;
+    let sku = app.sku("paused");
+    app.put(&sku, &size(1)).await;
+    assert_eq!(read_source(&app.get(&sku).await), "cache");
+
+    redis.pause().await;
+    let written = app.put(&sku, &size(2)).await;
+    assert_eq!(
+        written.status(),
+        StatusCode::OK,
+        "writes succeed without Redis"
+    );
+    let read = app.get(&sku).await;
+    assert_ne!(read_source(&read), "cache");
+    assert_eq!(version_of(&read.json().await.unwrap()), 2);
+    assert!(metric(&app, "product_size_cache_repairs_pending").await >= 1.0);
+
+    // Redis comes back still holding version 1: it must not be served.
+    redis.resume().await;
+    let read = app.get(&sku).await;
+    assert_eq!(version_of(&read.json().await.unwrap()), 2);
+    eventually(
+        10,
+        "the repair is applied and served from the cache",
+        || async {
+            let read = app.get(&sku).await;
+            read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 2
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&app, "product_size_cache_repairs_pending").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_write_acknowledged_while_redis_was_down_is_repaired_before_its_old_entry_is_served() {
+    let mut redis = OwnRedis::start_persistent().await;
+    let app = TestApp::spawn_with(with_redis(&redis)).await;
+    let sku = app.sku("aof");
+    app.put(&sku, &size(1)).await;
+    assert_eq!(read_source(&app.get(&sku).await), "cache");
+
+    redis.stop().await;
+    assert_eq!(app.put(&sku, &size(2)).await.status(), StatusCode::OK);
+    // Redis comes back from its append-only file, still holding version 1 in this epoch.
+    redis.restart().await;
+    for _ in 0..5 {
+        let read = app.get(&sku).await;
+        assert_eq!(version_of(&read.json().await.unwrap()), 2);
+    }
+    eventually(
+        10,
+        "the repair is applied and served from the cache",
+        || async {
+            let read = app.get(&sku).await;
+            read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 2
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_instance_started_after_a_crash_applies_recorded_repairs_before_serving() {
+    let mut redis = OwnRedis::start_persistent().await;
+    let mut first = TestApp::spawn_with(with_redis(&redis)).await;
+    let sku = first.sku("orphan");
+    first.put(&sku, &size(1)).await;
+    assert_eq!(read_source(&first.get(&sku).await), "cache");
+
+    redis.stop().await;
+    assert_eq!(first.put(&sku, &size(2)).await.status(), StatusCode::OK);
+    first.stop().await; // its memory is gone; the outbox is not
+    redis.restart().await; // still holding version 1
+
+    let second = first.sibling(with_redis(&redis)).await;
+    let read = second.get(&sku).await;
+    assert_eq!(version_of(&read.json().await.unwrap()), 2);
+    eventually(10, "the recorded repair is applied", || async {
+        let read = second.get(&sku).await;
+        read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reads_and_writes_go_on_while_redis_is_down_and_after_it_restarts_empty() {
+    let mut redis = OwnRedis::start().await;
+    let app = TestApp::spawn_with(with_redis(&redis)).await;
+    let sku = app.sku("down");
+    app.put(&sku, &size(1)).await;
+    app.get(&sku).await;
+
+    redis.stop().await;
+    for length in 2..=6 {
+        let written = app.put(&sku, &size(length)).await;
+        assert_eq!(written.status(), StatusCode::OK);
+        let read = app.get(&sku).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        assert_ne!(read_source(&read), "cache");
+        assert_eq!(read.json::<Value>().await.unwrap()["length_mm"], length);
+    }
+    assert_eq!(
+        metric(&app, "product_size_cache_up").await,
+        0.0,
+        "the breaker is open"
+    );
+
+    redis.restart().await;
+    eventually(
+        10,
+        "the breaker closes and reads come from the cache again",
+        || async {
+            let read = app.get(&sku).await;
+            let cached = read_source(&read) == "cache";
+            assert_eq!(read.json::<Value>().await.unwrap()["length_mm"], 6);
+            cached
+        },
+    )
+    .await;
+    assert_eq!(metric(&app, "product_size_cache_up").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_down_replica_sends_reads_to_the_primary_until_it_is_back() {
+    let primary_port: u16 = primary_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let replica = OwnPostgres::replica_of(primary_port, None).await;
+    let app = TestApp::spawn_with(Options {
+        replica: Replica::Url(replica.url()),
+        ..Options::default()
+    })
+    .await;
+    let sku = app.sku("replica");
+    app.put(&sku, &size(1)).await;
+    let from_replica = || async {
+        app.evict(&sku).await;
+        let read = app.get(&sku).await;
+        read.status() == StatusCode::OK && read_source(&read) == "replica"
+    };
+    eventually(10, "the replica serves", from_replica).await;
+
+    replica.stop().await;
+    for _ in 0..3 {
+        app.evict(&sku).await;
+        let read = app.get(&sku).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        assert_eq!(read_source(&read), "primary");
+    }
+    replica.start().await;
+    eventually(15, "the replica serves again", from_replica).await;
+}
+
+#[tokio::test]
+async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
+    let primary = OwnPostgres::primary().await;
+    let replica = OwnPostgres::replica_of(primary.port, None).await;
+    let app = TestApp::spawn_with(Options {
+        database_url: primary.url(),
+        replica: Replica::Url(replica.url()),
+        ..Options::default()
+    })
+    .await;
+    let (sku, other) = (app.sku("p"), app.sku("other"));
+    assert_eq!(app.put(&sku, &size(1)).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.put(&other, &size(1)).await.status(),
+        StatusCode::CREATED
+    );
+    eventually(10, "the replica has the rows", || async {
+        app.evict(&sku).await;
+        read_source(&app.get(&sku).await) == "replica"
+    })
+    .await;
+    assert_eq!(read_source(&app.get(&other).await), "cache");
+
+    primary.stop().await;
+    let refused = app.put(&sku, &size(2)).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let cached = app.get(&other).await;
+    assert_eq!(
+        (cached.status(), read_source(&cached)),
+        (StatusCode::OK, "cache".to_owned())
+    );
+    app.evict(&sku).await;
+    let from_replica = app.get(&sku).await;
+    assert_eq!(
+        (from_replica.status(), read_source(&from_replica)),
+        (StatusCode::OK, "replica".to_owned())
+    );
+    let ready: Value = app
+        .request(Method::GET, "/readyz", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["primary"].as_str()),
+        (Some("degraded"), Some("down"))
+    );
+
+    primary.start().await;
+    eventually(15, "writes succeed again", || async {
+        app.put(&sku, &size(3)).await.status().is_success()
+    })
+    .await;
+    assert_eq!(version_of(&app.get(&sku).await.json().await.unwrap()), 2);
+}
+
+#[tokio::test]
+async fn not_found_is_cached_briefly_and_a_create_is_never_hidden_by_it() {
+    let app = TestApp::spawn().await;
+    let sku = app.sku("later");
+    assert_eq!(app.get(&sku).await.status(), StatusCode::NOT_FOUND);
+    let again = app.get(&sku).await;
+    assert_eq!(
+        (again.status(), read_source(&again)),
+        (StatusCode::NOT_FOUND, "cache".to_owned())
+    );
+
+    assert_eq!(app.put(&sku, &size(1)).await.status(), StatusCode::CREATED);
+    let read = app.get(&sku).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(version_of(&read.json().await.unwrap()), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_sku_make_one_database_read() {
+    let prefix = format!("sf{:08x}", fastrand::u32(..));
+    let settings = CacheSettings {
+        key_prefix: prefix,
+        entry_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(10),
+        fence_ttl: Duration::from_secs(60),
+        command_timeout: Duration::from_millis(500),
+        pool_size: 2,
+    };
+    let cache =
+        Arc::new(Cache::connect(&SecretString::from(shared_redis_url()), settings).unwrap());
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let db_settings = DatabaseSettings {
+        max_connections: 60,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+    };
+    let db = Db::connect_lazy(&SecretString::from(primary_url()), None, &db_settings).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let service = Arc::new(SizeService::new(db, cache, metrics.clone(), None));
+    let sku = Sku::parse(&format!("SF-{:08x}", fastrand::u32(..))).unwrap();
+    // Warm the epoch so every reader sees the same one.
+    service
+        .read(std::slice::from_ref(&sku), DbRoute::Primary, None)
+        .await
+        .unwrap();
+    let primary_reads = || {
+        metrics
+            .database_reads
+            .get_or_create(&DatabaseLabels {
+                database: Database::Primary,
+            })
+            .get()
+    };
+    let sku2 = Sku::parse(&format!("{}-2", sku)).unwrap();
+    let before = primary_reads();
+
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (service, sku) = (service.clone(), sku2.clone());
+        readers.spawn(async move {
+            service
+                .read(std::slice::from_ref(&sku), DbRoute::Primary, None)
+                .await
+                .unwrap()
+        });
+    }
+    while let Some(read) = readers.join_next().await {
+        assert_eq!(read.unwrap().docs[0].version, 0);
+    }
+    let reads = primary_reads() - before;
+    assert!(
+        reads <= 2,
+        "50 concurrent misses made {reads} database reads"
+    );
+}
