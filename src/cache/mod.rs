@@ -135,6 +135,11 @@ impl Cache {
         let _ = self.pool.quit().await;
     }
 
+    /// Names this cache (its key prefix): repairs are recorded per cache.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn entry_key(&self, sku: &str) -> String {
         format!("{}:{{{sku}}}", self.prefix)
     }

@@ -88,13 +88,14 @@ pub struct Committed<T> {
 const MAX_ATTEMPTS: usize = 5;
 
 /// Runs one write transaction on the primary: locks the current rows of `skus`, asks `plan`
-/// what to store (given those rows by SKU), stores it with one set-based upsert, commits, and
+/// what to store (given those rows by SKU), stores it with one set-based statement, commits, and
 /// reads the WAL position after the commit.
 ///
 /// Rows that do not exist yet cannot be locked; if a concurrent transaction inserts one first,
-/// the guarded upsert skips it, and the whole transaction is retried against the new row.
+/// the insert skips it, and the whole transaction is retried against the new row.
 pub async fn write_transaction<T>(
     pool: &PgPool,
+    cache_prefix: &str,
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
 ) -> Result<Committed<T>, sqlx::Error> {
@@ -106,7 +107,7 @@ pub async fn write_transaction<T>(
         if rows.is_empty() {
             tx.commit().await?;
         } else {
-            let stored = upsert(&mut tx, &rows).await?;
+            let stored = store(&mut tx, &rows, &current, cache_prefix).await?;
             if stored < rows.len() {
                 tx.rollback().await?;
                 continue;
@@ -136,35 +137,46 @@ async fn lock_rows(
     Ok(rows.into_iter().map(|row| (row.sku.clone(), row)).collect())
 }
 
-/// Inserts or replaces `rows`; each replaces only the version it was planned from
-/// (`version - 1`), so a row created concurrently is skipped. Every stored version is also
-/// recorded in `cache_repairs` in the same statement. Returns how many rows were stored.
-async fn upsert(
+/// Stores `rows`: rows that were locked are updated, the others inserted unless a concurrent
+/// transaction created them first. Every stored version is also recorded in `cache_repairs`,
+/// in the same statement. Returns how many rows were stored.
+async fn store(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[StoredSize],
+    locked: &HashMap<String, StoredSize>,
+    cache_prefix: &str,
 ) -> Result<usize, sqlx::Error> {
     let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
-    let stored: Vec<String> = sqlx::query_scalar(
-        "WITH stored AS ( \
-             INSERT INTO product_sizes AS p \
+    let stored: i64 = sqlx::query_scalar(
+        "WITH n AS ( \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[], \
+                                  $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[], $11::bool[]) \
+                 AS n(sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
+                      source_version, deleted, updated_at, is_new) \
+         ), updated AS ( \
+             UPDATE product_sizes AS p SET \
+                 length_mm = n.length_mm, width_mm = n.width_mm, height_mm = n.height_mm, \
+                 weight_g = n.weight_g, size_label = n.size_label, version = n.version, \
+                 source_version = n.source_version, deleted = n.deleted, updated_at = n.updated_at \
+             FROM n WHERE p.sku = n.sku AND NOT n.is_new \
+             RETURNING p.sku, p.version \
+         ), inserted AS ( \
+             INSERT INTO product_sizes \
                  (sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
                   source_version, deleted, updated_at) \
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], \
-                                  $6::text[], $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[]) \
-             ON CONFLICT (sku) DO UPDATE SET \
-                 length_mm = EXCLUDED.length_mm, width_mm = EXCLUDED.width_mm, \
-                 height_mm = EXCLUDED.height_mm, weight_g = EXCLUDED.weight_g, \
-                 size_label = EXCLUDED.size_label, version = EXCLUDED.version, \
-                 source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted, \
-                 updated_at = EXCLUDED.updated_at \
-             WHERE p.version = EXCLUDED.version - 1 \
-             RETURNING p.sku, p.version \
+             SELECT sku, length_mm, width_mm, height_mm, weight_g, size_label, version, \
+                    source_version, deleted, updated_at FROM n WHERE n.is_new \
+             ON CONFLICT (sku) DO NOTHING \
+             RETURNING sku, version \
+         ), stored AS ( \
+             SELECT sku, version FROM updated UNION ALL SELECT sku, version FROM inserted \
          ), owed AS ( \
-             INSERT INTO cache_repairs AS r (sku, version) SELECT sku, version FROM stored \
-             ON CONFLICT (sku) DO UPDATE \
+             INSERT INTO cache_repairs AS r (cache_prefix, sku, version) \
+             SELECT $12, sku, version FROM stored \
+             ON CONFLICT (cache_prefix, sku) DO UPDATE \
                  SET version = GREATEST(r.version, EXCLUDED.version), created_at = now() \
          ) \
-         SELECT sku FROM stored",
+         SELECT count(*) FROM stored",
     )
     .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
     .bind(column(|r| r.length_mm))
@@ -176,37 +188,46 @@ async fn upsert(
     .bind(rows.iter().map(|r| r.source_version).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
+    .bind(rows.iter().map(|r| !locked.contains_key(&r.sku)).collect::<Vec<_>>())
+    .bind(cache_prefix)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(stored.len())
+    Ok(usize::try_from(stored).unwrap_or(0))
 }
 
-/// Cache repairs still owed: those of `pending` SKUs, and any older than `min_age` (a write
-/// whose instance died before updating Redis, or before clearing its repair).
+/// Cache repairs still owed to the cache named by `cache_prefix`: those of `pending` SKUs,
+/// and any older than `min_age` (a write whose instance died before updating Redis, or before
+/// clearing its repair).
 pub async fn owed_repairs(
     pool: &PgPool,
+    cache_prefix: &str,
     pending: &[&str],
     min_age: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT sku, version FROM cache_repairs \
-         WHERE sku = ANY($1) OR created_at < now() - make_interval(secs => $2) \
+         WHERE cache_prefix = $4 AND (sku = ANY($1) OR created_at < now() - make_interval(secs => $2)) \
          ORDER BY created_at LIMIT $3",
     )
     .bind(pending)
     .bind(min_age.as_secs_f64())
     .bind(limit)
+    .bind(cache_prefix)
     .fetch_all(pool)
     .await
 }
 
 /// Clears repairs that Redis now satisfies: those at or below the given versions.
-pub async fn settle_repairs(pool: &PgPool, settled: &[(String, i64)]) -> Result<u64, sqlx::Error> {
+pub async fn settle_repairs(
+    pool: &PgPool,
+    cache_prefix: &str,
+    settled: &[(String, i64)],
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM cache_repairs AS r \
          USING UNNEST($1::text[], $2::bigint[]) AS s(sku, version) \
-         WHERE r.sku = s.sku AND r.version <= s.version",
+         WHERE r.cache_prefix = $3 AND r.sku = s.sku AND r.version <= s.version",
     )
     .bind(
         settled
@@ -220,6 +241,7 @@ pub async fn settle_repairs(pool: &PgPool, settled: &[(String, i64)]) -> Result<
             .map(|(_, version)| *version)
             .collect::<Vec<_>>(),
     )
+    .bind(cache_prefix)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

@@ -128,7 +128,7 @@ impl SizeService {
             tasks.push(tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(BATCH);
                 while settled.recv_many(&mut batch, BATCH).await > 0 {
-                    if let Err(error) = settle_repairs(service.db.primary(), &batch).await {
+                    if let Err(error) = settle_repairs(service.db.primary(), service.cache.prefix(), &batch).await {
                         tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
                     }
                     batch.clear();
@@ -164,7 +164,14 @@ impl SizeService {
     /// Takes over every repair still recorded, so that an instance that starts after a crash
     /// does not serve, from the cache, versions older than what its predecessor acknowledged.
     pub async fn adopt_owed_repairs(&self) -> Result<usize, sqlx::Error> {
-        let owed = owed_repairs(self.db.primary(), &[], Duration::ZERO, 1_000_000).await?;
+        let owed = owed_repairs(
+            self.db.primary(),
+            self.cache.prefix(),
+            &[],
+            Duration::ZERO,
+            1_000_000,
+        )
+        .await?;
         self.repairs
             .mark_owed(owed.iter().map(|(sku, version)| (sku.as_str(), *version)));
         if !owed.is_empty() {
@@ -180,7 +187,14 @@ impl SizeService {
         }
         let pending = self.repairs.pending_skus();
         let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
-        let owed = owed_repairs(self.db.primary(), &pending_refs, ORPHAN_AGE, BATCH as i64).await?;
+        let owed = owed_repairs(
+            self.db.primary(),
+            self.cache.prefix(),
+            &pending_refs,
+            ORPHAN_AGE,
+            BATCH as i64,
+        )
+        .await?;
         self.repairs.forget_unless(&pending, &owed);
         if owed.is_empty() {
             return Ok(0);
@@ -211,7 +225,7 @@ impl SizeService {
             .record_writes(&installs, &meta.epoch, lsn)
             .await?;
         let done: Vec<(String, i64)> = rows.iter().map(|r| (r.sku.clone(), r.version)).collect();
-        settle_repairs(self.db.primary(), &done).await?;
+        settle_repairs(self.db.primary(), self.cache.prefix(), &done).await?;
         self.repairs.clear(&done);
         Ok(done.len())
     }

@@ -84,29 +84,31 @@ impl SizeService {
         skus.sort_unstable();
         skus.dedup();
         let now = Utc::now();
-        let committed = write_transaction(self.db.primary(), &skus, |current| {
-            let mut state = current.clone();
-            let mut written: Vec<&str> = Vec::new();
-            let decisions: Vec<Decision> = changes
-                .iter()
-                .map(|(sku, change)| {
-                    let decision = decide(sku, state.get(sku.as_str()), change, preconditions, now);
-                    if let Decision::Write { row, .. } = &decision {
-                        state.insert(row.sku.clone(), row.clone());
-                        written.push(sku.as_str());
-                    }
-                    decision
-                })
-                .collect();
-            written.sort_unstable();
-            written.dedup();
-            let rows: Vec<StoredSize> = written
-                .iter()
-                .filter_map(|sku| state.get(*sku).cloned())
-                .collect();
-            (rows.clone(), (decisions, rows))
-        })
-        .await?;
+        let committed =
+            write_transaction(self.db.primary(), self.cache.prefix(), &skus, |current| {
+                let mut state = current.clone();
+                let mut written: Vec<&str> = Vec::new();
+                let decisions: Vec<Decision> = changes
+                    .iter()
+                    .map(|(sku, change)| {
+                        let decision =
+                            decide(sku, state.get(sku.as_str()), change, preconditions, now);
+                        if let Decision::Write { row, .. } = &decision {
+                            state.insert(row.sku.clone(), row.clone());
+                            written.push(sku.as_str());
+                        }
+                        decision
+                    })
+                    .collect();
+                written.sort_unstable();
+                written.dedup();
+                let rows: Vec<StoredSize> = written
+                    .iter()
+                    .filter_map(|sku| state.get(*sku).cloned())
+                    .collect();
+                (rows.clone(), (decisions, rows))
+            })
+            .await?;
         let (decisions, rows) = committed.outcome;
         if !rows.is_empty() {
             self.record_in_cache(&rows, &epoch, committed.lsn).await;

@@ -159,7 +159,12 @@ impl TestApp {
             let _ = stopped.await;
         }));
 
-        let redis = Client::new(RedisConfig::from_url(&redis_url).unwrap(), None, None, None);
+        // Reconnects after a test restarts its Redis; never waits forever on one that is down.
+        let redis = fred::prelude::Builder::from_config(RedisConfig::from_url(&redis_url).unwrap())
+            .with_performance_config(|perf| perf.default_command_timeout = Duration::from_secs(2))
+            .set_policy(fred::prelude::ReconnectPolicy::new_constant(0, 100))
+            .build()
+            .unwrap();
         // Some tests point the app at a Redis that is down on purpose: connect lazily.
         let _connection = redis.connect();
         let _ = tokio::time::timeout(Duration::from_secs(1), redis.wait_for_connect()).await;

@@ -9,3 +9,4 @@ mod operations;
 mod processes;
 mod sizes;
 mod sync;
+mod torture;

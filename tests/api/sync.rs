@@ -115,3 +115,39 @@ async fn a_thousand_items_apply_in_one_batch() {
     assert_eq!(found["items"].as_array().unwrap().len(), 1000);
     assert_eq!(found["items"][999]["length_mm"], 1000);
 }
+
+#[tokio::test]
+async fn a_sku_may_appear_several_times_in_one_batch() {
+    let app = TestApp::spawn().await;
+    let (sku, other) = (app.sku("twice"), app.sku("other"));
+    app.sync(&[update(&sku, 1, 1)]).await;
+    let body: Value = app
+        .sync(&[
+            update(&sku, 2, 2),
+            update(&other, 5, 1),
+            update(&sku, 3, 3),
+            update(&sku, 3, 3),
+            update(&sku, 9, 2),
+        ])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(&body),
+        ["applied", "applied", "applied", "unchanged", "stale"]
+    );
+    let versions: Vec<i64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1, 3, 3, 3]);
+    assert_eq!(app.primary_row(&sku).await, Some((3, false, 3)));
+    let read: Value = app.get(&sku).await.json().await.unwrap();
+    assert_eq!(
+        (read["version"].as_i64(), read["length_mm"].as_i64()),
+        (Some(3), Some(3))
+    );
+}
