@@ -54,15 +54,7 @@ pub struct Application {
 impl Application {
     /// Connects lazily to every dependency (so it starts while one is down) and binds.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let db = Db::connect_lazy(
-            &config.database_url,
-            config.replica_url.as_ref(),
-            &config.database,
-        )?;
-        let cache = Arc::new(Cache::connect(&config.redis_url, config.cache.clone())?);
-        if !cache.wait_connected(Duration::from_secs(2)).await {
-            tracing::warn!("Redis is not reachable yet; serving from the database until it is");
-        }
+        let (db, cache) = connect(&config).await?;
         let mut background = Vec::new();
         let replica_health = db.replica().map(|replica| {
             let health = Arc::new(ReplicaHealth::default());
@@ -88,6 +80,7 @@ impl Application {
         background.extend(sizes.spawn_repair_tasks());
         let state = AppState {
             sizes: sizes.clone(),
+            warm_job: Arc::default(),
         };
         let router = router(
             state,
@@ -129,6 +122,32 @@ impl Application {
         self.sizes.cache().quit().await;
         served
     }
+}
+
+/// Pools and the Redis client, connecting lazily: nothing here fails because a dependency is
+/// down, only because the configuration is wrong.
+pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>), StartupError> {
+    let db = Db::connect_lazy(
+        &config.database_url,
+        config.replica_url.as_ref(),
+        &config.database,
+    )?;
+    let cache = Arc::new(Cache::connect(&config.redis_url, config.cache.clone())?);
+    if !cache.wait_connected(Duration::from_secs(2)).await {
+        tracing::warn!("Redis is not reachable yet; serving from the database until it is");
+    }
+    Ok((db, cache))
+}
+
+/// The service without HTTP, for the cache commands.
+pub async fn service(config: &Config) -> Result<Arc<SizeService>, StartupError> {
+    let (db, cache) = connect(config).await?;
+    Ok(Arc::new(SizeService::new(
+        db,
+        cache,
+        Arc::new(Metrics::default()),
+        None,
+    )))
 }
 
 /// The full router: the documented API, docs, and the middleware stack.

@@ -1,8 +1,8 @@
 //! The command line of the `product-size` binary.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DatabaseArgs, ServeArgs};
+use crate::config::{ConnectionArgs, DatabaseArgs, ServeArgs};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -28,4 +28,36 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// Load every row into the cache (safe while writes go on).
+    WarmCache(WarmCacheArgs),
+    /// Compare the cache with the primary; exit 0 only when they agree.
+    AuditCache(AuditCacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditCacheArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// Fix every divergence found (compare-and-set, never a blind write).
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WarmCacheArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// Rows per page.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+
+    /// Rows per second at most (default: as fast as it goes).
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+
+    /// Read the primary even when a replica is configured.
+    #[arg(long)]
+    pub from_primary: bool,
 }

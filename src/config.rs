@@ -12,24 +12,7 @@ use secrecy::SecretString;
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    /// PostgreSQL streaming replica; unset = read from the primary.
-    #[arg(long, env = "DATABASE_REPLICA_URL", hide_env_values = true)]
-    pub database_replica_url: Option<String>,
-
-    /// Reads avoid the replica while it lags the primary by more than this (milliseconds).
-    #[arg(long, env = "REPLICA_MAX_LAG_MS", default_value_t = 5000)]
-    pub replica_max_lag_ms: u64,
-
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    pub connection: ConnectionArgs,
 
     /// Listen address.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
@@ -56,6 +39,30 @@ pub struct ServeArgs {
     /// Serve without authentication (development only).
     #[arg(long, env = "AUTH_DISABLED")]
     pub auth_disabled: bool,
+}
+
+/// How to reach the databases and Redis: shared by `serve` and the cache commands.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// PostgreSQL streaming replica; unset = read from the primary.
+    #[arg(long, env = "DATABASE_REPLICA_URL", hide_env_values = true)]
+    pub database_replica_url: Option<String>,
+
+    /// Reads avoid the replica while it lags the primary by more than this (milliseconds).
+    #[arg(long, env = "REPLICA_MAX_LAG_MS", default_value_t = 5000)]
+    pub replica_max_lag_ms: u64,
+
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
 
     /// Cache entry lifetime in seconds (jittered by ±10%).
     #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 3600)]
@@ -153,13 +160,9 @@ impl DatabaseSettings {
 }
 
 impl Config {
+    /// The configuration of `serve`: connections plus listener and tokens.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
-        check_pg_url("DATABASE_URL", &args.database.database_url)?;
-        if let Some(url) = &args.database_replica_url {
-            check_pg_url("DATABASE_REPLICA_URL", url)?;
-        }
-        fred::prelude::Config::from_url(&args.redis_url)
-            .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
+        let mut config = Self::from_connection_args(args.connection)?;
         let tokens = |raw: Vec<String>| -> Vec<SecretString> {
             raw.into_iter()
                 .map(|t| t.trim().to_owned())
@@ -167,14 +170,29 @@ impl Config {
                 .map(SecretString::from)
                 .collect()
         };
-        let auth = AuthSettings {
+        config.bind_addr = args.bind_addr;
+        config.auth = AuthSettings {
             read_tokens: tokens(args.api_read_tokens),
             write_tokens: tokens(args.api_write_tokens),
             disabled: args.auth_disabled,
         };
-        if !auth.disabled && auth.read_tokens.is_empty() && auth.write_tokens.is_empty() {
+        if !config.auth.disabled
+            && config.auth.read_tokens.is_empty()
+            && config.auth.write_tokens.is_empty()
+        {
             return Err(ConfigError::NoTokens);
         }
+        Ok(config)
+    }
+
+    /// The configuration of a command that serves no HTTP (warm-cache, audit-cache).
+    pub fn from_connection_args(args: ConnectionArgs) -> Result<Self, ConfigError> {
+        check_pg_url("DATABASE_URL", &args.database.database_url)?;
+        if let Some(url) = &args.database_replica_url {
+            check_pg_url("DATABASE_REPLICA_URL", url)?;
+        }
+        fred::prelude::Config::from_url(&args.redis_url)
+            .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
         if args.cache_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "CACHE_TTL_SECS must be at least 1".into(),
@@ -191,8 +209,12 @@ impl Config {
             replica_url: args.database_replica_url.map(SecretString::from),
             replica_max_lag: Duration::from_millis(args.replica_max_lag_ms),
             redis_url: SecretString::from(args.redis_url),
-            bind_addr: args.bind_addr,
-            auth,
+            bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthSettings {
+                read_tokens: Vec::new(),
+                write_tokens: Vec::new(),
+                disabled: true,
+            },
             database: DatabaseSettings::from_args(&args.database),
             cache: CacheSettings {
                 key_prefix: args.cache_key_prefix,

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use product_size_service::cli::{Cli, Command};
 use product_size_service::config::{Config, DatabaseSettings};
-use product_size_service::{Application, db, routes, telemetry};
+use product_size_service::{Application, commands, db, routes, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -16,6 +16,8 @@ async fn main() -> ExitCode {
             print!("{}", routes::openapi_json());
             Ok(())
         }
+        Command::WarmCache(args) => commands::warm_cache(args).await,
+        Command::AuditCache(args) => commands::audit_cache(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

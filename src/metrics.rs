@@ -37,6 +37,11 @@ pub struct CacheLabels {
     pub outcome: CacheOutcome,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub state: &'static str,
+}
+
 /// Every metric the service exports, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +56,8 @@ pub struct Metrics {
     /// How far the replica's replay is behind the primary.
     pub replica_lag_bytes: Gauge,
     pub replica_lag_seconds: Gauge<f64, AtomicU64>,
+    /// The counts of the last cache audit (any instance's or `audit-cache`'s).
+    pub audit_entries: Family<AuditLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -94,8 +101,15 @@ impl Default for Metrics {
             Unit::Seconds,
             replica_lag_seconds.clone(),
         );
+        let audit_entries = Family::<AuditLabels, Gauge>::default();
+        registry.register(
+            "cache_audit_entries",
+            "Counts of the last cache audit: checked, agreeing, stale, orphaned, missing, repaired",
+            audit_entries.clone(),
+        );
         Self {
             registry,
+            audit_entries,
             database_reads,
             cache_lookups,
             repairs_pending,
@@ -117,6 +131,21 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&CacheLabels { outcome })
             .inc_by(n as u64);
+    }
+
+    pub fn set_audit(&self, report: &crate::service::audit::AuditReport) {
+        for (state, count) in [
+            ("checked", report.checked),
+            ("agreeing", report.agreeing),
+            ("stale", report.stale),
+            ("orphaned", report.orphaned),
+            ("missing", report.missing),
+            ("repaired", report.repaired),
+        ] {
+            self.audit_entries
+                .get_or_create(&AuditLabels { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// The OpenMetrics text exposition.

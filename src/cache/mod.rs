@@ -59,6 +59,7 @@ pub struct Cache {
     settings: CacheSettings,
     install: Script,
     bump: Script,
+    delete_if: Script,
     /// The last epoch this instance saw, stamped on writes (see [`Cache::known_epoch`]).
     epoch: RwLock<Option<Epoch>>,
     breaker: Breaker,
@@ -88,6 +89,7 @@ impl Cache {
             settings,
             install: Script::from_lua(scripts::INSTALL),
             bump: Script::from_lua(scripts::BUMP_HWM),
+            delete_if: Script::from_lua(scripts::DELETE_IF_UNCHANGED),
             epoch: RwLock::new(None),
             breaker: Breaker::default(),
         })
@@ -152,8 +154,79 @@ impl Cache {
         format!("{}:meta", self.prefix)
     }
 
+    /// One page of SKUs that have a cache entry, and the cursor of the next page (`"0"` when
+    /// the scan is complete).
+    pub async fn scan_entries(
+        &self,
+        cursor: &str,
+        count: u32,
+    ) -> Result<(String, Vec<String>), CacheError> {
+        let pattern = format!("{}:{{*}}", self.prefix);
+        let (next, keys): (String, Vec<String>) = self
+            .guarded(
+                self.pool
+                    .next()
+                    .scan_page(cursor.to_owned(), pattern, Some(count), None),
+            )
+            .await?;
+        let skus = keys
+            .iter()
+            .filter_map(|key| {
+                key.strip_prefix(&self.prefix)?
+                    .strip_prefix(":{")?
+                    .strip_suffix('}')
+            })
+            .map(str::to_owned)
+            .collect();
+        Ok((next, skus))
+    }
+
+    /// The raw entry values of `skus`, as stored.
+    pub async fn raw_entries(&self, skus: &[&str]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = skus.iter().map(|s| self.entry_key(s)).collect();
+        self.guarded(self.pool.next().mget(keys)).await
+    }
+
+    /// Deletes an entry only if it still holds `seen`.
+    pub async fn delete_entry_if_unchanged(
+        &self,
+        sku: &str,
+        seen: Bytes,
+    ) -> Result<bool, CacheError> {
+        let client = self.pool.next();
+        let deleted: i64 = self
+            .guarded(self.delete_if.evalsha_with_reload(
+                client,
+                vec![self.entry_key(sku)],
+                vec![seen],
+            ))
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// Stores a small JSON document beside the cache's keys (the last audit's counts).
+    pub async fn put_note(&self, name: &str, value: String) -> Result<(), CacheError> {
+        self.guarded(self.pool.next().set(
+            format!("{}:note:{name}", self.prefix),
+            value,
+            None,
+            None,
+            false,
+        ))
+        .await
+    }
+
+    pub async fn note(&self, name: &str) -> Result<Option<String>, CacheError> {
+        self.guarded(self.pool.next().get(format!("{}:note:{name}", self.prefix)))
+            .await
+    }
+
     /// Entries, fences and the meta key for `skus`, in one MGET.
     pub async fn read(&self, skus: &[Sku]) -> Result<CacheRead, CacheError> {
+        // Never empty: the meta key is always read.
         let mut keys: Vec<String> = Vec::with_capacity(skus.len() * 2 + 1);
         keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
         keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
@@ -261,6 +334,9 @@ impl Cache {
         epoch: &Epoch,
         written_at: Option<Lsn>,
     ) -> Result<usize, CacheError> {
+        if items.is_empty() && written_at.is_none() {
+            return Ok(0);
+        }
         self.guarded(self.install_all_unguarded(items, epoch, written_at))
             .await
     }

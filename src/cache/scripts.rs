@@ -46,3 +46,13 @@ if epoch and ARGV[1] > hwm then
 end
 return 1
 "#;
+
+/// Deletes a key only if it still holds the value the caller saw (audit repair of orphans).
+///
+/// KEYS: the key. ARGV: the value seen.
+pub const DELETE_IF_UNCHANGED: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;

@@ -139,7 +139,7 @@ async fn primary_position(pool: &PgPool) -> Result<Lsn, sqlx::Error> {
 }
 
 /// `None` when the server is not replaying WAL (a promoted or misconfigured replica).
-async fn replay_position(pool: &PgPool) -> Result<Option<Lsn>, sqlx::Error> {
+pub async fn replay_position(pool: &PgPool) -> Result<Option<Lsn>, sqlx::Error> {
     let text: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
         .fetch_one(pool)
         .await?;

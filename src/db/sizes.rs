@@ -54,17 +54,45 @@ pub async fn fetch(pool: &PgPool, skus: &[&str]) -> Result<Fetched, sqlx::Error>
         .bind(skus)
         .fetch_all(pool)
         .await?;
-    let replayed = rows
-        .first()
-        .and_then(|row| row.replay_lsn.as_deref())
-        .and_then(|text| text.parse().ok());
-    Ok(Fetched {
-        replayed,
-        rows: rows
-            .into_iter()
-            .filter_map(FetchedRow::into_stored)
-            .collect(),
-    })
+    Ok(Fetched::from_rows(rows))
+}
+
+/// Up to `page_size` rows after `after_sku` in SKU order, tombstones included, with the
+/// replay position that bounds what they reflect.
+pub async fn fetch_page(
+    pool: &PgPool,
+    after_sku: &str,
+    page_size: i32,
+) -> Result<Fetched, sqlx::Error> {
+    let rows: Vec<FetchedRow> = sqlx::query_as("SELECT * FROM read_product_sizes_page($1, $2)")
+        .bind(after_sku)
+        .bind(page_size)
+        .fetch_all(pool)
+        .await?;
+    Ok(Fetched::from_rows(rows))
+}
+
+/// How many rows (tombstones included) there are.
+pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM product_sizes")
+        .fetch_one(pool)
+        .await
+}
+
+impl Fetched {
+    fn from_rows(rows: Vec<FetchedRow>) -> Self {
+        let replayed = rows
+            .first()
+            .and_then(|row| row.replay_lsn.as_deref())
+            .and_then(|text| text.parse().ok());
+        Self {
+            replayed,
+            rows: rows
+                .into_iter()
+                .filter_map(FetchedRow::into_stored)
+                .collect(),
+        }
+    }
 }
 
 /// The primary's current WAL insert position. Taken after a commit returns, it is at or past

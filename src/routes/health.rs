@@ -76,8 +76,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     responses((status = 200, description = "Prometheus metrics (OpenMetrics text format)",
                content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let metrics = state.sizes.metrics();
+    if let Some(audit) = state.sizes.last_audit().await {
+        metrics.set_audit(&audit);
+    }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.sizes.metrics().encode(),
+        metrics.encode(),
     )
 }

@@ -1,5 +1,6 @@
 //! HTTP only: extract, call the service, map the answer.
 
+pub mod admin;
 pub mod docs;
 pub mod extract;
 pub mod health;
@@ -23,6 +24,7 @@ pub const X_CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consisten
 #[derive(Clone)]
 pub struct AppState {
     pub sizes: Arc<SizeService>,
+    pub warm_job: Arc<admin::WarmJob>,
 }
 
 #[derive(OpenApi)]
@@ -74,6 +76,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
+        .routes(routes!(admin::start_warm, admin::warm_status))
 }
 
 /// The OpenAPI document, as committed in `openapi/openapi.json`.

@@ -16,10 +16,12 @@
 //! - Redis losing its data (FLUSHALL, restart) ends the epoch: everything stamped before is
 //!   ignored, and the next epoch's high-water mark is taken from the primary.
 
+pub mod audit;
 mod flight;
 mod position;
 mod read;
 pub mod repair;
+pub mod warm;
 mod write;
 
 use std::sync::Arc;

@@ -74,6 +74,8 @@ impl Default for Options {
 }
 
 pub struct TestApp {
+    /// What the app was built with (to build a service or run a command against the same).
+    pub config: Config,
     pub address: String,
     server: Option<(
         tokio::sync::oneshot::Sender<()>,
@@ -152,7 +154,9 @@ impl TestApp {
                 pool_size: 2,
             },
         };
-        let app = Application::build(config).await.expect("app builds");
+        let app = Application::build(config.clone())
+            .await
+            .expect("app builds");
         let address = format!("http://{}", app.local_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
@@ -169,6 +173,7 @@ impl TestApp {
         let _connection = redis.connect();
         let _ = tokio::time::timeout(Duration::from_secs(1), redis.wait_for_connect()).await;
         let test_app = Self {
+            config,
             address,
             server: Some((stop, server)),
             client: reqwest::Client::new(),

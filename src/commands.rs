@@ -1,0 +1,148 @@
+//! The operator commands of the binary: cache warm-up and audit.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::app;
+use crate::cli::{AuditCacheArgs, WarmCacheArgs};
+use crate::config::Config;
+use crate::service::audit::AuditReport;
+use crate::service::warm::{WarmOptions, WarmProgress};
+
+pub type CommandError = Box<dyn std::error::Error>;
+
+/// `product-size warm-cache`: a progress bar on a terminal, plain progress lines otherwise,
+/// and a summary at the end.
+pub async fn warm_cache(args: WarmCacheArgs) -> Result<(), CommandError> {
+    let config = Config::from_connection_args(args.connection)?;
+    let service = app::service(&config).await?;
+    let options = WarmOptions {
+        batch_size: args.batch_size,
+        rate_limit: args.rate_limit,
+        from_primary: args.from_primary,
+    };
+    let mut display = Progress::new();
+    let summary = service
+        .warm_cache(&options, |progress| display.update(progress))
+        .await;
+    display.finish();
+    let summary = summary?;
+    println!("{}", warm_summary(&summary));
+    Ok(())
+}
+
+pub fn warm_summary(p: &WarmProgress) -> String {
+    let rate = if p.elapsed_secs > 0.0 {
+        p.rows as f64 / p.elapsed_secs
+    } else {
+        0.0
+    };
+    format!(
+        "cache warm-up done\n\
+         \x20 rows read        {:>12}\n\
+         \x20 installed        {:>12}\n\
+         \x20 skipped (older)  {:>12}\n\
+         \x20 pages from primary {:>10}\n\
+         \x20 elapsed          {:>11.1}s\n\
+         \x20 rate             {:>9.0} rows/s",
+        p.rows, p.installed, p.skipped, p.pages_from_primary, p.elapsed_secs, rate
+    )
+}
+
+/// A progress bar with rate and ETA on a terminal; a line every few seconds elsewhere.
+enum Progress {
+    Bar(ProgressBar),
+    Lines { last: Instant },
+}
+
+impl Progress {
+    fn new() -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            Self::Bar(bar)
+        } else {
+            Self::Lines {
+                last: Instant::now(),
+            }
+        }
+    }
+
+    fn update(&mut self, p: &WarmProgress) {
+        match self {
+            Self::Bar(bar) => {
+                bar.set_length(p.total.max(p.rows));
+                bar.set_position(p.rows);
+            }
+            Self::Lines { last } => {
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = Instant::now();
+                    let rate = p.rows as f64 / p.elapsed_secs.max(0.001);
+                    eprintln!(
+                        "warm-cache: {}/{} rows ({} installed, {} skipped), {rate:.0} rows/s",
+                        p.rows, p.total, p.installed, p.skipped
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Self::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `product-size audit-cache [--repair]`: prints a summary table and the first divergent SKUs.
+/// Succeeds only when the cache agrees with the primary (after repair, when asked to repair).
+pub async fn audit_cache(args: AuditCacheArgs) -> Result<(), CommandError> {
+    let config = Config::from_connection_args(args.connection)?;
+    let service = app::service(&config).await?;
+    let report = service.audit_cache(args.repair).await?;
+    println!("{}", audit_table(&report));
+    let agrees = if args.repair && report.divergent() > 0 {
+        let again = service.audit_cache(false).await?;
+        println!("after repair: {} divergent", again.divergent());
+        again.divergent() == 0
+    } else {
+        report.divergent() == 0
+    };
+    if agrees {
+        Ok(())
+    } else {
+        Err("the cache diverges from the primary".into())
+    }
+}
+
+pub fn audit_table(r: &AuditReport) -> String {
+    let mut out = format!(
+        "cache audit\n\
+         \x20 checked   {:>10}\n\
+         \x20 agreeing  {:>10}\n\
+         \x20 stale     {:>10}\n\
+         \x20 orphaned  {:>10}\n\
+         \x20 missing   {:>10}\n\
+         \x20 repaired  {:>10}",
+        r.checked, r.agreeing, r.stale, r.orphaned, r.missing, r.repaired
+    );
+    if !r.first_divergent.is_empty() {
+        out.push_str("\nfirst divergent SKUs:");
+        for d in &r.first_divergent {
+            let version = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| format!("v{v}"));
+            out.push_str(&format!(
+                "\n  {:<30} {:<9} cached {:<6} stored {}",
+                d.sku,
+                format!("{:?}", d.divergence).to_lowercase(),
+                version(d.cached_version),
+                version(d.stored_version)
+            ));
+        }
+    }
+    out
+}

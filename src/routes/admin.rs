@@ -1,0 +1,132 @@
+//! `/v1/admin/cache/warm`: start a cache warm-up in this instance and watch its progress.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::AppState;
+use crate::error::{AppError, Problem};
+use crate::service::warm::{WarmOptions, WarmProgress};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    #[default]
+    Idle,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// The last (or current) warm-up of this instance.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct WarmStatus {
+    state: JobState,
+    progress: WarmProgress,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// At most one warm-up per instance at a time.
+#[derive(Debug, Default)]
+pub struct WarmJob {
+    status: Mutex<WarmStatus>,
+}
+
+impl WarmJob {
+    fn status(&self) -> WarmStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut WarmStatus)) {
+        if let Ok(mut status) = self.status.lock() {
+            change(&mut status);
+        }
+    }
+
+    /// Marks a new run as started, unless one is running.
+    fn try_start(&self) -> Result<WarmStatus, WarmStatus> {
+        let mut status = self.status.lock().map_err(|_| WarmStatus::default())?;
+        if status.state == JobState::Running {
+            return Err(status.clone());
+        }
+        *status = WarmStatus {
+            state: JobState::Running,
+            started_at: Some(Utc::now()),
+            ..WarmStatus::default()
+        };
+        Ok(status.clone())
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/admin/cache/warm",
+    tag = "operations",
+    responses(
+        (status = 202, description = "Warm-up started", body = WarmStatus),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A warm-up is already running", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn start_warm(State(state): State<AppState>) -> Response {
+    let status = match state.warm_job.try_start() {
+        Ok(status) => status,
+        Err(running) => {
+            return AppError::Conflict(format!(
+                "a warm-up is already running ({} of {} rows)",
+                running.progress.rows, running.progress.total
+            ))
+            .into_response();
+        }
+    };
+    let (sizes, job) = (state.sizes.clone(), Arc::clone(&state.warm_job));
+    tokio::spawn(async move {
+        let result = sizes
+            .warm_cache(&WarmOptions::default(), |progress| {
+                job.update(|s| s.progress = progress.clone())
+            })
+            .await;
+        job.update(|status| {
+            status.finished_at = Some(Utc::now());
+            match result {
+                Ok(progress) => {
+                    status.state = JobState::Succeeded;
+                    status.progress = progress;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cache warm-up failed");
+                    status.state = JobState::Failed;
+                    status.error = Some(error.to_string());
+                }
+            }
+        });
+    });
+    (StatusCode::ACCEPTED, Json(status)).into_response()
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/cache/warm",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The last or current warm-up", body = WarmStatus),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn warm_status(State(state): State<AppState>) -> Json<WarmStatus> {
+    Json(state.warm_job.status())
+}

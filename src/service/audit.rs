@@ -1,0 +1,263 @@
+//! Cache audit: compares every cached entry with the primary, and every stored row with the
+//! cache, and optionally repairs what diverges (with the same compare-and-set as fills, and a
+//! compare-and-delete for entries that name no stored row).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use super::SizeService;
+use crate::cache::{Entry, Epoch, Install};
+use crate::db::sizes::{fetch, fetch_page};
+use crate::domain::StoredSize;
+
+/// How many divergent SKUs a report lists.
+const LISTED: usize = 20;
+const PAGE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Divergence {
+    /// Cached, but older than the stored row (or stamped with a past epoch).
+    Stale,
+    /// Cached, but no such row is stored (or the entry is unreadable or newer than the row).
+    Orphaned,
+    /// Stored (and not deleted), but not cached.
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergent {
+    pub sku: String,
+    pub divergence: Divergence,
+    pub cached_version: Option<i64>,
+    pub stored_version: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// Cached entries compared with the primary.
+    pub checked: u64,
+    pub agreeing: u64,
+    pub stale: u64,
+    pub orphaned: u64,
+    pub missing: u64,
+    /// Divergences fixed (with `--repair`).
+    pub repaired: u64,
+    /// The first divergent SKUs.
+    pub first_divergent: Vec<Divergent>,
+}
+
+impl AuditReport {
+    pub fn divergent(&self) -> u64 {
+        self.stale + self.orphaned + self.missing
+    }
+
+    fn record(&mut self, found: Divergent) {
+        match found.divergence {
+            Divergence::Stale => self.stale += 1,
+            Divergence::Orphaned => self.orphaned += 1,
+            Divergence::Missing => self.missing += 1,
+        }
+        if self.first_divergent.len() < LISTED {
+            self.first_divergent.push(found);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Cache(#[from] fred::error::Error),
+    #[error("Redis has no usable epoch (is it reachable?)")]
+    NoEpoch,
+}
+
+impl SizeService {
+    /// Audits the whole cache; with `repair`, fixes each divergence it finds.
+    #[instrument(skip_all, fields(repair))]
+    pub async fn audit_cache(&self, repair: bool) -> Result<AuditReport, AuditError> {
+        let seen = self.cache.read_meta().await?;
+        let meta = self.current_meta(seen).await.ok_or(AuditError::NoEpoch)?;
+        let mut report = AuditReport::default();
+
+        // Every cached entry against the primary.
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, skus) = self.cache.scan_entries(&cursor, PAGE as u32).await?;
+            if !skus.is_empty() {
+                let refs: Vec<&str> = skus.iter().map(String::as_str).collect();
+                self.audit_cached(&refs, &meta.epoch, repair, &mut report)
+                    .await?;
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+
+        // Every stored row against the cache.
+        let mut after = String::new();
+        loop {
+            let page = fetch_page(self.db.primary(), &after, PAGE as i32).await?;
+            let Some(last) = page.rows.last() else { break };
+            after = last.sku.clone();
+            let live: Vec<&StoredSize> = page.rows.iter().filter(|r| !r.deleted).collect();
+            let skus: Vec<&str> = live.iter().map(|r| r.sku.as_str()).collect();
+            let cached = self.cache.raw_entries(&skus).await?;
+            let absent: Vec<&StoredSize> = live
+                .into_iter()
+                .zip(cached)
+                .filter(|(_, c)| c.is_none())
+                .map(|(r, _)| r)
+                .collect();
+            // Re-read so that a concurrent fill or write is not reported.
+            let absent_skus: Vec<&str> = absent.iter().map(|r| r.sku.as_str()).collect();
+            let still = self.cache.raw_entries(&absent_skus).await?;
+            let missing: Vec<&StoredSize> = absent
+                .into_iter()
+                .zip(still)
+                .filter(|(_, c)| c.is_none())
+                .map(|(r, _)| r)
+                .collect();
+            for row in &missing {
+                report.record(Divergent {
+                    sku: row.sku.clone(),
+                    divergence: Divergence::Missing,
+                    cached_version: None,
+                    stored_version: Some(row.version),
+                });
+            }
+            if repair && !missing.is_empty() {
+                let rows: Vec<StoredSize> = missing.into_iter().cloned().collect();
+                report.repaired += self.install_rows(&rows, &meta.epoch).await? as u64;
+            }
+        }
+        self.publish_audit(&report).await;
+        Ok(report)
+    }
+
+    async fn audit_cached(
+        &self,
+        skus: &[&str],
+        epoch: &Epoch,
+        repair: bool,
+        report: &mut AuditReport,
+    ) -> Result<(), AuditError> {
+        let raw = self.cache.raw_entries(skus).await?;
+        let rows: HashMap<String, StoredSize> = fetch(self.db.primary(), skus)
+            .await?
+            .rows
+            .into_iter()
+            .map(|r| (r.sku.clone(), r))
+            .collect();
+        let mut suspects = Vec::new();
+        for (sku, value) in skus.iter().zip(raw) {
+            let Some(value) = value else { continue }; // expired since the scan
+            report.checked += 1;
+            match judge(sku, &value, rows.get(*sku), epoch) {
+                None => report.agreeing += 1,
+                Some(_) => suspects.push(*sku),
+            }
+        }
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        // Look again: a write or fill may have landed between the two reads.
+        let raw = self.cache.raw_entries(&suspects).await?;
+        let rows: HashMap<String, StoredSize> = fetch(self.db.primary(), &suspects)
+            .await?
+            .rows
+            .into_iter()
+            .map(|r| (r.sku.clone(), r))
+            .collect();
+        let mut to_install = Vec::new();
+        for (sku, value) in suspects.iter().zip(raw) {
+            let row = rows.get(*sku);
+            let Some(value) = value else {
+                report.agreeing += 1;
+                continue;
+            };
+            match judge(sku, &value, row, epoch) {
+                None => report.agreeing += 1,
+                Some(found) => {
+                    let divergence = found.divergence;
+                    report.record(found);
+                    if repair {
+                        match (divergence, row) {
+                            (Divergence::Stale, Some(row)) => to_install.push(row.clone()),
+                            _ => {
+                                report.repaired += u64::from(
+                                    self.cache.delete_entry_if_unchanged(sku, value).await?,
+                                )
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !to_install.is_empty() {
+            report.repaired += self.install_rows(&to_install, epoch).await? as u64;
+        }
+        Ok(())
+    }
+
+    async fn install_rows(&self, rows: &[StoredSize], epoch: &Epoch) -> Result<usize, AuditError> {
+        let bodies: Vec<Option<Bytes>> = rows.iter().map(StoredSize::to_body).collect();
+        let installs: Vec<Install<'_>> = rows
+            .iter()
+            .zip(&bodies)
+            .map(|(row, body)| Install {
+                sku: &row.sku,
+                version: row.version,
+                body: body.as_ref(),
+            })
+            .collect();
+        Ok(self.cache.fill(&installs, epoch).await?)
+    }
+
+    /// Leaves the counts in Redis, where every instance exports them on `/metrics`.
+    async fn publish_audit(&self, report: &AuditReport) {
+        let counts = AuditReport {
+            first_divergent: Vec::new(),
+            ..report.clone()
+        };
+        if let Ok(json) = serde_json::to_string(&counts)
+            && let Err(error) = self.cache.put_note("audit", json).await
+        {
+            tracing::warn!(%error, "could not publish the audit counts");
+        }
+    }
+
+    /// The counts of the last audit of this cache, if any.
+    pub async fn last_audit(&self) -> Option<AuditReport> {
+        let json = self.cache.note("audit").await.ok()??;
+        serde_json::from_str(&json).ok()
+    }
+}
+
+/// `None` when the cached value agrees with the stored row.
+fn judge(sku: &str, value: &Bytes, row: Option<&StoredSize>, epoch: &Epoch) -> Option<Divergent> {
+    let entry = Entry::decode(value.clone());
+    let cached_version = entry.as_ref().map(|e| e.version);
+    let divergence = match (entry, row) {
+        (None, _) => Divergence::Orphaned,
+        (Some(entry), None) if entry.version == 0 => return None,
+        (Some(_), None) => Divergence::Orphaned,
+        (Some(entry), Some(row)) if entry.version > row.version => Divergence::Orphaned,
+        (Some(entry), Some(row)) if entry.version == row.version && &entry.epoch == epoch => {
+            return None;
+        }
+        (Some(_), Some(_)) => Divergence::Stale,
+    };
+    Some(Divergent {
+        sku: sku.to_owned(),
+        divergence,
+        cached_version,
+        stored_version: row.map(|r| r.version),
+    })
+}

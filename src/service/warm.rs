@@ -1,0 +1,159 @@
+//! Cache warm-up: every row, page by page in SKU order, into Redis with the same versioned
+//! compare-and-set as fills, so it is safe while writes go on. Pages come from the replica once
+//! it has replayed the current high-water mark (else from the primary).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tracing::instrument;
+
+use super::{FILL_MAX_AGE, SizeService};
+use crate::cache::Install;
+use crate::db::replica::replay_position;
+use crate::db::sizes::{Fetched, count, fetch_page};
+use crate::domain::{Lsn, StoredSize};
+
+#[derive(Debug, Clone)]
+pub struct WarmOptions {
+    pub batch_size: usize,
+    /// Rows per second at most.
+    pub rate_limit: Option<u32>,
+    /// Read the primary even when a replica is configured.
+    pub from_primary: bool,
+}
+
+impl Default for WarmOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            rate_limit: None,
+            from_primary: false,
+        }
+    }
+}
+
+/// How far a warm-up has come.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct WarmProgress {
+    /// Rows in the table when the warm-up began (tombstones included).
+    pub total: u64,
+    /// Rows read so far.
+    pub rows: u64,
+    /// Rows installed in the cache.
+    pub installed: u64,
+    /// Rows skipped because the cache already held that version or a newer one.
+    pub skipped: u64,
+    /// Pages read from the primary because the replica had not caught up.
+    pub pages_from_primary: u64,
+    /// Seconds since the warm-up began.
+    pub elapsed_secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Cache(#[from] fred::error::Error),
+    #[error("Redis has no usable epoch (is it reachable?)")]
+    NoEpoch,
+}
+
+/// How long a page waits for the replica to replay the high-water mark before it is read
+/// from the primary instead.
+const REPLICA_WAIT: Duration = Duration::from_secs(2);
+
+impl SizeService {
+    /// Warms the cache with every row; `report` is called after each page.
+    #[instrument(skip_all, fields(batch_size = options.batch_size))]
+    pub async fn warm_cache(
+        &self,
+        options: &WarmOptions,
+        mut report: impl FnMut(&WarmProgress),
+    ) -> Result<WarmProgress, WarmError> {
+        let started = Instant::now();
+        let batch = options.batch_size.clamp(1, 10_000);
+        let mut progress = WarmProgress {
+            total: u64::try_from(count(self.db.primary()).await?).unwrap_or(0),
+            ..WarmProgress::default()
+        };
+        let mut after = String::new();
+        loop {
+            // As for any fill: the epoch and high-water mark are read before the rows.
+            let seen = self.cache.read_meta().await?;
+            let meta = self.current_meta(seen).await.ok_or(WarmError::NoEpoch)?;
+            let page_started = Instant::now();
+            let page = self
+                .warm_page(&after, batch, meta.hwm, options.from_primary, &mut progress)
+                .await?;
+            let Some(last) = page.rows.last() else { break };
+            after = last.sku.clone();
+
+            let installed = if page_started.elapsed() < FILL_MAX_AGE {
+                let bodies: Vec<Option<Bytes>> =
+                    page.rows.iter().map(StoredSize::to_body).collect();
+                let installs: Vec<Install<'_>> = page
+                    .rows
+                    .iter()
+                    .zip(&bodies)
+                    .map(|(row, body)| Install {
+                        sku: &row.sku,
+                        version: row.version,
+                        body: body.as_ref(),
+                    })
+                    .collect();
+                self.cache.fill(&installs, &meta.epoch).await?
+            } else {
+                0
+            };
+            let read = page.rows.len() as u64;
+            progress.rows += read;
+            progress.installed += installed as u64;
+            progress.skipped += read - installed as u64;
+            progress.elapsed_secs = started.elapsed().as_secs_f64();
+            report(&progress);
+            if let Some(limit) = options.rate_limit.filter(|l| *l > 0) {
+                let due = Duration::from_secs_f64(progress.rows as f64 / f64::from(limit));
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        progress.elapsed_secs = started.elapsed().as_secs_f64();
+        Ok(progress)
+    }
+
+    /// One page, from the replica if it has replayed `hwm` before the page's snapshot.
+    async fn warm_page(
+        &self,
+        after: &str,
+        batch: usize,
+        hwm: Lsn,
+        from_primary: bool,
+        progress: &mut WarmProgress,
+    ) -> Result<Fetched, sqlx::Error> {
+        let size = i32::try_from(batch).unwrap_or(i32::MAX);
+        if let Some(replica) = self.db.replica().filter(|_| !from_primary) {
+            let deadline = Instant::now() + REPLICA_WAIT;
+            while Instant::now() < deadline {
+                match replay_position(replica).await {
+                    Ok(Some(replayed)) if replayed >= hwm => {
+                        let page = fetch_page(replica, after, size).await?;
+                        if page.replayed.is_some_and(|r| r >= hwm) {
+                            return Ok(page);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "replica unavailable; warming from the primary");
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            progress.pages_from_primary += 1;
+        }
+        fetch_page(self.db.primary(), after, size).await
+    }
+}

@@ -1,0 +1,248 @@
+//! Operating the cache: warm-up while writes go on, and audit with repair. Each test has its own
+//! database, since both walk every row.
+
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fred::prelude::KeysInterface;
+use product_size_service::app;
+use product_size_service::service::warm::WarmOptions;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::helpers::{Options, Replica, TestApp, WRITE_TOKEN, size};
+use crate::processes::OwnPostgres;
+
+async fn app_on(primary: &OwnPostgres, replica: Option<&OwnPostgres>) -> TestApp {
+    TestApp::spawn_with(Options {
+        database_url: primary.url(),
+        replica: replica.map_or(Replica::None, |r| Replica::Url(r.url())),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn seed(app: &TestApp, rows: i64) {
+    sqlx::query(
+        "INSERT INTO product_sizes SELECT 'W' || lpad(i::text, 7, '0'), 100, 100, 100, 1000, NULL, 1, NULL, false, now() \
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(rows)
+    .execute(&app.primary)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_100k_rows_while_writes_go_on_leaves_the_cache_equal_to_the_primary() {
+    let primary = OwnPostgres::primary().await;
+    let replica = OwnPostgres::replica_of(primary.port, None).await;
+    let app = Arc::new(app_on(&primary, Some(&replica)).await);
+    seed(&app, 100_000).await;
+    let service = app::service(&app.config).await.unwrap();
+
+    let warming = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (app, warming) = (app.clone(), warming.clone());
+        tokio::spawn(async move {
+            let mut writes = 0;
+            while warming.load(Ordering::Relaxed) {
+                let sku = format!("W{:07}", fastrand::u32(1..=100_000));
+                assert!(
+                    app.put(&sku, &size(200 + writes))
+                        .await
+                        .status()
+                        .is_success()
+                );
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let mut pages = 0;
+    let summary = service
+        .warm_cache(
+            &WarmOptions {
+                batch_size: 1000,
+                ..WarmOptions::default()
+            },
+            |_| pages += 1,
+        )
+        .await
+        .unwrap();
+    warming.store(false, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+
+    assert_eq!(summary.rows, 100_000);
+    assert_eq!(summary.installed + summary.skipped, summary.rows);
+    assert!(
+        pages >= 100 && writes > 0,
+        "{pages} pages, {writes} concurrent writes"
+    );
+    let audit = service.audit_cache(false).await.unwrap();
+    assert_eq!(audit.divergent(), 0, "{audit:?}");
+    assert_eq!(audit.agreeing, audit.checked);
+    assert!(audit.checked >= 100_000);
+}
+
+fn audit_command(app: &TestApp, repair: bool) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_product-size"));
+    command
+        .arg("audit-cache")
+        .env("DATABASE_URL", app.config.database_url.expose_secret())
+        .env("REDIS_URL", app.config.redis_url.expose_secret())
+        .env("CACHE_KEY_PREFIX", &app.key_prefix)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn");
+    if repair {
+        command.arg("--repair");
+    }
+    command.output().unwrap()
+}
+
+#[tokio::test]
+async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
+    let primary = OwnPostgres::primary().await;
+    let app = app_on(&primary, None).await;
+    let (stale, missing, fine) = (app.sku("stale"), app.sku("missing"), app.sku("fine"));
+    for sku in [&stale, &missing, &fine] {
+        app.put(sku, &size(1)).await;
+    }
+    app.put(&stale, &size(2)).await;
+    let meta: String = app
+        .redis
+        .get(format!("{}:meta", app.key_prefix))
+        .await
+        .unwrap();
+    let epoch = meta.split('|').next().unwrap();
+    let _: () = app
+        .redis
+        .set(
+            app.entry_key(&stale),
+            format!("1|{epoch}|{{}}"),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let orphan = app.sku("orphan");
+    let _: () = app
+        .redis
+        .set(
+            app.entry_key(&orphan),
+            format!("3|{epoch}|{{}}"),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    app.evict(&missing).await;
+
+    let found = audit_command(&app, false);
+    let table = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        !found.status.success(),
+        "divergence must fail the audit:\n{table}"
+    );
+    for line in [
+        "checked            3",
+        "agreeing           1",
+        "stale              1",
+        "orphaned           1",
+        "missing            1",
+    ] {
+        let (name, count) = line.split_once(' ').unwrap();
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [name, count.trim()]),
+            "{line:?} in\n{table}"
+        );
+    }
+    assert!(table.contains(&stale) && table.contains(&orphan) && table.contains(&missing));
+
+    let repaired = audit_command(&app, true);
+    assert!(
+        repaired.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&repaired.stdout),
+        String::from_utf8_lossy(&repaired.stderr)
+    );
+    assert!(audit_command(&app, false).status.success());
+    assert_eq!(
+        app.get(&stale).await.json::<Value>().await.unwrap()["version"],
+        2
+    );
+    assert_eq!(app.get(&orphan).await.status(), StatusCode::NOT_FOUND);
+
+    let metrics = app
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("product_size_cache_audit_entries{state=\"agreeing\"} 3")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_warms_the_cache_and_reports_progress() {
+    let primary = OwnPostgres::primary().await;
+    let app = app_on(&primary, None).await;
+    seed(&app, 2_500).await;
+
+    let started = app
+        .request(Method::POST, "/v1/admin/cache/warm", Some(WRITE_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let forbidden = app
+        .request(
+            Method::POST,
+            "/v1/admin/cache/warm",
+            Some(crate::helpers::READ_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status: Value = app
+            .request(
+                Method::GET,
+                "/v1/admin/cache/warm",
+                Some(crate::helpers::READ_TOKEN),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] != "running" {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "warm-up did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["progress"]["rows"], 2_500);
+    assert_eq!(status["progress"]["installed"], 2_500);
+    let read = app.get("W0001234").await;
+    assert_eq!(crate::helpers::read_source(&read), "cache");
+}
