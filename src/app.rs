@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::middleware::auth::{Authenticator, require_token};
 use crate::middleware::route::DbRouteLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
-use crate::service::SizeService;
+use crate::service::{Secondary, SizeService};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -54,7 +54,7 @@ pub struct Application {
 impl Application {
     /// Connects lazily to every dependency (so it starts while one is down) and binds.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let (db, cache) = connect(&config).await?;
+        let (db, cache, secondary) = connect(&config).await?;
         let mut background = Vec::new();
         let replica_health = db.replica().map(|replica| {
             let health = Arc::new(ReplicaHealth::default());
@@ -68,7 +68,9 @@ impl Application {
             health
         });
         let metrics = Arc::new(Metrics::default());
-        let sizes = Arc::new(SizeService::new(db, cache, metrics, replica_health.clone()));
+        let sizes = Arc::new(
+            SizeService::new(db, cache, metrics, replica_health.clone()).with_secondary(secondary),
+        );
         match sizes.adopt_owed_repairs().await {
             Ok(0) => {}
             Ok(owed) => tracing::info!(
@@ -126,28 +128,38 @@ impl Application {
 
 /// Pools and the Redis client, connecting lazily: nothing here fails because a dependency is
 /// down, only because the configuration is wrong.
-pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>), StartupError> {
+pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondary>), StartupError> {
     let db = Db::connect_lazy(
         &config.database_url,
         config.replica_url.as_ref(),
         &config.database,
     )?;
     let cache = Arc::new(Cache::connect(&config.redis_url, config.cache.clone())?);
+    let secondary = match &config.secondary_cache {
+        Some(secondary) => Some(Secondary {
+            cache: Arc::new(Cache::connect(&secondary.url, config.cache.clone())?),
+            policy: secondary.policy,
+            failover_ttl: secondary.failover_ttl,
+        }),
+        None => None,
+    };
     if !cache.wait_connected(Duration::from_secs(2)).await {
         tracing::warn!("Redis is not reachable yet; serving from the database until it is");
     }
-    Ok((db, cache))
+    if let Some(secondary) = &secondary
+        && !secondary.cache.wait_connected(Duration::from_secs(2)).await
+    {
+        tracing::warn!("the secondary Redis is not reachable yet");
+    }
+    Ok((db, cache, secondary))
 }
 
 /// The service without HTTP, for the cache commands.
 pub async fn service(config: &Config) -> Result<Arc<SizeService>, StartupError> {
-    let (db, cache) = connect(config).await?;
-    Ok(Arc::new(SizeService::new(
-        db,
-        cache,
-        Arc::new(Metrics::default()),
-        None,
-    )))
+    let (db, cache, secondary) = connect(config).await?;
+    Ok(Arc::new(
+        SizeService::new(db, cache, Arc::new(Metrics::default()), None).with_secondary(secondary),
+    ))
 }
 
 /// The full router: the documented API, docs, and the middleware stack.

@@ -79,6 +79,35 @@ pub struct ConnectionArgs {
     /// Redis connections (commands are pipelined on each).
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 2)]
     pub redis_pool_size: usize,
+
+    /// A second Redis cluster, written after the primary cache and read when it is down.
+    #[arg(long, env = "REDIS_SECONDARY_URL", hide_env_values = true)]
+    pub redis_secondary_url: Option<String>,
+
+    /// What a write does to the secondary when its update of the primary cache fails.
+    #[arg(long, env = "CACHE_FAILOVER_POLICY", value_enum, default_value_t = FailoverPolicy::Delete)]
+    pub cache_failover_policy: FailoverPolicy,
+
+    /// Entry lifetime on the secondary under the `short-ttl` policy, in seconds.
+    #[arg(long, env = "CACHE_FAILOVER_TTL_SECS", default_value_t = 300)]
+    pub cache_failover_ttl_secs: u64,
+}
+
+/// When a write's compare-and-set on the primary cache fails, what it does to the secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailoverPolicy {
+    /// Invalidate the SKU on the secondary: reads fall through to the database.
+    Delete,
+    /// Install the new version on the secondary with a short lifetime.
+    ShortTtl,
+}
+
+/// The second cache cluster of the master/slave design.
+#[derive(Debug, Clone)]
+pub struct SecondaryCache {
+    pub url: SecretString,
+    pub policy: FailoverPolicy,
+    pub failover_ttl: Duration,
 }
 
 /// What every command that talks to the primary needs.
@@ -103,6 +132,7 @@ pub struct Config {
     pub replica_url: Option<SecretString>,
     pub replica_max_lag: Duration,
     pub redis_url: SecretString,
+    pub secondary_cache: Option<SecondaryCache>,
     pub bind_addr: SocketAddr,
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
@@ -140,7 +170,7 @@ pub struct CacheSettings {
 pub enum ConfigError {
     #[error("{name} is not a valid PostgreSQL URL: {reason}")]
     DatabaseUrl { name: &'static str, reason: String },
-    #[error("REDIS_URL is not a valid Redis URL: {0}")]
+    #[error("REDIS_URL or REDIS_SECONDARY_URL is not a valid Redis URL: {0}")]
     RedisUrl(String),
     #[error("no API tokens: set API_READ_TOKENS and/or API_WRITE_TOKENS, or AUTH_DISABLED=true")]
     NoTokens,
@@ -191,8 +221,10 @@ impl Config {
         if let Some(url) = &args.database_replica_url {
             check_pg_url("DATABASE_REPLICA_URL", url)?;
         }
-        fred::prelude::Config::from_url(&args.redis_url)
-            .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
+        for url in std::iter::once(&args.redis_url).chain(&args.redis_secondary_url) {
+            fred::prelude::Config::from_url(url)
+                .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
+        }
         if args.cache_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "CACHE_TTL_SECS must be at least 1".into(),
@@ -209,6 +241,11 @@ impl Config {
             replica_url: args.database_replica_url.map(SecretString::from),
             replica_max_lag: Duration::from_millis(args.replica_max_lag_ms),
             redis_url: SecretString::from(args.redis_url),
+            secondary_cache: args.redis_secondary_url.map(|url| SecondaryCache {
+                url: SecretString::from(url),
+                policy: args.cache_failover_policy,
+                failover_ttl: Duration::from_secs(args.cache_failover_ttl_secs.max(1)),
+            }),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             auth: AuthSettings {
                 read_tokens: Vec::new(),

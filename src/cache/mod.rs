@@ -60,6 +60,7 @@ pub struct Cache {
     install: Script,
     bump: Script,
     delete_if: Script,
+    invalidate: Script,
     /// The last epoch this instance saw, stamped on writes (see [`Cache::known_epoch`]).
     epoch: RwLock<Option<Epoch>>,
     breaker: Breaker,
@@ -90,6 +91,7 @@ impl Cache {
             install: Script::from_lua(scripts::INSTALL),
             bump: Script::from_lua(scripts::BUMP_HWM),
             delete_if: Script::from_lua(scripts::DELETE_IF_UNCHANGED),
+            invalidate: Script::from_lua(scripts::INVALIDATE),
             epoch: RwLock::new(None),
             breaker: Breaker::default(),
         })
@@ -314,7 +316,27 @@ impl Cache {
     /// Installs values read from the database, each only if nothing newer is cached or fenced.
     /// Returns how many were installed.
     pub async fn fill(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, None).await
+        self.install_all(items, epoch, None, None).await
+    }
+
+    /// Invalidates `items` at their versions (fence raised, older entries deleted), for a
+    /// secondary cluster whose primary missed a write under the `delete` failover policy.
+    pub async fn invalidate(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<(), CacheError> {
+        let client = self.pool.next();
+        for item in items {
+            let keys = vec![self.entry_key(item.sku), self.fence_key(item.sku)];
+            let args = vec![
+                item.version.to_string(),
+                epoch.as_str().to_owned(),
+                self.settings.fence_ttl.as_millis().to_string(),
+            ];
+            self.guarded(
+                self.invalidate
+                    .evalsha_with_reload::<i64, _, _>(client, keys, args),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Installs what writes committed (with their fences) and raises the high-water mark to
@@ -325,7 +347,19 @@ impl Cache {
         epoch: &Epoch,
         lsn: Lsn,
     ) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, Some(lsn)).await
+        self.install_all(items, epoch, Some(lsn), None).await
+    }
+
+    /// Like [`Cache::record_writes`], with entries that live only `ttl` (the `short-ttl`
+    /// failover policy of a secondary cluster).
+    pub async fn record_writes_briefly(
+        &self,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+        lsn: Lsn,
+        ttl: Duration,
+    ) -> Result<usize, CacheError> {
+        self.install_all(items, epoch, Some(lsn), Some(ttl)).await
     }
 
     async fn install_all(
@@ -333,11 +367,12 @@ impl Cache {
         items: &[Install<'_>],
         epoch: &Epoch,
         written_at: Option<Lsn>,
+        ttl: Option<Duration>,
     ) -> Result<usize, CacheError> {
         if items.is_empty() && written_at.is_none() {
             return Ok(0);
         }
-        self.guarded(self.install_all_unguarded(items, epoch, written_at))
+        self.guarded(self.install_all_unguarded(items, epoch, written_at, ttl))
             .await
     }
 
@@ -346,9 +381,12 @@ impl Cache {
         items: &[Install<'_>],
         epoch: &Epoch,
         written_at: Option<Lsn>,
+        ttl: Option<Duration>,
     ) -> Result<usize, CacheError> {
         let client = self.pool.next();
-        let results = self.run_installs(client, items, epoch, written_at).await?;
+        let results = self
+            .run_installs(client, items, epoch, written_at, ttl)
+            .await?;
         let missing_script = results.iter().any(|r| {
             r.as_ref()
                 .is_err_and(|e| e.details().starts_with("NOSCRIPT"))
@@ -356,7 +394,8 @@ impl Cache {
         let results = if missing_script {
             self.install.load(client).await?;
             self.bump.load(client).await?;
-            self.run_installs(client, items, epoch, written_at).await?
+            self.run_installs(client, items, epoch, written_at, ttl)
+                .await?
         } else {
             results
         };
@@ -374,10 +413,11 @@ impl Cache {
         items: &[Install<'_>],
         epoch: &Epoch,
         written_at: Option<Lsn>,
+        ttl: Option<Duration>,
     ) -> Result<Vec<Result<i64, CacheError>>, CacheError> {
         let pipeline = client.pipeline();
         for item in items {
-            let (keys, args) = self.install_call(item, epoch, written_at.is_some());
+            let (keys, args) = self.install_call(item, epoch, written_at.is_some(), ttl);
             let _: () = pipeline
                 .custom(evalsha(&keys[0]), script_args(&self.install, keys, args))
                 .await?;
@@ -397,11 +437,12 @@ impl Cache {
         item: &Install<'_>,
         epoch: &Epoch,
         is_write: bool,
+        ttl: Option<Duration>,
     ) -> ([String; 2], Vec<Bytes>) {
-        let ttl = match item.body {
-            Some(_) => entry::jittered(self.settings.entry_ttl),
-            None if item.version == 0 => self.settings.negative_ttl,
-            None => entry::jittered(self.settings.entry_ttl),
+        let ttl = match (ttl, item.body) {
+            (Some(ttl), _) => ttl,
+            (None, None) if item.version == 0 => self.settings.negative_ttl,
+            (None, _) => entry::jittered(self.settings.entry_ttl),
         };
         let fence_ttl = if is_write {
             self.settings.fence_ttl.as_millis()

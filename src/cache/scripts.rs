@@ -56,3 +56,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// Invalidates one SKU at `version` without installing it: raises the fence (so no older fill
+/// can land) and deletes an entry older than `version`.
+///
+/// KEYS: entry, fence. ARGV: version, epoch, fence TTL (ms).
+pub const INVALIDATE: &str = r#"
+local version = tonumber(ARGV[1])
+local fence = redis.call('GET', KEYS[2])
+local fenced = fence and tonumber(string.match(fence, '^(%d+)|'))
+if not fenced or fenced < version then
+  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+end
+local current = redis.call('GET', KEYS[1])
+local cv = current and tonumber(string.match(current, '^(%d+)|'))
+if current and (not cv or cv < version) then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;

@@ -82,7 +82,10 @@ impl SizeService {
     #[instrument(skip_all, fields(repair))]
     pub async fn audit_cache(&self, repair: bool) -> Result<AuditReport, AuditError> {
         let seen = self.cache.read_meta().await?;
-        let meta = self.current_meta(seen).await.ok_or(AuditError::NoEpoch)?;
+        let meta = self
+            .current_meta(&self.cache, seen)
+            .await
+            .ok_or(AuditError::NoEpoch)?;
         let mut report = AuditReport::default();
 
         // Every cached entry against the primary.

@@ -31,6 +31,7 @@ pub use read::{ReadResult, ReadSource, SizeDoc};
 pub use write::{SyncItemOutcome, WriteOutcome};
 
 use crate::cache::{Cache, Meta};
+use crate::config::FailoverPolicy;
 use crate::db::Db;
 use crate::db::replica::ReplicaHealth;
 use crate::db::sizes::current_wal_lsn;
@@ -47,6 +48,14 @@ pub struct SizeService {
     flights: flight::Flights,
     primary_position: position::PrimaryPosition,
     replica_health: Option<Arc<ReplicaHealth>>,
+    secondary: Option<Secondary>,
+}
+
+/// The second cache cluster and what writes do to it when the primary cache misses one.
+pub struct Secondary {
+    pub cache: Arc<Cache>,
+    pub policy: FailoverPolicy,
+    pub failover_ttl: Duration,
 }
 
 /// Whether each dependency answers, for `/readyz`.
@@ -72,7 +81,20 @@ impl SizeService {
             repairs: repair::Repairs::default(),
             flights: flight::Flights::default(),
             primary_position: position::PrimaryPosition::default(),
+            secondary: None,
         }
+    }
+
+    /// Adds a second cache cluster (`REDIS_SECONDARY_URL`).
+    pub fn with_secondary(mut self, secondary: Option<Secondary>) -> Self {
+        self.secondary = secondary;
+        self
+    }
+
+    /// The caches writes go to: the primary cluster, then the secondary.
+    fn caches(&self) -> impl Iterator<Item = &Cache> {
+        std::iter::once(self.cache.as_ref())
+            .chain(self.secondary.as_ref().map(|s| s.cache.as_ref()))
     }
 
     /// The metrics, with gauges brought up to date (for a scrape).
@@ -126,13 +148,13 @@ impl SizeService {
         }
     }
 
-    /// The current epoch with a known high-water mark, starting one if Redis has none.
+    /// The current epoch of `cache` with a known high-water mark, starting one if it has none.
     /// `None` if Redis or the primary cannot be reached: then nothing cached is trusted.
-    async fn current_meta(&self, seen: Option<Meta>) -> Option<Meta> {
+    async fn current_meta(&self, cache: &Cache, seen: Option<Meta>) -> Option<Meta> {
         if let Some(meta) = seen.filter(Meta::is_complete) {
             return Some(meta);
         }
-        match self.start_epoch().await {
+        match self.start_epoch(cache).await {
             Ok(meta) => meta,
             Err(error) => {
                 tracing::warn!(%error, "could not start a cache epoch; bypassing the cache");
@@ -141,15 +163,18 @@ impl SizeService {
         }
     }
 
-    async fn start_epoch(&self) -> Result<Option<Meta>, Box<dyn std::error::Error + Send + Sync>> {
-        self.cache.start_epoch().await?;
+    async fn start_epoch(
+        &self,
+        cache: &Cache,
+    ) -> Result<Option<Meta>, Box<dyn std::error::Error + Send + Sync>> {
+        cache.start_epoch().await?;
         // Read after the epoch exists: covers every write acknowledged before it; writes
         // acknowledged later raise the mark themselves.
         let mut conn = self.db.primary().acquire().await?;
         let lsn = current_wal_lsn(&mut conn).await?;
         drop(conn);
-        self.cache.raise_hwm(lsn).await?;
-        tracing::info!(%lsn, "cache epoch started");
-        Ok(self.cache.read_meta().await?.filter(Meta::is_complete))
+        cache.raise_hwm(lsn).await?;
+        tracing::info!(%lsn, cache = cache.prefix(), "cache epoch started");
+        Ok(cache.read_meta().await?.filter(Meta::is_complete))
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::instrument;
 
 use super::{FILL_MAX_AGE, SizeService};
-use crate::cache::{Install, Meta};
+use crate::cache::{Cache, CacheRead, Install, Meta};
 use crate::db::DbRoute;
 use crate::db::sizes::fetch;
 use crate::domain::{Lsn, Sku, StoredSize};
@@ -60,16 +60,10 @@ impl SizeService {
         token: Option<Lsn>,
     ) -> Result<ReadResult, AppError> {
         let started = Instant::now();
-        let cached = match self.cache.read(skus).await {
-            Ok(cached) => Some(cached),
-            Err(error) => {
-                tracing::debug!(%error, "cache unavailable; reading the database");
-                None
-            }
-        };
+        let (cache, cached) = self.read_caches(skus).await;
         let (meta, entries, fences) = match cached {
             Some(cached) => (
-                self.current_meta(cached.meta).await,
+                self.current_meta(cache, cached.meta).await,
                 cached.entries,
                 cached.fences,
             ),
@@ -123,6 +117,7 @@ impl SizeService {
 
         let miss_skus: Vec<&str> = misses.iter().map(|m| skus[m.index].as_str()).collect();
         let load = Load {
+            cache,
             skus: &miss_skus,
             misses: &misses,
             meta: meta.as_ref(),
@@ -160,6 +155,22 @@ impl SizeService {
         })
     }
 
+    /// The primary cache cluster, or the secondary while the primary does not answer.
+    async fn read_caches(&self, skus: &[Sku]) -> (&Cache, Option<CacheRead>) {
+        let error = match self.cache.read(skus).await {
+            Ok(read) => return (&self.cache, Some(read)),
+            Err(error) => error,
+        };
+        if let Some(secondary) = &self.secondary {
+            match secondary.cache.read(skus).await {
+                Ok(read) => return (&secondary.cache, Some(read)),
+                Err(error) => tracing::debug!(%error, "secondary cache unavailable too"),
+            }
+        }
+        tracing::debug!(%error, "cache unavailable; reading the database");
+        (&self.cache, None)
+    }
+
     /// Reads the misses from the databases and fills the cache with what it found.
     async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
         let (mut rows, source) = self.read_database(load).await?;
@@ -194,7 +205,7 @@ impl SizeService {
                     body: doc.body.as_ref(),
                 })
                 .collect();
-            if let Err(error) = self.cache.fill(&installs, &meta.epoch).await {
+            if let Err(error) = load.cache.fill(&installs, &meta.epoch).await {
                 tracing::debug!(%error, "cache fill failed");
             }
         }
@@ -273,6 +284,8 @@ impl SizeService {
 
 /// The cache misses of one read, and what decides where they may be read from.
 struct Load<'a> {
+    /// The cache that was read, and is filled.
+    cache: &'a Cache,
     skus: &'a [&'a str],
     misses: &'a [Miss],
     meta: Option<&'a Meta>,

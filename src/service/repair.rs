@@ -203,11 +203,19 @@ impl SizeService {
         // here either until they are repaired.
         self.repairs
             .mark_owed(owed.iter().map(|(sku, version)| (sku.as_str(), *version)));
-        // The epoch is captured before the rows are read, like a write's.
-        let seen = self.cache.read_meta().await?;
-        let Some(meta) = self.current_meta(seen).await else {
-            return Ok(0);
-        };
+        // Each cache's epoch is captured before the rows are read, like a write's.
+        let mut epochs = Vec::with_capacity(2);
+        for cache in self.caches() {
+            if cache.is_unavailable() {
+                cache.ping().await?;
+            }
+            let seen = cache.read_meta().await?;
+            let meta = self
+                .current_meta(cache, seen)
+                .await
+                .ok_or("no cache epoch")?;
+            epochs.push(meta.epoch);
+        }
         let skus: Vec<&str> = owed.iter().map(|(sku, _)| sku.as_str()).collect();
         let rows = fetch(self.db.primary(), &skus).await?.rows;
         let lsn = current_wal_lsn(&mut *self.db.primary().acquire().await?).await?;
@@ -221,9 +229,9 @@ impl SizeService {
                 body: body.as_ref(),
             })
             .collect();
-        self.cache
-            .record_writes(&installs, &meta.epoch, lsn)
-            .await?;
+        for (cache, epoch) in self.caches().zip(&epochs) {
+            cache.record_writes(&installs, epoch, lsn).await?;
+        }
         let done: Vec<(String, i64)> = rows.iter().map(|r| (r.sku.clone(), r.version)).collect();
         settle_repairs(self.db.primary(), self.cache.prefix(), &done).await?;
         self.repairs.clear(&done);

@@ -82,7 +82,10 @@ impl SizeService {
         loop {
             // As for any fill: the epoch and high-water mark are read before the rows.
             let seen = self.cache.read_meta().await?;
-            let meta = self.current_meta(seen).await.ok_or(WarmError::NoEpoch)?;
+            let meta = self
+                .current_meta(&self.cache, seen)
+                .await
+                .ok_or(WarmError::NoEpoch)?;
             let page_started = Instant::now();
             let page = self
                 .warm_page(&after, batch, meta.hwm, options.from_primary, &mut progress)

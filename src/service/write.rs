@@ -6,7 +6,8 @@ use chrono::Utc;
 use tracing::instrument;
 
 use super::SizeService;
-use crate::cache::{Epoch, Install};
+use crate::cache::{Cache, Epoch, Install};
+use crate::config::FailoverPolicy;
 use crate::db::sizes::write_transaction;
 use crate::domain::write::{Change, Decision, Preconditions, decide};
 use crate::domain::{Lsn, SizeUpdate, Sku, StoredSize};
@@ -79,7 +80,10 @@ impl SizeService {
     ) -> Result<(Vec<Decision>, Lsn), AppError> {
         // Captured before the commit: if Redis loses its data after the commit, this stamp is
         // stale and readers ignore what we install.
-        let epoch = self.epoch_for_write().await;
+        let mut epochs = Vec::with_capacity(2);
+        for cache in self.caches() {
+            epochs.push(self.epoch_for_write(cache).await);
+        }
         let mut skus: Vec<&str> = changes.iter().map(|(sku, _)| sku.as_str()).collect();
         skus.sort_unstable();
         skus.dedup();
@@ -111,22 +115,25 @@ impl SizeService {
             .await?;
         let (decisions, rows) = committed.outcome;
         if !rows.is_empty() {
-            self.record_in_cache(&rows, &epoch, committed.lsn).await;
+            self.record_in_cache(&rows, &epochs, committed.lsn).await;
         }
         Ok((decisions, committed.lsn))
     }
 
-    async fn epoch_for_write(&self) -> Epoch {
-        if let Some(epoch) = self.cache.known_epoch() {
+    async fn epoch_for_write(&self, cache: &Cache) -> Epoch {
+        if let Some(epoch) = cache.known_epoch() {
             return epoch;
         }
-        let seen = self.cache.read_meta().await.ok().flatten();
-        self.current_meta(seen)
+        let seen = cache.read_meta().await.ok().flatten();
+        self.current_meta(cache, seen)
             .await
             .map_or_else(Epoch::unknown, |meta| meta.epoch)
     }
 
-    async fn record_in_cache(&self, rows: &[StoredSize], epoch: &Epoch, lsn: Lsn) {
+    /// Installs what was written in the primary cache, then the secondary; when the primary
+    /// cache misses it, the secondary follows the failover policy. Anything not done is left
+    /// to the repair worker, and this instance reads those SKUs from the primary until then.
+    async fn record_in_cache(&self, rows: &[StoredSize], epochs: &[Epoch], lsn: Lsn) {
         let bodies: Vec<Option<Bytes>> = rows.iter().map(StoredSize::to_body).collect();
         let installs: Vec<Install<'_>> = rows
             .iter()
@@ -137,15 +144,36 @@ impl SizeService {
                 body: body.as_ref(),
             })
             .collect();
-        match self.cache.record_writes(&installs, epoch, lsn).await {
-            Ok(_) => self.repairs.settled(rows),
-            Err(error) => {
-                tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
-                self.repairs.mark_pending(rows);
-                self.metrics
-                    .repairs_pending
-                    .set(self.repairs.pending_count() as i64);
-            }
+        let primary = self.cache.record_writes(&installs, &epochs[0], lsn).await;
+        if let Err(error) = &primary {
+            tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
+        }
+        let secondary = match (&self.secondary, &primary) {
+            (None, _) => Ok(()),
+            (Some(secondary), Ok(_)) => secondary
+                .cache
+                .record_writes(&installs, &epochs[1], lsn)
+                .await
+                .map(drop),
+            (Some(secondary), Err(_)) => match secondary.policy {
+                FailoverPolicy::Delete => secondary.cache.invalidate(&installs, &epochs[1]).await,
+                FailoverPolicy::ShortTtl => secondary
+                    .cache
+                    .record_writes_briefly(&installs, &epochs[1], lsn, secondary.failover_ttl)
+                    .await
+                    .map(drop),
+            },
+        };
+        if let Err(error) = &secondary {
+            tracing::warn!(%error, rows = rows.len(), "secondary cache update after commit failed; repair queued");
+        }
+        if primary.is_ok() && secondary.is_ok() {
+            self.repairs.settled(rows);
+        } else {
+            self.repairs.mark_pending(rows);
+            self.metrics
+                .repairs_pending
+                .set(self.repairs.pending_count() as i64);
         }
     }
 }

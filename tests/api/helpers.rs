@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
 use product_size_service::Application;
-use product_size_service::config::{AuthSettings, CacheSettings, Config, DatabaseSettings};
+use product_size_service::config::{
+    AuthSettings, CacheSettings, Config, DatabaseSettings, SecondaryCache,
+};
 use product_size_service::db;
 use reqwest::{Method, RequestBuilder, Response};
 use secrecy::SecretString;
@@ -59,6 +61,7 @@ pub struct Options {
     pub replica_max_lag: Duration,
     /// Names the deployment (SKU and key prefix); random unless given.
     pub id: Option<String>,
+    pub secondary_cache: Option<SecondaryCache>,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             redis_url: None,
             replica_max_lag: Duration::from_secs(10),
             id: None,
+            secondary_cache: None,
         }
     }
 }
@@ -134,6 +138,7 @@ impl TestApp {
             replica_url: replica_url.map(SecretString::from),
             replica_max_lag: options.replica_max_lag,
             redis_url: SecretString::from(redis_url.clone()),
+            secondary_cache: options.secondary_cache.clone(),
             bind_addr: "127.0.0.1:0".parse().unwrap(),
             auth: AuthSettings {
                 read_tokens: vec![SecretString::from(READ_TOKEN)],

@@ -11,3 +11,4 @@ mod processes;
 mod sizes;
 mod sync;
 mod torture;
+mod two_clusters;

@@ -1,0 +1,105 @@
+//! Two cache clusters (master/slave): the primary cache is killed in the middle of writes;
+//! under either failover policy neither cluster may then serve a version older than
+//! acknowledged.
+
+use std::time::Duration;
+
+use fred::prelude::{Builder, Client, ClientLike, Config as RedisConfig, KeysInterface};
+use product_size_service::config::{FailoverPolicy, SecondaryCache};
+use reqwest::StatusCode;
+use secrecy::SecretString;
+
+use crate::helpers::{Options, TestApp, read_source, size, version_of};
+use crate::processes::OwnRedis;
+
+async fn client(redis: &OwnRedis) -> Client {
+    let client = Builder::from_config(RedisConfig::from_url(&redis.url()).unwrap())
+        .with_performance_config(|perf| perf.default_command_timeout = Duration::from_secs(2))
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+/// The version a cluster holds for `key`, if any.
+async fn cached_version(client: &Client, key: &str) -> Option<i64> {
+    let value: Option<String> = client.get(key).await.unwrap();
+    value.map(|v| v.split('|').next().unwrap().parse().unwrap())
+}
+
+async fn primary_cache_killed_mid_write(policy: FailoverPolicy) {
+    let mut primary_cache = OwnRedis::start_persistent().await;
+    let secondary_cache = OwnRedis::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(primary_cache.url()),
+        secondary_cache: Some(SecondaryCache {
+            url: SecretString::from(secondary_cache.url()),
+            policy,
+            failover_ttl: Duration::from_secs(300),
+        }),
+        ..Options::default()
+    })
+    .await;
+    let secondary = client(&secondary_cache).await;
+    let sku = app.sku("two");
+    let key = app.entry_key(&sku);
+    app.put(&sku, &size(1)).await;
+    assert_eq!(read_source(&app.get(&sku).await), "cache");
+    assert_eq!(
+        cached_version(&secondary, &key).await,
+        Some(1),
+        "writes reach the secondary"
+    );
+
+    primary_cache.stop().await;
+    assert_eq!(app.put(&sku, &size(2)).await.status(), StatusCode::OK);
+    match policy {
+        FailoverPolicy::Delete => assert_eq!(cached_version(&secondary, &key).await, None),
+        FailoverPolicy::ShortTtl => {
+            assert_eq!(cached_version(&secondary, &key).await, Some(2));
+            let ttl: i64 = secondary.pttl(&key).await.unwrap();
+            assert!(ttl > 0 && ttl <= 300_000, "short TTL, got {ttl} ms");
+        }
+    }
+    for _ in 0..3 {
+        let read = app.get(&sku).await;
+        assert_eq!(version_of(&read.json().await.unwrap()), 2);
+    }
+
+    // The primary cache comes back from its append-only file, holding version 1.
+    primary_cache.restart().await;
+    for _ in 0..3 {
+        let read = app.get(&sku).await;
+        assert_eq!(version_of(&read.json().await.unwrap()), 2);
+    }
+    let primary = client(&primary_cache).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cached_version(&primary, &key).await != Some(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the primary cache was not repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cached_version(&secondary, &key).await,
+        Some(2),
+        "the secondary was repaired too"
+    );
+    let read = app.get(&sku).await;
+    assert_eq!(
+        (read_source(&read), version_of(&read.json().await.unwrap())),
+        ("cache".to_owned(), 2)
+    );
+    primary.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_the_delete_policy_neither_cluster_serves_stale_data_when_the_primary_cache_dies() {
+    primary_cache_killed_mid_write(FailoverPolicy::Delete).await;
+}
+
+#[tokio::test]
+async fn with_the_short_ttl_policy_neither_cluster_serves_stale_data_when_the_primary_cache_dies() {
+    primary_cache_killed_mid_write(FailoverPolicy::ShortTtl).await;
+}
