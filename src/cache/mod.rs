@@ -26,6 +26,7 @@ use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy, SetOptions, Value};
 use fred::types::CustomCommand;
 use fred::types::scripts::Script;
+use futures_util::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use breaker::Breaker;
@@ -61,6 +62,8 @@ pub struct Cache {
     bump: Script,
     delete_if: Script,
     invalidate: Script,
+    /// A Redis Cluster: multi-key commands must stay within one slot.
+    clustered: bool,
     /// The last epoch this instance saw, stamped on writes (see [`Cache::known_epoch`]).
     epoch: RwLock<Option<Epoch>>,
     breaker: Breaker,
@@ -71,6 +74,7 @@ impl Cache {
     /// and serves from the database, while Redis is down.
     pub fn connect(url: &SecretString, settings: CacheSettings) -> Result<Self, CacheError> {
         let config = RedisConfig::from_url(url.expose_secret())?;
+        let clustered = config.server.is_clustered();
         let pool = Builder::from_config(config)
             .with_performance_config(|perf| {
                 perf.default_command_timeout = settings.command_timeout;
@@ -87,6 +91,7 @@ impl Cache {
         Ok(Self {
             pool,
             prefix: settings.key_prefix.clone(),
+            clustered,
             settings,
             install: Script::from_lua(scripts::INSTALL),
             bump: Script::from_lua(scripts::BUMP_HWM),
@@ -156,31 +161,49 @@ impl Cache {
         format!("{}:meta", self.prefix)
     }
 
-    /// One page of SKUs that have a cache entry, and the cursor of the next page (`"0"` when
-    /// the scan is complete).
-    pub async fn scan_entries(
-        &self,
-        cursor: &str,
-        count: u32,
-    ) -> Result<(String, Vec<String>), CacheError> {
+    /// Every SKU that has a cache entry (on every node of a Cluster).
+    pub async fn entry_skus(&self) -> Result<Vec<String>, CacheError> {
         let pattern = format!("{}:{{*}}", self.prefix);
-        let (next, keys): (String, Vec<String>) = self
-            .guarded(
-                self.pool
-                    .next()
-                    .scan_page(cursor.to_owned(), pattern, Some(count), None),
-            )
-            .await?;
-        let skus = keys
+        let client = self.pool.next();
+        let keys: Vec<fred::types::Key> = if self.clustered {
+            client
+                .scan_cluster_buffered(pattern, Some(1000), None)
+                .try_collect()
+                .await?
+        } else {
+            client
+                .scan_buffered(pattern, Some(1000), None)
+                .try_collect()
+                .await?
+        };
+        Ok(keys
             .iter()
+            .filter_map(|key| key.as_str())
             .filter_map(|key| {
                 key.strip_prefix(&self.prefix)?
                     .strip_prefix(":{")?
                     .strip_suffix('}')
             })
             .map(str::to_owned)
-            .collect();
-        Ok((next, skus))
+            .collect())
+    }
+
+    /// Values of `keys` in one round trip: MGET, or, in a Cluster (where one MGET cannot span
+    /// slots), a pipeline of GETs that fred routes to each key's node.
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let client = self.pool.next();
+        if !self.clustered {
+            return client.mget(keys).await;
+        }
+        let pipeline = client.pipeline();
+        for key in keys {
+            let _: () = pipeline.get(key).await?;
+        }
+        pipeline
+            .try_all::<Option<Bytes>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The raw entry values of `skus`, as stored.
@@ -189,7 +212,7 @@ impl Cache {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = skus.iter().map(|s| self.entry_key(s)).collect();
-        self.guarded(self.pool.next().mget(keys)).await
+        self.guarded(self.get_many(keys)).await
     }
 
     /// Deletes an entry only if it still holds `seen`.
@@ -233,7 +256,7 @@ impl Cache {
         keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
         keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
         keys.push(self.meta_key());
-        let mut values: Vec<Option<Bytes>> = self.guarded(self.pool.next().mget(keys)).await?;
+        let mut values: Vec<Option<Bytes>> = self.guarded(self.get_many(keys)).await?;
         let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
         let fences = values
             .split_off(skus.len())

@@ -89,18 +89,11 @@ impl SizeService {
         let mut report = AuditReport::default();
 
         // Every cached entry against the primary.
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, skus) = self.cache.scan_entries(&cursor, PAGE as u32).await?;
-            if !skus.is_empty() {
-                let refs: Vec<&str> = skus.iter().map(String::as_str).collect();
-                self.audit_cached(&refs, &meta.epoch, repair, &mut report)
-                    .await?;
-            }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
+        let cached = self.cache.entry_skus().await?;
+        for chunk in cached.chunks(PAGE) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            self.audit_cached(&refs, &meta.epoch, repair, &mut report)
+                .await?;
         }
 
         // Every stored row against the cache.

@@ -4,6 +4,7 @@
 mod cache_ops;
 mod consistency;
 mod degraded;
+mod deployments;
 mod errors;
 mod helpers;
 mod operations;

@@ -278,3 +278,187 @@ impl Drop for OwnPostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+async fn spawn_redis(args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server is installed")
+}
+
+async fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli is installed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn eventually_output(port: u16, args: &[&str], expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !redis_cli(port, args).await.contains(expected) {
+        assert!(
+            Instant::now() < deadline,
+            "redis on {port} never answered {args:?} with {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free ports, stopped when dropped.
+pub struct OwnRedisCluster {
+    ports: Vec<u16>,
+    _nodes: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl OwnRedisCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("pss-test-cluster-{:016x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let port = port.to_string();
+            let conf = format!("nodes-{port}.conf");
+            nodes.push(
+                spawn_redis(&[
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ])
+                .await,
+            );
+        }
+        for port in &ports {
+            wait_port(*port, true).await;
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        run(Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null()))
+        .await;
+        for port in &ports {
+            eventually_output(*port, &["cluster", "info"], "cluster_state:ok").await;
+        }
+        Self {
+            ports,
+            _nodes: nodes,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            self.ports[0], self.ports[1], self.ports[2]
+        )
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Sentinel-managed pair: a master, its replica and one sentinel, stopped when dropped.
+pub struct OwnSentinel {
+    sentinel_port: u16,
+    _processes: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl OwnSentinel {
+    pub const SERVICE: &'static str = "pss";
+
+    pub async fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("pss-test-sentinel-{:016x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (master, replica, sentinel) = (free_port(), free_port(), free_port());
+        let base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        let master_port = master.to_string();
+        let mut processes =
+            vec![spawn_redis(&[&["--port", &master_port][..], &base].concat()).await];
+        wait_port(master, true).await;
+        processes.push(
+            spawn_redis(
+                &[
+                    &[
+                        "--port",
+                        &replica.to_string(),
+                        "--replicaof",
+                        "127.0.0.1",
+                        &master_port,
+                    ][..],
+                    &base,
+                ]
+                .concat(),
+            )
+            .await,
+        );
+        wait_port(replica, true).await;
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel}\nbind 127.0.0.1\ndir {}\nsentinel monitor {} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {} 2000\nsentinel failover-timeout {} 10000\n",
+                dir.display(),
+                Self::SERVICE,
+                Self::SERVICE,
+                Self::SERVICE
+            ),
+        )
+        .unwrap();
+        processes.push(spawn_redis(&[conf.to_str().unwrap(), "--sentinel"]).await);
+        wait_port(sentinel, true).await;
+        eventually_output(replica, &["info", "replication"], "master_link_status:up").await;
+        eventually_output(
+            sentinel,
+            &["sentinel", "get-master-addr-by-name", Self::SERVICE],
+            &master_port,
+        )
+        .await;
+        Self {
+            sentinel_port: sentinel,
+            _processes: processes,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={}",
+            self.sentinel_port,
+            Self::SERVICE
+        )
+    }
+}
+
+impl Drop for OwnSentinel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
