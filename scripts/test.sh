@@ -19,3 +19,7 @@ fi
 eval "$(scripts/services.sh env)"
 
 cargo test --locked "$@"
+# The live-instance contract tests: the docs page in a browser, schemathesis over the API.
+if [ "${PSS_SKIP_CONTRACT_TESTS:-}" != 1 ]; then
+  scripts/contract-tests.sh
+fi

@@ -22,6 +22,21 @@ impl Lsn {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The `X-Consistency-Token` form: 16 hexadecimal digits (opaque to clients).
+    pub fn to_token(self) -> String {
+        format!("{:016X}", self.0)
+    }
+
+    pub fn from_token(token: &str) -> Result<Self, LsnError> {
+        let token = token.trim();
+        if token.len() != 16 {
+            return Err(LsnError);
+        }
+        u64::from_str_radix(token, 16)
+            .map(Self)
+            .map_err(|_| LsnError)
+    }
 }
 
 impl FromStr for Lsn {
@@ -54,6 +69,22 @@ mod tests {
         for text in ["0/0", "0/16B3748", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
             let lsn: Lsn = text.parse().unwrap();
             assert_eq!(lsn.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let lsn: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(lsn.to_token(), "00000016B374D848");
+        assert_eq!(Lsn::from_token(&lsn.to_token()), Ok(lsn));
+        for bad in [
+            "",
+            "0",
+            "16/B374D848",
+            "00000016B374D84G",
+            "000000016B374D848",
+        ] {
+            assert_eq!(Lsn::from_token(bad), Err(LsnError), "{bad:?}");
         }
     }
 

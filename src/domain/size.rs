@@ -275,7 +275,12 @@ pub struct ProductSize {
     #[schema(minimum = 1, maximum = 50000000, example = 950)]
     pub weight_g: i32,
     /// Optional size label such as "M" or "EU 42".
-    #[schema(min_length = 1, max_length = 32, example = "EU 42")]
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]{1,32}$",
+        example = "EU 42"
+    )]
     pub size_label: Option<String>,
     /// Server-assigned version: 1 on create, +1 on every effective change. Also the ETag.
     #[schema(minimum = 1, example = 3)]

@@ -21,6 +21,7 @@ pub enum SkuError {
 
 impl Sku {
     pub const MAX_LEN: usize = 64;
+    pub const PATTERN: &'static str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
 
     pub fn parse(raw: &str) -> Result<Self, SkuError> {
         let bytes = raw.as_bytes();
@@ -50,6 +51,22 @@ impl fmt::Display for Sku {
         f.write_str(&self.0)
     }
 }
+
+/// Documented as a string with the SKU pattern, wherever a SKU appears in a body.
+impl utoipa::PartialSchema for Sku {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("Stock keeping unit"))
+            .pattern(Some(Sku::PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(Sku::MAX_LEN))
+            .examples(["SHOE-42-BLK"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Sku {}
 
 impl AsRef<str> for Sku {
     fn as_ref(&self) -> &str {

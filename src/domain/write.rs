@@ -5,21 +5,34 @@ use chrono::{DateTime, Utc};
 
 use super::{SizeUpdate, Sku, StoredSize};
 
-/// The conditional headers of a write.
+/// The conditional headers of a write (RFC 9110).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Preconditions {
-    /// `If-Match`: the write applies only to one of these current versions.
-    pub if_match: Option<IfMatch>,
-    /// `If-None-Match: *` on PUT: the write applies only if the product does not exist.
-    pub if_none_match_any: bool,
+    /// `If-Match`: the write applies only if the product exists (`*`) or its current
+    /// version is one of these.
+    pub if_match: Option<Tags>,
+    /// `If-None-Match`: the write applies only if the product does not exist (`*`, "create
+    /// only") or its current version is none of these.
+    pub if_none_match: Option<Tags>,
 }
 
+/// The entity tags of a conditional header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// `If-Match: *`: the product must exist.
+pub enum Tags {
+    /// `*`: any current version.
     Any,
-    /// `If-Match: "3", "4"`: the current version must be one of these.
+    /// `"3", "4"`: these versions.
     Versions(Vec<i64>),
+}
+
+impl Tags {
+    /// Whether the current row (`None`: absent or deleted) matches.
+    fn matches(&self, live: Option<&StoredSize>) -> bool {
+        match self {
+            Self::Any => live.is_some(),
+            Self::Versions(versions) => live.is_some_and(|row| versions.contains(&row.version)),
+        }
+    }
 }
 
 /// What a client asks to happen to one SKU.
@@ -55,17 +68,16 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Decision {
     let live = current.filter(|row| !row.deleted);
-    if preconditions.if_none_match_any && live.is_some() {
+    let if_match_fails = preconditions
+        .if_match
+        .as_ref()
+        .is_some_and(|tags| !tags.matches(live));
+    let if_none_match_fails = preconditions
+        .if_none_match
+        .as_ref()
+        .is_some_and(|tags| tags.matches(live));
+    if if_match_fails || if_none_match_fails {
         return Decision::PreconditionFailed;
-    }
-    match (&preconditions.if_match, live) {
-        (Some(IfMatch::Any), None) => return Decision::PreconditionFailed,
-        (Some(IfMatch::Versions(versions)), _)
-            if !live.is_some_and(|row| versions.contains(&row.version)) =>
-        {
-            return Decision::PreconditionFailed;
-        }
-        _ => {}
     }
 
     let update = match change {

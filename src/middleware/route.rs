@@ -55,7 +55,7 @@ impl<S> DbRouteService<S> {
         };
         match request.headers().get(CONSISTENCY_TOKEN) {
             None => DbRoute::ReplicaPreferred,
-            Some(raw) => match raw.to_str().ok().and_then(|t| t.parse::<Lsn>().ok()) {
+            Some(raw) => match raw.to_str().ok().and_then(|t| Lsn::from_token(t).ok()) {
                 Some(token) if replica.replayed() >= token => DbRoute::ReplicaPreferred,
                 // Behind the token, or a malformed token (the handler rejects it).
                 _ => DbRoute::Primary,

@@ -79,7 +79,7 @@ impl WarmJob {
         (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A warm-up is already running", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 pub async fn start_warm(State(state): State<AppState>) -> Response {
     let status = match state.warm_job.try_start() {
@@ -125,7 +125,7 @@ pub async fn start_warm(State(state): State<AppState>) -> Response {
         (status = 200, description = "The last or current warm-up", body = WarmStatus),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn warm_status(State(state): State<AppState>) -> Json<WarmStatus> {
     Json(state.warm_job.status())

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderName, header};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::domain::write::{IfMatch, Preconditions};
+use crate::domain::write::{Preconditions, Tags};
 use crate::domain::{Lsn, Sku};
 use crate::error::AppError;
 use crate::middleware::route::CONSISTENCY_TOKEN;
@@ -87,7 +87,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ConsistencyToken {
             Some(raw) => raw
                 .to_str()
                 .ok()
-                .and_then(|t| t.trim().parse().ok())
+                .and_then(|t| Lsn::from_token(t).ok())
                 .map(|lsn| Self(Some(lsn)))
                 .ok_or_else(|| AppError::BadRequest("malformed X-Consistency-Token".into())),
         }
@@ -111,33 +111,37 @@ impl<S: Send + Sync> FromRequestParts<S> for WritePreconditions {
                 })
                 .transpose()
         };
-        let if_match = header_text(header::IF_MATCH)?.map(|value| {
-            if value.trim() == "*" {
-                IfMatch::Any
-            } else {
-                // Strong comparison: weak tags never match a write precondition.
-                IfMatch::Versions(
-                    entity_tags(value)
-                        .filter(|t| !t.weak)
-                        .filter_map(|t| t.version)
-                        .collect(),
-                )
-            }
-        });
-        let if_none_match_any = match header_text(header::IF_NONE_MATCH)? {
-            None => false,
-            Some(value) if value.trim() == "*" => true,
-            Some(_) => {
-                return Err(AppError::BadRequest(
-                    "writes support only `If-None-Match: *` (create only)".into(),
-                ));
-            }
-        };
+        let if_match = header_text(header::IF_MATCH)?
+            .map(|v| tags("If-Match", v))
+            .transpose()?;
+        let if_none_match = header_text(header::IF_NONE_MATCH)?
+            .map(|v| tags("If-None-Match", v))
+            .transpose()?;
         Ok(Self(Preconditions {
             if_match,
-            if_none_match_any,
+            if_none_match,
         }))
     }
+}
+
+/// `*` or a list of entity tags. Write preconditions use strong comparison, so weak tags
+/// never match. An unquoted number is taken as that version, as many clients send it.
+fn tags(name: &str, value: &str) -> Result<Tags, AppError> {
+    if value.trim() == "*" {
+        return Ok(Tags::Any);
+    }
+    let tags: Vec<EntityTag> = entity_tags(value).collect();
+    if tags.is_empty() || tags.iter().any(|t| !t.well_formed) {
+        return Err(AppError::BadRequest(format!(
+            "{name} must be `*` or entity tags such as \"3\""
+        )));
+    }
+    Ok(Tags::Versions(
+        tags.iter()
+            .filter(|t| !t.weak)
+            .filter_map(|t| t.version)
+            .collect(),
+    ))
 }
 
 /// Whether a GET's `If-None-Match` matches `version` (weak comparison, as RFC 9110 asks).
@@ -157,6 +161,8 @@ pub fn etag(version: i64) -> String {
 
 struct EntityTag {
     weak: bool,
+    /// Quoted, as RFC 9110 requires, or a bare version number.
+    well_formed: bool,
     /// The tag as one of our versions, if it is one.
     version: Option<i64>,
 }
@@ -170,11 +176,14 @@ fn entity_tags(list: &str) -> impl Iterator<Item = EntityTag> + '_ {
                 Some(rest) => (true, rest),
                 None => (false, tag),
             };
-            let version = tag
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .and_then(|t| t.parse().ok());
-            EntityTag { weak, version }
+            let quoted = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+            let bare_number = tag.bytes().all(|b| b.is_ascii_digit());
+            let opaque = quoted.or(bare_number.then_some(tag));
+            EntityTag {
+                weak,
+                well_formed: opaque.is_some_and(|t| !t.contains('"')),
+                version: opaque.and_then(|t| t.parse().ok()),
+            }
         })
 }
 

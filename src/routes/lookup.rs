@@ -17,12 +17,13 @@ use crate::middleware::LOOKUP_PATH;
 pub const MAX_SKUS: usize = 1000;
 
 /// SKUs to look up.
-#[derive(utoipa::ToSchema)]
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"skus": ["SHOE-42-BLK", "TSHIRT-M-RED"]}))]
 #[allow(dead_code)] // Documents the body; see `parse_skus`.
 pub struct LookupRequest {
     /// 1 to 1000 SKUs; duplicates are answered once.
-    #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<String>)]
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<Sku>)]
     skus: Vec<String>,
 }
 
@@ -40,7 +41,8 @@ pub struct LookupResponse {
     post,
     path = LOOKUP_PATH,
     tag = "sizes",
-    params(("X-Consistency-Token" = Option<String>, Header, description = "Token from an earlier write: answers are at least that new")),
+    params(("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "Token from an earlier write: answers are at least that new",
+            pattern = "^[0-9A-Fa-f]{16}$")),
     request_body(content = LookupRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Sizes found and SKUs not found", body = LookupResponse,
@@ -52,7 +54,7 @@ pub struct LookupResponse {
         (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No data source is reachable", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn lookup(
     State(state): State<AppState>,

@@ -55,7 +55,8 @@ impl Modify for BearerAuth {
                 Http::builder()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A read token (GET, lookup) or a write token (everything, including PUT, DELETE and sync).",
+                        "Bearer token. Scope `read` (GET, lookup): a read or a write token. \
+                         Scope `write` (PUT, DELETE, sync, admin): a write token.",
                     ))
                     .build(),
             ),

@@ -15,7 +15,8 @@ use crate::domain::{FieldErrors, Lsn, ProductSize, SizeUpdate};
 use crate::error::{AppError, Problem};
 
 /// The body of a PUT: the size fields and, optionally, the WMS's counter.
-#[derive(utoipa::ToSchema)]
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"length_mm": 330, "width_mm": 210, "height_mm": 120, "weight_g": 950,
                           "size_label": "EU 42", "source_version": 1017}))]
 #[allow(dead_code)] // Documents the body; parsing reports every bad field, see `SizeUpdate::parse`.
@@ -33,7 +34,11 @@ pub struct SizeRequest {
     #[schema(minimum = 1, maximum = 50000000)]
     weight_g: i64,
     /// Optional size label, 1 to 32 printable characters.
-    #[schema(min_length = 1, max_length = 32)]
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]{1,32}$"
+    )]
     size_label: Option<String>,
     /// The WMS's monotonic counter for this SKU. An update older than the stored one never
     /// applies (409).
@@ -47,8 +52,9 @@ pub struct SizeRequest {
     tag = "sizes",
     params(
         ("sku" = String, Path, description = "Stock keeping unit", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
-        ("If-None-Match" = Option<String>, Header, description = "ETag(s) the client holds: 304 if current"),
-        ("X-Consistency-Token" = Option<String>, Header, description = "Token from an earlier write: the answer is at least that new"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag(s) the client holds: 304 if current"),
+        ("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "Token from an earlier write: the answer is at least that new",
+         pattern = "^[0-9A-Fa-f]{16}$"),
     ),
     responses(
         (status = 200, description = "The product's size", body = ProductSize,
@@ -60,7 +66,7 @@ pub struct SizeRequest {
         (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No data source is reachable", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn get_size(
     State(state): State<AppState>,
@@ -101,15 +107,25 @@ pub async fn get_size(
     tag = "sizes",
     params(
         ("sku" = String, Path, description = "Stock keeping unit", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
-        ("If-Match" = Option<String>, Header, description = "Apply only to this version (412 otherwise)"),
-        ("If-None-Match" = Option<String>, Header, description = "`*`: create only (412 if it exists)"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Apply only to this version, e.g. `\"3\"` (412 otherwise)",
+         pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "`*`: create only (412 if it exists); or versions it must not have",
+         pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
     ),
     request_body(content = SizeRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = ProductSize,
-         headers(("ETag" = String), ("X-Consistency-Token" = String, description = "Send on reads to see at least this write"))),
+         headers(("ETag" = String), ("X-Consistency-Token" = String, description = "Send on reads to see at least this write")),
+         links(
+             ("GetSize" = (operation_id = "get_size", parameters(("sku" = "$request.path.sku")))),
+             ("DeleteSize" = (operation_id = "delete_size", parameters(("sku" = "$request.path.sku")))),
+         )),
         (status = 200, description = "Replaced, or unchanged (same content: version kept)", body = ProductSize,
-         headers(("ETag" = String), ("X-Consistency-Token" = String))),
+         headers(("ETag" = String), ("X-Consistency-Token" = String)),
+         links(
+             ("GetSize" = (operation_id = "get_size", parameters(("sku" = "$request.path.sku")))),
+             ("DeleteSize" = (operation_id = "delete_size", parameters(("sku" = "$request.path.sku")))),
+         )),
         (status = 400, description = "Malformed JSON, invalid SKU or header", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
@@ -120,7 +136,7 @@ pub async fn get_size(
         (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The primary database is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 pub async fn put_size(
     State(state): State<AppState>,
@@ -178,7 +194,8 @@ pub async fn put_size(
     tag = "sizes",
     params(
         ("sku" = String, Path, description = "Stock keeping unit", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
-        ("If-Match" = Option<String>, Header, description = "Delete only this version (412 otherwise)"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only this version, e.g. `\"3\"` (412 otherwise)",
+         pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
     ),
     responses(
         (status = 204, description = "Deleted", headers(("X-Consistency-Token" = String))),
@@ -189,7 +206,7 @@ pub async fn put_size(
         (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The primary database is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 pub async fn delete_size(
     State(state): State<AppState>,

@@ -31,19 +31,26 @@ pub struct SyncUpdate {
     height_mm: i64,
     #[schema(minimum = 1, maximum = 50000000)]
     weight_g: i64,
-    #[schema(min_length = 1, max_length = 32)]
+    #[schema(
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]{1,32}$"
+    )]
     size_label: Option<String>,
     /// The WMS's monotonic counter for this SKU: an update older than the stored one is stale.
     #[schema(minimum = 0)]
     source_version: i64,
 }
 
-/// A batch of 1 to 1000 updates.
-#[derive(utoipa::ToSchema)]
+/// A batch of 1 to 1000 updates. Each item should be a `SyncUpdate`; an item that is not is
+/// reported as `invalid` in the results and does not fail the batch, so items are not
+/// constrained here.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SyncRequest {
-    #[schema(min_items = 1, max_items = 1000)]
-    updates: Vec<SyncUpdate>,
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<Value>)]
+    updates: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -94,7 +101,7 @@ pub struct SyncResponse {
         (status = 422, description = "The batch itself is invalid (not 1..=1000 updates)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The primary database is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 pub async fn sync_sizes(
     State(state): State<AppState>,

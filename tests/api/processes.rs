@@ -397,7 +397,17 @@ impl OwnSentinel {
             std::env::temp_dir().join(format!("pss-test-sentinel-{:016x}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let (master, replica, sentinel) = (free_port(), free_port(), free_port());
-        let base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        // Replication writes an RDB file: keep it in the test's folder.
+        let base = [
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ];
         let master_port = master.to_string();
         let mut processes =
             vec![spawn_redis(&[&["--port", &master_port][..], &base].concat()).await];
