@@ -239,7 +239,7 @@ mod tests {
     fn if_match_and_if_none_match() {
         let row = stored(1, 4, None);
         let if_match = |v| Preconditions {
-            if_match: Some(IfMatch::Versions(vec![v])),
+            if_match: Some(Tags::Versions(vec![v])),
             ..Default::default()
         };
         assert_eq!(
@@ -252,9 +252,18 @@ mod tests {
             Decision::PreconditionFailed
         );
         let create_only = Preconditions {
-            if_none_match_any: true,
+            if_none_match: Some(Tags::Any),
             ..Default::default()
         };
+        let unless = |v| Preconditions {
+            if_none_match: Some(Tags::Versions(vec![v])),
+            ..Default::default()
+        };
+        assert_eq!(
+            put(Some(&row), update(2, None), unless(4)),
+            Decision::PreconditionFailed
+        );
+        assert_eq!(written(put(Some(&row), update(2, None), unless(3))).0, 5);
         assert_eq!(
             put(Some(&row), update(2, None), create_only.clone()),
             Decision::PreconditionFailed

@@ -224,8 +224,8 @@ pub async fn delete_size(
 }
 
 pub fn token_header(token: Lsn) -> (HeaderName, HeaderValue) {
-    // An LSN's text form is ASCII hex and '/'.
-    let value =
-        HeaderValue::from_str(&token.to_string()).unwrap_or(HeaderValue::from_static("0/0"));
+    // Hexadecimal digits only: always a valid header value.
+    let value = HeaderValue::from_str(&token.to_token())
+        .unwrap_or(HeaderValue::from_static("0000000000000000"));
     (X_CONSISTENCY_TOKEN, value)
 }
