@@ -24,18 +24,21 @@ fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 
 eval "$(scripts/services.sh env)"
-cargo build --locked --bin product-size
+# The features `cargo test` built with (dev-dependencies unify features): no rebuild after it.
+cargo build --locked --tests
+bin=${CARGO_TARGET_DIR:-target}/debug/product-size
 read_token=contract-read-token
 write_token=contract-write-token
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base=http://127.0.0.1:$port
 API_READ_TOKENS=$read_token API_WRITE_TOKENS=$write_token BIND_ADDR=127.0.0.1:$port \
   CACHE_KEY_PREFIX=contract-$port LOG_FORMAT=json RUST_LOG=warn \
-  target/debug/product-size serve >"$data/contract-serve.log" 2>&1 &
+  "$bin" serve >"$data/contract-serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "$base/healthz" >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$data/contract-serve.log" >&2; exit 1; }
   sleep 0.1
 done
 curl -fsS -X POST "$base/v1/sync/product-sizes" -H "Authorization: Bearer $write_token" \

@@ -10,7 +10,7 @@ scripts/services.sh up
 eval "$(scripts/services.sh env)"
 
 cargo build --locked --bin product-size
-bin=target/debug/product-size
+bin=${CARGO_TARGET_DIR:-target}/debug/product-size
 "$bin" migrate
 
 export API_READ_TOKENS=${API_READ_TOKENS:-dev-read-token}

@@ -49,6 +49,7 @@ pub struct Application {
     router: Router,
     sizes: Arc<SizeService>,
     background: Vec<JoinHandle<()>>,
+    grace: Duration,
 }
 
 impl Application {
@@ -100,6 +101,7 @@ impl Application {
             router,
             sizes,
             background,
+            grace: config.shutdown_grace,
         })
     }
 
@@ -109,17 +111,35 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests and closes pools.
+    /// Serves until `shutdown` resolves. Then it stops accepting, lets in-flight requests
+    /// finish within the grace period, applies pending cache repairs if Redis answers, and
+    /// closes the pools.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing requests in flight");
+            let _ = stopping.send(true);
+        };
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        let grace = self.grace;
+        let served = tokio::select! {
+            served = server => served,
+            () = async {
+                let _ = stopped.wait_for(|stopping| *stopping).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping requests still in flight");
+                Ok(())
+            }
+        };
         for task in &self.background {
             task.abort();
         }
+        self.sizes.flush_repairs(Duration::from_secs(2)).await;
         self.sizes.db().close().await;
         self.sizes.cache().quit().await;
         served
@@ -164,6 +184,7 @@ pub async fn service(config: &Config) -> Result<Arc<SizeService>, StartupError> 
 
 /// The full router: the documented API, docs, and the middleware stack.
 pub fn router(state: AppState, auth: Arc<Authenticator>, db_route: DbRouteLayer) -> Router {
+    let metrics = state.sizes.clone();
     let (api, _) = routes::api().split_for_parts();
     let openapi = routes::openapi_json();
     api.route(
@@ -174,6 +195,10 @@ pub fn router(state: AppState, auth: Arc<Authenticator>, db_route: DbRouteLayer)
     .route("/docs/{*file}", get(docs::docs_asset))
     .fallback(|| async { AppError::NotFound("no such route".into()) })
     .with_state(state)
+    .layer(axum::middleware::from_fn_with_state(
+        metrics,
+        track_requests,
+    ))
     .layer(db_route)
     .layer(axum::middleware::from_fn_with_state(auth, require_token))
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -200,4 +225,27 @@ pub fn router(state: AppState, auth: Arc<Authenticator>, db_route: DbRouteLayer)
     .layer(SetSensitiveRequestHeadersLayer::new([
         header::AUTHORIZATION,
     ]))
+}
+
+/// Counts every request and its latency by method, matched route and status.
+async fn track_requests(
+    axum::extract::State(sizes): axum::extract::State<Arc<SizeService>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    sizes.metrics_registry().observe_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }

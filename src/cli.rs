@@ -32,6 +32,15 @@ pub enum Command {
     WarmCache(WarmCacheArgs),
     /// Compare the cache with the primary; exit 0 only when they agree.
     AuditCache(AuditCacheArgs),
+    /// Exit 0 if the local instance answers /healthz (for container health checks).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The instance's listen address.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]

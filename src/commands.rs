@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app;
-use crate::cli::{AuditCacheArgs, WarmCacheArgs};
+use crate::cli::{AuditCacheArgs, HealthcheckArgs, WarmCacheArgs};
 use crate::config::Config;
 use crate::service::audit::AuditReport;
 use crate::service::warm::{WarmOptions, WarmProgress};
@@ -145,4 +145,30 @@ pub fn audit_table(r: &AuditReport) -> String {
         }
     }
     out
+}
+
+/// `product-size healthcheck`: GET /healthz on the local instance, with no HTTP client
+/// dependency (the runtime image has no curl).
+pub async fn healthcheck(args: HealthcheckArgs) -> Result<(), CommandError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut addr = args.bind_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err("unhealthy".into()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
 }

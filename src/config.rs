@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Serve without authentication (development only).
     #[arg(long, env = "AUTH_DISABLED")]
     pub auth_disabled: bool,
+
+    /// On SIGTERM, how long in-flight requests may take to finish, in seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
 }
 
 /// How to reach the databases and Redis: shared by `serve` and the cache commands.
@@ -134,6 +138,7 @@ pub struct Config {
     pub redis_url: SecretString,
     pub secondary_cache: Option<SecondaryCache>,
     pub bind_addr: SocketAddr,
+    pub shutdown_grace: Duration,
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
     pub cache: CacheSettings,
@@ -201,6 +206,7 @@ impl Config {
                 .collect()
         };
         config.bind_addr = args.bind_addr;
+        config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
         config.auth = AuthSettings {
             read_tokens: tokens(args.api_read_tokens),
             write_tokens: tokens(args.api_write_tokens),
@@ -247,6 +253,7 @@ impl Config {
                 failover_ttl: Duration::from_secs(args.cache_failover_ttl_secs.max(1)),
             }),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace: Duration::from_secs(20),
             auth: AuthSettings {
                 read_tokens: Vec::new(),
                 write_tokens: Vec::new(),

@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
         }
         Command::WarmCache(args) => commands::warm_cache(args).await,
         Command::AuditCache(args) => commands::audit_cache(args).await,
+        Command::Healthcheck(args) => commands::healthcheck(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,17 +1,20 @@
 //! Prometheus metrics (OpenMetrics text at `/metrics`). Names follow Prometheus conventions:
 //! `_total` counters, base units (`_seconds`, `_bytes`).
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::registry::{Registry, Unit};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Database {
     Primary,
     Replica,
@@ -22,7 +25,7 @@ pub struct DatabaseLabels {
     pub database: Database,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum CacheOutcome {
     /// Served from Redis.
     Hit,
@@ -32,9 +35,55 @@ pub enum CacheOutcome {
     Bypass,
 }
 
+/// Label values in lower case, as Prometheus conventions have them.
+macro_rules! lowercase_label_value {
+    ($type:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl EncodeLabelValue for $type {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                encoder.write_str(match self {
+                    $(Self::$variant => $text),+
+                })
+            }
+        }
+    };
+}
+
+lowercase_label_value!(Database { Primary => "primary", Replica => "replica" });
+lowercase_label_value!(CacheOutcome { Hit => "hit", Miss => "miss", Bypass => "bypass" });
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub outcome: CacheOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The matched route template (`/v1/products/{sku}/size`), never the raw path.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub database: Database,
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +107,14 @@ pub struct Metrics {
     pub replica_lag_seconds: Gauge<f64, AtomicU64>,
     /// The counts of the last cache audit (any instance's or `audit-cache`'s).
     pub audit_entries: Family<AuditLabels, Gauge>,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_request_duration: Family<RouteLabels, Histogram>,
+    /// Reads by where their answer came from.
+    pub reads_by_source: Family<SourceLabels, Counter>,
+    /// Connections per pool: open, idle, max.
+    pub db_pool_connections: Family<PoolLabels, Gauge>,
+    /// Requests that waited for a pooled connection until the timeout.
+    pub db_pool_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -107,8 +164,53 @@ impl Default for Metrics {
             "Counts of the last cache audit: checked, agreeing, stale, orphaned, missing, repaired",
             audit_entries.clone(),
         );
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            http_requests.clone(),
+        );
+        let http_request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency by method and route",
+            Unit::Seconds,
+            http_request_duration.clone(),
+        );
+        let reads_by_source = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "reads",
+            "Reads by where the answer came from (cache, replica, primary)",
+            reads_by_source.clone(),
+        );
+        let db_pool_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by database and state (open, idle, max)",
+            db_pool_connections.clone(),
+        );
+        let db_pool_timeouts = Counter::default();
+        registry.register(
+            "db_pool_timeouts",
+            "Requests that waited for a pooled database connection until the timeout",
+            db_pool_timeouts.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information (always 1)", build_info);
         Self {
             registry,
+            http_requests,
+            http_request_duration,
+            reads_by_source,
+            db_pool_connections,
+            db_pool_timeouts,
             audit_entries,
             database_reads,
             cache_lookups,
@@ -148,6 +250,42 @@ impl Metrics {
         }
     }
 
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let route = route.to_owned();
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.http_request_duration
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route,
+            })
+            .observe(seconds);
+    }
+
+    pub fn count_read(&self, source: &'static str) {
+        self.reads_by_source
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    pub fn set_pool(&self, database: Database, pool: &sqlx::PgPool) {
+        let idle = pool.num_idle() as i64;
+        for (state, value) in [
+            ("open", i64::from(pool.size())),
+            ("idle", idle),
+            ("max", i64::from(pool.options().get_max_connections())),
+        ] {
+            self.db_pool_connections
+                .get_or_create(&PoolLabels { database, state })
+                .set(value);
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -155,4 +293,11 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Buckets from 250 µs to 5 s: a cache hit is well under a millisecond.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ])
 }

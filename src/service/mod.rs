@@ -97,9 +97,26 @@ impl SizeService {
             .chain(self.secondary.as_ref().map(|s| s.cache.as_ref()))
     }
 
+    /// The metrics, as they are (no gauge refresh): for recording on the hot path.
+    pub fn metrics_registry(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts pool timeouts on the way to the HTTP error.
+    fn database_error(&self, error: sqlx::Error) -> crate::error::AppError {
+        if matches!(error, sqlx::Error::PoolTimedOut) {
+            self.metrics.db_pool_timeouts.inc();
+        }
+        error.into()
+    }
+
     /// The metrics, with gauges brought up to date (for a scrape).
     pub fn metrics(&self) -> &Metrics {
         let metrics = &self.metrics;
+        metrics.set_pool(crate::metrics::Database::Primary, self.db.primary());
+        if let Some(replica) = self.db.replica() {
+            metrics.set_pool(crate::metrics::Database::Replica, replica);
+        }
         metrics
             .cache_up
             .set(i64::from(!self.cache.is_unavailable()));

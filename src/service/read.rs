@@ -109,6 +109,7 @@ impl SizeService {
             .count_cache(CacheOutcome::Miss, misses.len() - bypassed);
         self.metrics.count_cache(CacheOutcome::Bypass, bypassed);
         if misses.is_empty() {
+            self.metrics.count_read(ReadSource::Cache.as_str());
             return Ok(ReadResult {
                 docs: docs.into_iter().flatten().collect(),
                 source: ReadSource::Cache,
@@ -149,6 +150,7 @@ impl SizeService {
         for (miss, doc) in misses.iter().zip(loaded) {
             docs[miss.index] = Some(doc);
         }
+        self.metrics.count_read(source.as_str());
         Ok(ReadResult {
             docs: docs.into_iter().flatten().collect(),
             source,
@@ -276,7 +278,9 @@ impl SizeService {
         }
         let rest: Vec<&str> = pending.iter().map(|&i| skus[i]).collect();
         self.metrics.count_database_read(Database::Primary);
-        let fetched = fetch(self.db.primary(), &rest).await?;
+        let fetched = fetch(self.db.primary(), &rest)
+            .await
+            .map_err(|e| self.database_error(e))?;
         found.extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
         Ok((found, ReadSource::Primary))
     }

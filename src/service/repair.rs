@@ -161,6 +161,22 @@ impl SizeService {
         tasks
     }
 
+    /// On shutdown: applies this instance's pending repairs while Redis answers, for at most
+    /// `budget`. What is left stays recorded for the next instance.
+    pub async fn flush_repairs(&self, budget: Duration) {
+        let deadline = tokio::time::Instant::now() + budget;
+        while self.repairs.pending_count() > 0 && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.repair_once()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let left = self.repairs.pending_count();
+        if left > 0 {
+            tracing::warn!(left, "cache repairs left for the next instance");
+        }
+    }
+
     /// Takes over every repair still recorded, so that an instance that starts after a crash
     /// does not serve, from the cache, versions older than what its predecessor acknowledged.
     pub async fn adopt_owed_repairs(&self) -> Result<usize, sqlx::Error> {

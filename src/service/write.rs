@@ -112,7 +112,8 @@ impl SizeService {
                     .collect();
                 (rows.clone(), (decisions, rows))
             })
-            .await?;
+            .await
+            .map_err(|e| self.database_error(e))?;
         let (decisions, rows) = committed.outcome;
         if !rows.is_empty() {
             self.record_in_cache(&rows, &epochs, committed.lsn).await;

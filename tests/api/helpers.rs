@@ -140,6 +140,7 @@ impl TestApp {
             redis_url: SecretString::from(redis_url.clone()),
             secondary_cache: options.secondary_cache.clone(),
             bind_addr: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace: Duration::from_secs(5),
             auth: AuthSettings {
                 read_tokens: vec![SecretString::from(READ_TOKEN)],
                 write_tokens: vec![SecretString::from(WRITE_TOKEN)],

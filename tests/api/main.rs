@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod operations;
 mod processes;
+mod shutdown;
 mod sizes;
 mod sync;
 mod torture;

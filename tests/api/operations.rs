@@ -134,3 +134,166 @@ async fn the_docs_page_and_its_assets_are_served_offline() {
     assert_eq!(bundle.status(), StatusCode::OK);
     assert!(bundle.bytes().await.unwrap().len() > 100_000);
 }
+
+async fn scrape(app: &TestApp) -> String {
+    app.request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample whose line starts with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_export_each_family_with_plausible_values() {
+    let app = TestApp::spawn().await;
+    let sku = app.sku("metrics");
+    app.put(&sku, &crate::helpers::size(1)).await;
+    app.get(&sku).await;
+    app.evict(&sku).await;
+    app.get(&sku).await;
+    app.lookup(&[&sku]).await;
+
+    let metrics = scrape(&app).await;
+    let route = r#"route="/v1/products/{sku}/size""#;
+    let gets = sample(
+        &metrics,
+        &format!(r#"product_size_http_requests_total{{method="GET",{route},status="200"}}"#),
+    );
+    assert_eq!(gets, Some(2.0), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(r#"product_size_http_requests_total{{method="PUT",{route},status="201"}}"#)
+        ),
+        Some(1.0)
+    );
+    let count = sample(
+        &metrics,
+        &format!(r#"product_size_http_request_duration_seconds_count{{method="GET",{route}}}"#),
+    );
+    assert_eq!(count, Some(2.0));
+    let sum = sample(
+        &metrics,
+        &format!(r#"product_size_http_request_duration_seconds_sum{{method="GET",{route}}}"#),
+    )
+    .unwrap();
+    assert!(sum > 0.0 && sum < 5.0, "latency sum {sum}");
+    assert!(
+        sample(
+            &metrics,
+            r#"product_size_cache_lookups_total{outcome="hit"}"#
+        ) >= Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            r#"product_size_cache_lookups_total{outcome="miss"}"#
+        ) >= Some(1.0)
+    );
+    assert!(sample(&metrics, r#"product_size_reads_total{source="cache"}"#) >= Some(2.0));
+    assert!(sample(&metrics, r#"product_size_database_reads_total{database="#).is_some());
+    assert!(sample(&metrics, "product_size_replica_lag_bytes").is_some_and(|b| b >= 0.0));
+    assert!(
+        sample(&metrics, "product_size_replica_lag_seconds")
+            .is_some_and(|s| (0.0..60.0).contains(&s))
+    );
+    assert_eq!(
+        sample(&metrics, "product_size_cache_repairs_pending"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&metrics, "product_size_cache_up"), Some(1.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"product_size_db_pool_connections{database="primary",state="max"}"#
+        ),
+        Some(10.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            r#"product_size_db_pool_connections{database="primary",state="open"}"#
+        ) >= Some(1.0)
+    );
+    assert!(sample(&metrics, "product_size_db_pool_timeouts_total").is_some());
+    assert_eq!(sample(&metrics, "product_size_build_info{"), Some(1.0));
+}
+
+/// Every metric family the service exports (from `# TYPE` lines).
+fn families(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_dashboard_query_names_an_exported_metric() {
+    let app = TestApp::spawn().await;
+    // Traffic and an audit, so that every family has samples (and so a TYPE line).
+    let sku = app.sku("dashboard");
+    app.put(&sku, &crate::helpers::size(1)).await;
+    app.evict(&sku).await;
+    app.get(&sku).await;
+    app.get(&sku).await;
+    let audit = r#"{"checked":1,"agreeing":1,"stale":0,"orphaned":0,"missing":0,"repaired":0,"first_divergent":[]}"#;
+    let _: () = fred::prelude::KeysInterface::set(
+        &app.redis,
+        format!("{}:note:audit", app.key_prefix),
+        audit,
+        None,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let exported = families(&scrape(&app).await);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/product-size-service/dashboards/product-size.json"
+    );
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 7);
+    let mut queries = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            queries += 1;
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("product_size_"))
+                .collect();
+            assert!(
+                !names.is_empty(),
+                "panel {:?} queries no service metric: {expr}",
+                panel["title"]
+            );
+            for name in names {
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+                assert!(
+                    exported.iter().any(|f| f == family),
+                    "panel {:?} queries {name}, which the service does not export ({exported:?})",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    assert!(queries >= 7);
+}

@@ -14,7 +14,10 @@ async fn put_creates_then_replaces_and_get_returns_the_latest() {
     assert_eq!(created.status(), StatusCode::CREATED);
     assert_eq!(created.headers()["etag"], "\"1\"");
     let token = created.headers()["x-consistency-token"].to_str().unwrap();
-    assert!(token.len() == 16 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    assert!(
+        token.len() == 16 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
     let body: Value = created.json().await.unwrap();
     assert_eq!(body["sku"], sku);
     assert_eq!(body["length_mm"], 100);
