@@ -23,3 +23,5 @@ cargo test --locked "$@"
 if [ "${PSS_SKIP_CONTRACT_TESTS:-}" != 1 ]; then
   scripts/contract-tests.sh
 fi
+# The Dockerfile and the Helm chart, linted and validated.
+scripts/lint-deploy.sh

@@ -1,0 +1,80 @@
+{{- define "pss.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pss.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pss.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pss.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pss.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "pss.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pss.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pss.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pss.secretName" -}}
+{{- default (include "pss.fullname" .) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "pss.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Environment shared by the service and the migration Job. */}}
+{{- define "pss.env" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: DATABASE_URL
+- name: DATABASE_REPLICA_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: DATABASE_REPLICA_URL
+      optional: true
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: REDIS_URL
+- name: REDIS_SECONDARY_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: REDIS_SECONDARY_URL
+      optional: true
+- name: API_READ_TOKENS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: API_READ_TOKENS
+- name: API_WRITE_TOKENS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: API_WRITE_TOKENS
+{{- end -}}

