@@ -40,4 +40,4 @@ for variant in default full; do
   # Kubernetes has no schema) is reported as a warning.
   "$data/venv/bin/kubernetes-validate" --strict --quiet "$out/$variant.yaml"
 done
-echo "deployment checks: 6 passed, 0 failed"
+echo "deployment checks: all passed"
