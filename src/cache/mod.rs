@@ -33,7 +33,7 @@ pub use breaker::Breaker;
 pub use entry::{Entry, Epoch, Fence, Meta};
 
 use crate::config::CacheSettings;
-use crate::domain::{Lsn, Sku};
+use crate::domain::{Lsn, Sku, StoredSize};
 
 pub type CacheError = fred::error::Error;
 
@@ -51,7 +51,17 @@ pub struct Install<'a> {
     pub sku: &'a str,
     pub version: i64,
     /// `None` for a tombstone or "not found".
-    pub body: Option<&'a Bytes>,
+    pub body: Option<Bytes>,
+}
+
+impl<'a> From<&'a StoredSize> for Install<'a> {
+    fn from(row: &'a StoredSize) -> Self {
+        Self {
+            sku: &row.sku,
+            version: row.version,
+            body: row.to_body(),
+        }
+    }
 }
 
 pub struct Cache {
@@ -462,7 +472,7 @@ impl Cache {
         is_write: bool,
         ttl: Option<Duration>,
     ) -> ([String; 2], Vec<Bytes>) {
-        let ttl = match (ttl, item.body) {
+        let ttl = match (ttl, &item.body) {
             (Some(ttl), _) => ttl,
             (None, None) if item.version == 0 => self.settings.negative_ttl,
             (None, _) => entry::jittered(self.settings.entry_ttl),
@@ -476,7 +486,7 @@ impl Cache {
         let args = vec![
             Bytes::from(item.version.to_string()),
             Bytes::from(epoch.as_str().to_owned()),
-            Entry::encode(item.version, epoch, item.body),
+            Entry::encode(item.version, epoch, item.body.as_ref()),
             Bytes::from(ttl.as_millis().to_string()),
             Bytes::from(fence_ttl.to_string()),
         ];

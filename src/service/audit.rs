@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-use super::SizeService;
+use super::{CacheJobError, SizeService};
 use crate::cache::{Entry, Epoch, Install};
 use crate::db::sizes::{fetch, fetch_page};
 use crate::domain::StoredSize;
@@ -67,25 +67,15 @@ impl AuditReport {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("Redis: {0}")]
-    Cache(#[from] fred::error::Error),
-    #[error("Redis has no usable epoch (is it reachable?)")]
-    NoEpoch,
-}
-
 impl SizeService {
     /// Audits the whole cache; with `repair`, fixes each divergence it finds.
     #[instrument(skip_all, fields(repair))]
-    pub async fn audit_cache(&self, repair: bool) -> Result<AuditReport, AuditError> {
+    pub async fn audit_cache(&self, repair: bool) -> Result<AuditReport, CacheJobError> {
         let seen = self.cache.read_meta().await?;
         let meta = self
             .current_meta(&self.cache, seen)
             .await
-            .ok_or(AuditError::NoEpoch)?;
+            .ok_or(CacheJobError::NoEpoch)?;
         let mut report = AuditReport::default();
 
         // Every cached entry against the primary.
@@ -143,7 +133,7 @@ impl SizeService {
         epoch: &Epoch,
         repair: bool,
         report: &mut AuditReport,
-    ) -> Result<(), AuditError> {
+    ) -> Result<(), CacheJobError> {
         let raw = self.cache.raw_entries(skus).await?;
         let rows: HashMap<String, StoredSize> = fetch(self.db.primary(), skus)
             .await?
@@ -202,17 +192,12 @@ impl SizeService {
         Ok(())
     }
 
-    async fn install_rows(&self, rows: &[StoredSize], epoch: &Epoch) -> Result<usize, AuditError> {
-        let bodies: Vec<Option<Bytes>> = rows.iter().map(StoredSize::to_body).collect();
-        let installs: Vec<Install<'_>> = rows
-            .iter()
-            .zip(&bodies)
-            .map(|(row, body)| Install {
-                sku: &row.sku,
-                version: row.version,
-                body: body.as_ref(),
-            })
-            .collect();
+    async fn install_rows(
+        &self,
+        rows: &[StoredSize],
+        epoch: &Epoch,
+    ) -> Result<usize, CacheJobError> {
+        let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
         Ok(self.cache.fill(&installs, epoch).await?)
     }
 

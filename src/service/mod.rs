@@ -37,6 +37,17 @@ use crate::db::replica::ReplicaHealth;
 use crate::db::sizes::current_wal_lsn;
 use crate::metrics::Metrics;
 
+/// Why a warm-up or an audit of the cache stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheJobError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Cache(#[from] fred::error::Error),
+    #[error("Redis has no usable epoch (is it reachable?)")]
+    NoEpoch,
+}
+
 /// A fill whose database read is older than this is dropped rather than installed.
 pub const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 

@@ -204,7 +204,7 @@ impl SizeService {
                 .map(|doc| Install {
                     sku: doc.sku.as_str(),
                     version: doc.version,
-                    body: doc.body.as_ref(),
+                    body: doc.body.clone(),
                 })
                 .collect();
             if let Err(error) = load.cache.fill(&installs, &meta.epoch).await {

@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -235,16 +234,7 @@ impl SizeService {
         let skus: Vec<&str> = owed.iter().map(|(sku, _)| sku.as_str()).collect();
         let rows = fetch(self.db.primary(), &skus).await?.rows;
         let lsn = current_wal_lsn(&mut *self.db.primary().acquire().await?).await?;
-        let bodies: Vec<Option<Bytes>> = rows.iter().map(StoredSize::to_body).collect();
-        let installs: Vec<Install<'_>> = rows
-            .iter()
-            .zip(&bodies)
-            .map(|(row, body)| Install {
-                sku: &row.sku,
-                version: row.version,
-                body: body.as_ref(),
-            })
-            .collect();
+        let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
         for (cache, epoch) in self.caches().zip(&epochs) {
             cache.record_writes(&installs, epoch, lsn).await?;
         }

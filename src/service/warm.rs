@@ -4,15 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Serialize;
 use tracing::instrument;
 
-use super::{FILL_MAX_AGE, SizeService};
+use super::{CacheJobError, FILL_MAX_AGE, SizeService};
 use crate::cache::Install;
 use crate::db::replica::replay_position;
 use crate::db::sizes::{Fetched, count, fetch_page};
-use crate::domain::{Lsn, StoredSize};
+use crate::domain::Lsn;
 
 #[derive(Debug, Clone)]
 pub struct WarmOptions {
@@ -50,16 +49,6 @@ pub struct WarmProgress {
     pub elapsed_secs: f64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WarmError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("Redis: {0}")]
-    Cache(#[from] fred::error::Error),
-    #[error("Redis has no usable epoch (is it reachable?)")]
-    NoEpoch,
-}
-
 /// How long a page waits for the replica to replay the high-water mark before it is read
 /// from the primary instead.
 const REPLICA_WAIT: Duration = Duration::from_secs(2);
@@ -71,7 +60,7 @@ impl SizeService {
         &self,
         options: &WarmOptions,
         mut report: impl FnMut(&WarmProgress),
-    ) -> Result<WarmProgress, WarmError> {
+    ) -> Result<WarmProgress, CacheJobError> {
         let started = Instant::now();
         let batch = options.batch_size.clamp(1, 10_000);
         let mut progress = WarmProgress {
@@ -85,7 +74,7 @@ impl SizeService {
             let meta = self
                 .current_meta(&self.cache, seen)
                 .await
-                .ok_or(WarmError::NoEpoch)?;
+                .ok_or(CacheJobError::NoEpoch)?;
             let page_started = Instant::now();
             let page = self
                 .warm_page(&after, batch, meta.hwm, options.from_primary, &mut progress)
@@ -94,18 +83,7 @@ impl SizeService {
             after = last.sku.clone();
 
             let installed = if page_started.elapsed() < FILL_MAX_AGE {
-                let bodies: Vec<Option<Bytes>> =
-                    page.rows.iter().map(StoredSize::to_body).collect();
-                let installs: Vec<Install<'_>> = page
-                    .rows
-                    .iter()
-                    .zip(&bodies)
-                    .map(|(row, body)| Install {
-                        sku: &row.sku,
-                        version: row.version,
-                        body: body.as_ref(),
-                    })
-                    .collect();
+                let installs: Vec<Install<'_>> = page.rows.iter().map(Install::from).collect();
                 self.cache.fill(&installs, &meta.epoch).await?
             } else {
                 0

@@ -1,7 +1,6 @@
 //! The write path: one transaction on the primary, then, before the response, the versioned
 //! compare-and-set into Redis (entry, fence and high-water mark in one pipeline).
 
-use bytes::Bytes;
 use chrono::Utc;
 use tracing::instrument;
 
@@ -135,16 +134,7 @@ impl SizeService {
     /// cache misses it, the secondary follows the failover policy. Anything not done is left
     /// to the repair worker, and this instance reads those SKUs from the primary until then.
     async fn record_in_cache(&self, rows: &[StoredSize], epochs: &[Epoch], lsn: Lsn) {
-        let bodies: Vec<Option<Bytes>> = rows.iter().map(StoredSize::to_body).collect();
-        let installs: Vec<Install<'_>> = rows
-            .iter()
-            .zip(&bodies)
-            .map(|(row, body)| Install {
-                sku: &row.sku,
-                version: row.version,
-                body: body.as_ref(),
-            })
-            .collect();
+        let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
         let primary = self.cache.record_writes(&installs, &epochs[0], lsn).await;
         if let Err(error) = &primary {
             tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");

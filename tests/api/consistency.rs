@@ -153,13 +153,13 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
 
     assert_eq!(
         cache
-            .record_writes(&install(2, Some(&new)), &epoch, Lsn::new(1))
+            .record_writes(&install(2, Some(new.clone())), &epoch, Lsn::new(1))
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        cache.fill(&install(1, Some(&old)), &epoch).await.unwrap(),
+        cache.fill(&install(1, Some(old.clone())), &epoch).await.unwrap(),
         0,
         "older than the entry"
     );
@@ -170,7 +170,7 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
             .await
             .unwrap();
     assert_eq!(
-        cache.fill(&install(1, Some(&old)), &epoch).await.unwrap(),
+        cache.fill(&install(1, Some(old.clone())), &epoch).await.unwrap(),
         0,
         "older than the fence"
     );
@@ -180,7 +180,7 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
         "a stale 'not found'"
     );
     assert_eq!(
-        cache.fill(&install(2, Some(&new)), &epoch).await.unwrap(),
+        cache.fill(&install(2, Some(new.clone())), &epoch).await.unwrap(),
         1,
         "the fenced version itself"
     );
