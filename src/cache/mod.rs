@@ -420,23 +420,37 @@ impl Cache {
         let results = self
             .run_installs(client, items, epoch, written_at, ttl)
             .await?;
-        let missing_script = results.iter().any(|r| {
+        let no_script = |r: &Result<i64, CacheError>| {
             r.as_ref()
                 .is_err_and(|e| e.details().starts_with("NOSCRIPT"))
-        });
-        let results = if missing_script {
-            self.install.load(client).await?;
-            self.bump.load(client).await?;
-            self.run_installs(client, items, epoch, written_at, ttl)
-                .await?
-        } else {
-            results
         };
+        if !results.iter().any(no_script) {
+            return count_installed(results, items.len());
+        }
+        // Some calls found the script missing (a restarted or flushed-scripts Redis). Others in
+        // the same pipeline may have run (another client can load the same script meanwhile):
+        // run again only what did not, and count both runs.
+        self.install.load(client).await?;
+        self.bump.load(client).await?;
+        let again: Vec<Install<'_>> = items
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| no_script(r))
+            .map(|(item, _)| item.clone())
+            .collect();
+        let bump_again = written_at.filter(|_| results.get(items.len()).is_some_and(no_script));
         let mut installed = 0;
-        for result in results.into_iter().take(items.len()) {
+        for result in results
+            .into_iter()
+            .take(items.len())
+            .filter(|r| !no_script(r))
+        {
             installed += usize::from(result? == 1);
         }
-        Ok(installed)
+        let retried = self
+            .run_installs(client, &again, epoch, bump_again, ttl)
+            .await?;
+        Ok(installed + count_installed(retried, again.len())?)
     }
 
     /// One pipeline: an install per item, then the high-water mark for writes.
@@ -492,6 +506,18 @@ impl Cache {
         ];
         (keys, args)
     }
+}
+
+/// How many of the first `items` results installed their value (the rest is the bump).
+fn count_installed(
+    results: Vec<Result<i64, CacheError>>,
+    items: usize,
+) -> Result<usize, CacheError> {
+    let mut installed = 0;
+    for result in results.into_iter().take(items) {
+        installed += usize::from(result? == 1);
+    }
+    Ok(installed)
 }
 
 /// `EVALSHA` as a pipelined command, routed to the slot of its first key (fred's pipelines

@@ -159,7 +159,10 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
         1
     );
     assert_eq!(
-        cache.fill(&install(1, Some(old.clone())), &epoch).await.unwrap(),
+        cache
+            .fill(&install(1, Some(old.clone())), &epoch)
+            .await
+            .unwrap(),
         0,
         "older than the entry"
     );
@@ -170,7 +173,10 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
             .await
             .unwrap();
     assert_eq!(
-        cache.fill(&install(1, Some(old.clone())), &epoch).await.unwrap(),
+        cache
+            .fill(&install(1, Some(old.clone())), &epoch)
+            .await
+            .unwrap(),
         0,
         "older than the fence"
     );
@@ -180,7 +186,10 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
         "a stale 'not found'"
     );
     assert_eq!(
-        cache.fill(&install(2, Some(new.clone())), &epoch).await.unwrap(),
+        cache
+            .fill(&install(2, Some(new.clone())), &epoch)
+            .await
+            .unwrap(),
         1,
         "the fenced version itself"
     );

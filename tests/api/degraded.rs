@@ -352,3 +352,49 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
         "50 concurrent misses made {reads} database reads"
     );
 }
+
+#[tokio::test]
+async fn installs_survive_redis_forgetting_its_scripts() {
+    use product_size_service::cache::{Epoch, Install};
+    let redis = OwnRedis::start().await;
+    let settings = CacheSettings {
+        key_prefix: "scripts".into(),
+        entry_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(10),
+        fence_ttl: Duration::from_secs(60),
+        command_timeout: Duration::from_millis(500),
+        pool_size: 1,
+    };
+    let cache = Cache::connect(&SecretString::from(redis.url()), settings).unwrap();
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let epoch = Epoch::random();
+    let body = bytes::Bytes::from_static(b"{}");
+    let skus: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
+    let installs = |version| -> Vec<Install<'_>> {
+        skus.iter()
+            .map(|sku| Install {
+                sku,
+                version,
+                body: Some(body.clone()),
+            })
+            .collect()
+    };
+    assert_eq!(
+        cache.fill(&installs(1), &epoch).await.unwrap(),
+        10,
+        "scripts loaded on first use"
+    );
+
+    let flush = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"])
+        .output()
+        .await
+        .unwrap();
+    assert!(flush.status.success());
+    assert_eq!(
+        cache.fill(&installs(2), &epoch).await.unwrap(),
+        10,
+        "reloaded, and every install counted once"
+    );
+    assert_eq!(cache.fill(&installs(2), &epoch).await.unwrap(), 0);
+}
