@@ -43,7 +43,7 @@ async fn sigterm_during_load_fails_no_accepted_request() {
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let skus: Vec<String> = (0..300).map(|i| format!("SIGTERM-{port}-{i}")).collect();
+    let skus: Vec<String> = (0..1000).map(|i| format!("SIGTERM-{port}-{i}")).collect();
     let updates: Vec<_> = skus
         .iter()
         .map(|sku| json!({"sku": sku, "length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1, "source_version": 1}))
@@ -59,7 +59,7 @@ async fn sigterm_during_load_fails_no_accepted_request() {
 
     let terminated = Arc::new(AtomicBool::new(false));
     let mut load = tokio::task::JoinSet::new();
-    for worker in 0..6 {
+    for worker in 0..8 {
         let (client, base, skus, terminated) = (
             client.clone(),
             base.clone(),
@@ -70,8 +70,8 @@ async fn sigterm_during_load_fails_no_accepted_request() {
             let (mut ok, mut refused) = (0, 0);
             loop {
                 let sent_before_term = !terminated.load(Ordering::SeqCst);
-                // Lookups of 300 SKUs keep requests in flight when the signal arrives.
-                let request = if worker % 2 == 0 {
+                // Lookups of 1,000 SKUs keep requests in flight when the signal arrives.
+                let request = if worker % 4 != 3 {
                     client
                         .post(format!("{base}/v1/product-sizes/lookup"))
                         .json(&json!({ "skus": skus }))
@@ -87,13 +87,11 @@ async fn sigterm_during_load_fails_no_accepted_request() {
                         ok += 1;
                     }
                     Err(error) => {
+                        // Only requests begun after the signal may fail (refused, or reset while
+                        // still in the listen backlog): one begun before had been accepted.
                         assert!(
-                            error.is_connect(),
-                            "a request failed after it was sent: {error}"
-                        );
-                        assert!(
-                            !sent_before_term || terminated.load(Ordering::SeqCst),
-                            "refused before SIGTERM"
+                            !sent_before_term,
+                            "a request begun before SIGTERM failed: {error}"
                         );
                         refused += 1;
                         if refused >= 3 {
