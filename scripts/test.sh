@@ -25,3 +25,7 @@ if [ "${PSS_SKIP_CONTRACT_TESTS:-}" != 1 ]; then
 fi
 # The Dockerfile and the Helm chart, linted and validated.
 scripts/lint-deploy.sh
+# The benchmark harness end to end on a small data set (numbers from it mean nothing).
+if [ "${PSS_SKIP_BENCH_SMOKE:-}" != 1 ]; then
+  bench/run.sh --smoke
+fi

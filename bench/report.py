@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run.sh: parse tool output, write the RESP stream for redis-cli --pipe, and
+summarise rounds into RESULTS.md and a latency plot. Standard library only."""
+import json
+import re
+import statistics
+import sys
+
+
+def wrk(scenario, rnd):
+    text = sys.stdin.read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if not m:
+            return None
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if errors:
+        sys.exit(f"{scenario}: {errors.group(1)} non-2xx responses")
+    print(json.dumps({"scenario": scenario, "round": int(rnd), "value": rps, "unit": "req/s",
+                      "p50_ms": pct(50), "p99_ms": pct(99)}))
+
+
+def resp(_port):
+    out = sys.stdout.buffer
+    for line in sys.stdin:
+        sku, version, length = line.rstrip("\n").split("\t")
+        body = json.dumps({"sku": sku, "length_mm": int(length), "width_mm": 200, "height_mm": 100,
+                           "weight_g": 900, "size_label": None, "version": int(version),
+                           "source_version": 1, "updated_at": "2026-11-23T00:00:00.000000Z"},
+                          separators=(",", ":")).encode()
+        key = f"raw:{sku}".encode()
+        out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(body), body))
+
+
+def csv():
+    line = sys.stdin.read().strip().splitlines()[-1]
+    print(float(line.split(",")[1].strip('"')))
+
+
+def pgbench():
+    text = sys.stdin.read()
+    m = re.search(r"tps = ([\d.]+)", text)
+    if not m:
+        sys.exit("pgbench failed:\n" + text)
+    print(float(m.group(1)))
+
+
+TARGETS = [
+    # (what, numerator scenario, multiplier, denominator scenario, multiplier, target)
+    ("cache-hit GET / webdis", "cache-hit GET", 1, "webdis GET", 1, 1.05),
+    ("cache-hit GET / redis-benchmark GET", "cache-hit GET", 1, "redis-benchmark GET", 1, None),
+    ("lookup SKUs/s / single GETs/s", "lookup 100 cached", 100, "cache-hit GET", 1, 8.0),
+    ("miss GET / pgbench -S", "miss GET", 1, "pgbench -S", 1, 0.5),
+    ("WMS sync rows/s / direct upsert rows/s", "WMS sync x1000", 1000, "direct upsert x1000", 1000, 0.7),
+    ("warm-cache / redis-cli --pipe", "warm-cache", 1, "redis-cli --pipe", 1, 0.5),
+]
+
+
+def summary(path, mode, rows, duration, rounds, out):
+    runs = [json.loads(line) for line in open(path) if line.strip()]
+    by = {}
+    for r in runs:
+        by.setdefault(r["scenario"], []).append(r)
+    med = {k: statistics.median(r["value"] for r in v) for k, v in by.items()}
+    lines = [f"# Benchmark results ({mode})", "",
+             f"{int(rows):,} SKUs, {rounds} round(s) of {duration} s per scenario, wrk -t1 -c32 "
+             "(sync: -c4) on CPU 0, the service and its datastores on CPU 1, loopback. "
+             "Medians, with the spread (min–max) over rounds.", "",
+             "| scenario | median | spread | p50 | p99 |", "|---|---|---|---|---|"]
+    for k, v in by.items():
+        vals = [r["value"] for r in v]
+        p50 = statistics.median([r["p50_ms"] for r in v if r["p50_ms"] is not None] or [0])
+        p99 = statistics.median([r["p99_ms"] for r in v if r["p99_ms"] is not None] or [0])
+        unit = v[0]["unit"]
+        lat = lambda x: f"{x:.2f} ms" if x else "–"
+        lines.append(f"| {k} | {med[k]:,.0f} {unit} | {min(vals):,.0f}–{max(vals):,.0f} | {lat(p50)} | {lat(p99)} |")
+    lines += ["", "| ratio | measured | target | |", "|---|---|---|---|"]
+    for what, num, nm, den, dm, target in TARGETS:
+        if num in med and den in med and med[den]:
+            ratio = med[num] * nm / (med[den] * dm)
+            verdict = "" if target is None else ("met" if ratio >= target else "**missed**")
+            lines.append(f"| {what} | {ratio:.2f}× | {'' if target is None else f'≥ {target}×'} | {verdict} |")
+    if "cache-hit GET" in by:
+        p99 = statistics.median(r["p99_ms"] for r in by["cache-hit GET"])
+        lines.append(f"| cache-hit GET p99 | {p99:.2f} ms | < 2 ms | {'met' if p99 < 2 else '**missed**'} |")
+    if "peak RSS" in med:
+        mib = med["peak RSS"] / 1024
+        lines.append(f"| peak RSS | {mib:.1f} MiB | < 64 MiB | {'met' if mib < 64 else '**missed**'} |")
+    text = "\n".join(lines) + "\n"
+    target_md = "bench/RESULTS.md" if mode == "full" else f"{out}/RESULTS.md"
+    open(target_md, "w").write(text)
+    svg_path = "bench/latency.svg" if mode == "full" else f"{out}/latency.svg"
+    open(svg_path, "w").write(plot(by))
+    print(text)
+
+
+def plot(by):
+    bars = [(k, statistics.median(r["p50_ms"] for r in v), statistics.median(r["p99_ms"] for r in v))
+            for k, v in by.items() if v[0]["p50_ms"] is not None]
+    width, row = 760, 34
+    height = 60 + row * len(bars)
+    top = max([p99 for _, _, p99 in bars] + [1])
+    scale = (width - 260) / top
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+             f'<text x="10" y="20" font-size="14">Latency by scenario (ms): p50 dark, p99 light</text>']
+    for i, (name, p50, p99) in enumerate(bars):
+        y = 40 + i * row
+        parts.append(f'<text x="10" y="{y + 14}">{name}</text>')
+        parts.append(f'<rect x="190" y="{y}" width="{p99 * scale:.1f}" height="20" fill="#9ecae1"/>')
+        parts.append(f'<rect x="190" y="{y}" width="{p50 * scale:.1f}" height="20" fill="#3182bd"/>')
+        parts.append(f'<text x="{195 + p99 * scale:.1f}" y="{y + 14}">{p50:.2f} / {p99:.2f}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"wrk": wrk, "resp": resp, "csv": csv, "pgbench": pgbench, "summary": summary}[command](*args)

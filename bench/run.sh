@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The benchmark: the service against its ceilings, side by side, on this machine's loopback.
+#
+#   bench/run.sh           1,000,000 SKUs, release build, 3 rounds of 10 s per scenario
+#   bench/run.sh --smoke   20,000 SKUs, the debug build, 1 round of 3 s (part of CI)
+#
+# Scenarios and their ceilings: cache-hit GET vs webdis and redis-benchmark; lookup of 100
+# cached SKUs vs single GETs; miss GET (cache unreachable, fresh replica) vs pgbench -S; WMS
+# sync in batches of 1,000 vs the same set-based statement through pgbench; warm-cache vs
+# redis-cli --pipe. The load generator runs on CPU 0, the service and its datastores on CPU 1.
+# Writes bench/RESULTS.md and bench/latency.svg (full mode) or bench/out/ (smoke).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+mode=full
+[ "${1:-}" = --smoke ] && mode=smoke
+if [ "$mode" = smoke ]; then
+  rows=20000 duration=3 rounds=1 profile=debug out=bench/out/smoke
+else
+  rows=1000000 duration=10 rounds=3 profile=release out=bench/out/full
+fi
+mkdir -p "$out"
+results=$out/results.jsonl
+: >"$results"
+
+missing=()
+for tool in wrk webdis redis-benchmark taskset; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "missing: ${missing[*]} (run as root to install)" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk webdis redis-tools util-linux >/dev/null
+fi
+
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+pg_port=${PSS_PG_PRIMARY_PORT:-55432}
+replica_port=${PSS_PG_REPLICA_PORT:-55433}
+db=product_sizes_bench
+psql_primary() { "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+psql_primary -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+  || psql_primary -d postgres -c "CREATE DATABASE $db"
+psql_primary -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'pgbench_bench'" | grep -q 1 \
+  || { psql_primary -d postgres -c "CREATE DATABASE pgbench_bench"; "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s 10 pgbench_bench >/dev/null 2>&1; }
+export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/$db
+export DATABASE_REPLICA_URL=postgres://postgres@127.0.0.1:$replica_port/$db
+
+if [ "$profile" = release ]; then
+  cargo build --locked --release --bin product-size
+else
+  cargo build --locked --tests # the features cargo test builds with: usually nothing to do
+fi
+bin=${CARGO_TARGET_DIR:-target}/$profile/product-size
+"$bin" migrate
+
+echo "== loading $rows SKUs"
+psql_primary -d "$db" -c "TRUNCATE product_sizes, cache_repairs" -c "
+  INSERT INTO product_sizes
+  SELECT 'B' || lpad(i::text, 7, '0'), 100 + i % 900, 200, 100, 900 + i % 5000,
+         CASE WHEN i % 3 = 0 THEN 'M' END, 1, 1, false, now()
+  FROM generate_series(1, $rows) AS i" -c "VACUUM ANALYZE product_sizes"
+target=$(psql_primary -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
+until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d "$db" -qAt \
+          -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ]; do sleep 0.2; done
+
+# A Redis of the benchmark's own, and webdis in front of it.
+redis_port=56390 webdis_port=56391 port=56392 miss_port=56393
+data=${PSS_DATA:-.local}/bench
+mkdir -p "$data"
+redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --pidfile "$PWD/$data/redis.pid" --logfile "$PWD/$data/redis.log" >/dev/null
+cat >"$data/webdis.json" <<JSON
+{"redis_host": "127.0.0.1", "redis_port": $redis_port, "http_host": "127.0.0.1", "http_port": $webdis_port,
+ "threads": 2, "pool_size": 20, "daemonize": false, "verbosity": 0, "logfile": "$PWD/$data/webdis.log"}
+JSON
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+# The service and its datastores on CPU 1, the load generators on CPU 0.
+pin_servers() {
+  [ "$(nproc)" -ge 2 ] || return 0
+  for pid in $(cat "$data/redis.pid") $(pgrep -f "postgres.*$(basename "$PWD")" || true) "$@"; do
+    taskset -a -pc 1 "$pid" >/dev/null 2>&1 || true
+  done
+}
+load() { if [ "$(nproc)" -ge 2 ]; then taskset -c 0 "$@"; else "$@"; fi; }
+
+start_service() { # port redis_url
+  API_READ_TOKENS=bench API_WRITE_TOKENS=bench BIND_ADDR=127.0.0.1:$1 REDIS_URL=$2 \
+    CACHE_KEY_PREFIX=bench LOG_FORMAT=json RUST_LOG=warn "$bin" serve >"$data/serve-$1.log" 2>&1 &
+  pids+=($!)
+  until curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do sleep 0.1; done
+}
+start_service "$port" "redis://127.0.0.1:$redis_port"
+service_pid=${pids[-1]}
+start_service "$miss_port" "redis://127.0.0.1:1" # nothing listens: every read bypasses the cache
+webdis "$data/webdis.json" >/dev/null 2>&1 &
+pids+=($!)
+pin_servers "${pids[@]}"
+
+record() { # scenario round value unit [p50_ms p99_ms]
+  printf '{"scenario":"%s","round":%s,"value":%s,"unit":"%s","p50_ms":%s,"p99_ms":%s}\n' \
+    "$1" "$2" "$3" "$4" "${5:-null}" "${6:-null}" >>"$results"
+}
+
+wrk_run() { # scenario round url script connections [env...]
+  local scenario=$1 round=$2 url=$3 script=$4 connections=$5
+  shift 5
+  local text
+  text=$(env BENCH_ROWS="$rows" BENCH_TOKEN=bench "$@" \
+    taskset -c 0 wrk -t1 -c"$connections" -d"${duration}s" --latency -s "bench/$script" "$url" 2>&1)
+  echo "$text" >"$out/$scenario-$round.txt"
+  python3 bench/report.py wrk "$scenario" "$round" <<<"$text" >>"$results"
+}
+
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round/$rounds"
+  # Warm-up against redis-cli --pipe of the same rows into an empty Redis.
+  redis-cli -p "$redis_port" flushall >/dev/null
+  start=$(date +%s.%N)
+  REDIS_URL="redis://127.0.0.1:$redis_port" CACHE_KEY_PREFIX=bench \
+    "$bin" warm-cache --batch-size 1000 >"$out/warm-$round.txt" 2>/dev/null
+  elapsed=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
+  record warm-cache "$round" "$(python3 -c "print($rows / $elapsed)")" rows/s
+  psql_primary -d "$db" -c "COPY (SELECT sku, version, length_mm FROM product_sizes) TO STDOUT" \
+    | python3 bench/report.py resp "$redis_port" >"$data/pipe.resp"
+  start=$(date +%s.%N)
+  load redis-cli -p "$redis_port" --pipe <"$data/pipe.resp" >/dev/null
+  elapsed=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
+  record "redis-cli --pipe" "$round" "$(python3 -c "print($rows / $elapsed)")" rows/s
+
+  wrk_run "cache-hit GET" "$round" "http://127.0.0.1:$port" get.lua 32
+  wrk_run "webdis GET" "$round" "http://127.0.0.1:$webdis_port" get.lua 32 BENCH_PATH=/GET/raw:%s
+  text=$(load redis-benchmark -p "$redis_port" -t get -c 32 -n $((rows * 4)) -r "$rows" --csv 2>/dev/null | tail -n 1)
+  record "redis-benchmark GET" "$round" "$(python3 bench/report.py csv <<<"$text")" req/s
+  wrk_run "lookup 100 cached" "$round" "http://127.0.0.1:$port" lookup.lua 32
+  wrk_run "miss GET" "$round" "http://127.0.0.1:$miss_port" get.lua 32
+  text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -S -c 32 -j 1 -T "$duration" pgbench_bench 2>&1)
+  record "pgbench -S" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
+  wrk_run "WMS sync x1000" "$round" "http://127.0.0.1:$port" sync.lua 4
+  text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$duration" \
+    --max-tries 10 -D rows="$rows" -f bench/upsert.sql "$db" 2>&1)
+  record "direct upsert x1000" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
+done
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service_pid/status")
+record "peak RSS" 1 "$rss_kb" KiB
+
+python3 bench/report.py summary "$results" "$mode" "$rows" "$duration" "$rounds" "$out"
