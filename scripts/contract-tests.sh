@@ -55,5 +55,5 @@ PSS_BASE_URL=$base PSS_READ_TOKEN=$read_token PSS_SKU=$sku \
 
 echo "== schemathesis: all checks, all phases"
 "$data/venv/bin/schemathesis" run "$base/openapi.json" \
-  --checks all --max-examples 100 --seed 1 \
+  --checks all --max-examples 150 --seed 1 \
   -H "Authorization: Bearer $write_token" --no-color
