@@ -14,6 +14,7 @@
 
 mod breaker;
 pub mod entry;
+mod install;
 mod scripts;
 
 use std::future::Future;
@@ -21,19 +22,19 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::{Client, Pool};
+use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface};
-use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy, SetOptions, Value};
-use fred::types::CustomCommand;
+use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy, SetOptions};
 use fred::types::scripts::Script;
 use futures_util::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use breaker::Breaker;
 pub use entry::{Entry, Epoch, Fence, Meta};
+pub use install::Install;
 
 use crate::config::CacheSettings;
-use crate::domain::{Lsn, Sku, StoredSize};
+use crate::domain::{Lsn, Sku};
 
 pub type CacheError = fred::error::Error;
 
@@ -43,25 +44,6 @@ pub struct CacheRead {
     pub entries: Vec<Option<Entry>>,
     pub fences: Vec<Option<Fence>>,
     pub meta: Option<Meta>,
-}
-
-/// One versioned value to install with compare-and-set.
-#[derive(Debug, Clone)]
-pub struct Install<'a> {
-    pub sku: &'a str,
-    pub version: i64,
-    /// `None` for a tombstone or "not found".
-    pub body: Option<Bytes>,
-}
-
-impl<'a> From<&'a StoredSize> for Install<'a> {
-    fn from(row: &'a StoredSize) -> Self {
-        Self {
-            sku: &row.sku,
-            version: row.version,
-            body: row.to_body(),
-        }
-    }
 }
 
 pub struct Cache {
@@ -345,201 +327,4 @@ impl Cache {
             .await?;
         Ok(())
     }
-
-    /// Installs values read from the database, each only if nothing newer is cached or fenced.
-    /// Returns how many were installed.
-    pub async fn fill(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, None, None).await
-    }
-
-    /// Invalidates `items` at their versions (fence raised, older entries deleted), for a
-    /// secondary cluster whose primary missed a write under the `delete` failover policy.
-    pub async fn invalidate(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<(), CacheError> {
-        let client = self.pool.next();
-        for item in items {
-            let keys = vec![self.entry_key(item.sku), self.fence_key(item.sku)];
-            let args = vec![
-                item.version.to_string(),
-                epoch.as_str().to_owned(),
-                self.settings.fence_ttl.as_millis().to_string(),
-            ];
-            self.guarded(
-                self.invalidate
-                    .evalsha_with_reload::<i64, _, _>(client, keys, args),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Installs what writes committed (with their fences) and raises the high-water mark to
-    /// the commit's WAL position, in one pipeline.
-    pub async fn record_writes(
-        &self,
-        items: &[Install<'_>],
-        epoch: &Epoch,
-        lsn: Lsn,
-    ) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, Some(lsn), None).await
-    }
-
-    /// Like [`Cache::record_writes`], with entries that live only `ttl` (the `short-ttl`
-    /// failover policy of a secondary cluster).
-    pub async fn record_writes_briefly(
-        &self,
-        items: &[Install<'_>],
-        epoch: &Epoch,
-        lsn: Lsn,
-        ttl: Duration,
-    ) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, Some(lsn), Some(ttl)).await
-    }
-
-    async fn install_all(
-        &self,
-        items: &[Install<'_>],
-        epoch: &Epoch,
-        written_at: Option<Lsn>,
-        ttl: Option<Duration>,
-    ) -> Result<usize, CacheError> {
-        if items.is_empty() && written_at.is_none() {
-            return Ok(0);
-        }
-        self.guarded(self.install_all_unguarded(items, epoch, written_at, ttl))
-            .await
-    }
-
-    async fn install_all_unguarded(
-        &self,
-        items: &[Install<'_>],
-        epoch: &Epoch,
-        written_at: Option<Lsn>,
-        ttl: Option<Duration>,
-    ) -> Result<usize, CacheError> {
-        let client = self.pool.next();
-        let results = self
-            .run_installs(client, items, epoch, written_at, ttl)
-            .await?;
-        let no_script = |r: &Result<i64, CacheError>| {
-            r.as_ref()
-                .is_err_and(|e| e.details().starts_with("NOSCRIPT"))
-        };
-        if !results.iter().any(no_script) {
-            return count_installed(results, items.len());
-        }
-        // Some calls found the script missing (a restarted or flushed-scripts Redis). Others in
-        // the same pipeline may have run (another client can load the same script meanwhile):
-        // run again only what did not, and count both runs.
-        self.install.load(client).await?;
-        self.bump.load(client).await?;
-        let again: Vec<Install<'_>> = items
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| no_script(r))
-            .map(|(item, _)| item.clone())
-            .collect();
-        let bump_again = written_at.filter(|_| results.get(items.len()).is_some_and(no_script));
-        let mut installed = 0;
-        for result in results
-            .into_iter()
-            .take(items.len())
-            .filter(|r| !no_script(r))
-        {
-            installed += usize::from(result? == 1);
-        }
-        let retried = self
-            .run_installs(client, &again, epoch, bump_again, ttl)
-            .await?;
-        Ok(installed + count_installed(retried, again.len())?)
-    }
-
-    /// One pipeline: an install per item, then the high-water mark for writes.
-    async fn run_installs(
-        &self,
-        client: &Client,
-        items: &[Install<'_>],
-        epoch: &Epoch,
-        written_at: Option<Lsn>,
-        ttl: Option<Duration>,
-    ) -> Result<Vec<Result<i64, CacheError>>, CacheError> {
-        let pipeline = client.pipeline();
-        for item in items {
-            let (keys, args) = self.install_call(item, epoch, written_at.is_some(), ttl);
-            let _: () = pipeline
-                .custom(evalsha(&keys[0]), script_args(&self.install, keys, args))
-                .await?;
-        }
-        if let Some(lsn) = written_at {
-            let key = self.meta_key();
-            let args = vec![Bytes::from(entry::pad_lsn(lsn))];
-            let _: () = pipeline
-                .custom(evalsha(&key), script_args(&self.bump, vec![key], args))
-                .await?;
-        }
-        Ok(pipeline.try_all().await)
-    }
-
-    fn install_call(
-        &self,
-        item: &Install<'_>,
-        epoch: &Epoch,
-        is_write: bool,
-        ttl: Option<Duration>,
-    ) -> ([String; 2], Vec<Bytes>) {
-        let ttl = match (ttl, &item.body) {
-            (Some(ttl), _) => ttl,
-            (None, None) if item.version == 0 => self.settings.negative_ttl,
-            (None, _) => entry::jittered(self.settings.entry_ttl),
-        };
-        let fence_ttl = if is_write {
-            self.settings.fence_ttl.as_millis()
-        } else {
-            0
-        };
-        let keys = [self.entry_key(item.sku), self.fence_key(item.sku)];
-        let args = vec![
-            Bytes::from(item.version.to_string()),
-            Bytes::from(epoch.as_str().to_owned()),
-            Entry::encode(item.version, epoch, item.body.as_ref()),
-            Bytes::from(ttl.as_millis().to_string()),
-            Bytes::from(fence_ttl.to_string()),
-        ];
-        (keys, args)
-    }
-}
-
-/// How many of the first `items` results installed their value (the rest is the bump).
-fn count_installed(
-    results: Vec<Result<i64, CacheError>>,
-    items: usize,
-) -> Result<usize, CacheError> {
-    let mut installed = 0;
-    for result in results.into_iter().take(items) {
-        installed += usize::from(result? == 1);
-    }
-    Ok(installed)
-}
-
-/// `EVALSHA` as a pipelined command, routed to the slot of its first key (fred's pipelines
-/// have no Lua interface, and the default routing would hash the script's SHA).
-fn evalsha(first_key: &str) -> CustomCommand {
-    CustomCommand::new_static(
-        "EVALSHA",
-        Some(fred::util::redis_keyslot(first_key.as_bytes())),
-        false,
-    )
-}
-
-fn script_args(
-    script: &Script,
-    keys: impl IntoIterator<Item = String>,
-    args: Vec<Bytes>,
-) -> Vec<Value> {
-    let keys: Vec<String> = keys.into_iter().collect();
-    let mut values = Vec::with_capacity(2 + keys.len() + args.len());
-    values.push(Value::from(script.sha1().clone()));
-    values.push(Value::from(keys.len() as i64));
-    values.extend(keys.into_iter().map(Value::from));
-    values.extend(args.into_iter().map(Value::Bytes));
-    values
 }
