@@ -119,6 +119,7 @@ impl SizeService {
         let miss_skus: Vec<&str> = misses.iter().map(|m| skus[m.index].as_str()).collect();
         let load = Load {
             cache,
+            requested: skus,
             skus: &miss_skus,
             misses: &misses,
             meta: meta.as_ref(),
@@ -177,11 +178,11 @@ impl SizeService {
     async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
         let (mut rows, source) = self.read_database(load).await?;
         let docs: Vec<SizeDoc> = load
-            .skus
+            .misses
             .iter()
-            .map(|sku| {
-                let sku = Sku::parse(sku).map_err(|_| AppError::Internal)?;
-                Ok(match rows.remove(sku.as_str()) {
+            .map(|miss| {
+                let sku = load.requested[miss.index].clone();
+                match rows.remove(sku.as_str()) {
                     Some(row) => SizeDoc {
                         sku,
                         version: row.version,
@@ -192,9 +193,9 @@ impl SizeService {
                         version: 0,
                         body: None,
                     },
-                })
+                }
             })
-            .collect::<Result<_, AppError>>()?;
+            .collect();
 
         if let Some(meta) = load.meta
             && load.started.elapsed() < FILL_MAX_AGE
@@ -290,6 +291,9 @@ impl SizeService {
 struct Load<'a> {
     /// The cache that was read, and is filled.
     cache: &'a Cache,
+    /// Every SKU of the read; misses index into it.
+    requested: &'a [Sku],
+    /// The SKUs of the misses, in miss order.
     skus: &'a [&'a str],
     misses: &'a [Miss],
     meta: Option<&'a Meta>,
