@@ -179,14 +179,7 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     );
     assert_eq!(app.get(&orphan).await.status(), StatusCode::NOT_FOUND);
 
-    let metrics = app
-        .request(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.scrape_metrics().await;
     assert!(
         metrics
             .lines()

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use product_size_service::cache::{Cache, Epoch, Install};
-use product_size_service::config::CacheSettings;
 use product_size_service::domain::Lsn;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::helpers::{
-    Options, Replica, TestApp, WRITE_TOKEN, read_source, shared_redis_url, size, version_of,
+    Options, Replica, TestApp, WRITE_TOKEN, cache_settings, read_source, shared_redis_url, size,
+    version_of,
 };
 use crate::processes::OwnRedis;
 
@@ -131,14 +131,7 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
     let prefix = format!("c3{:08x}", fastrand::u32(..));
     let cache = Cache::connect(
         &SecretString::from(shared_redis_url()),
-        CacheSettings {
-            key_prefix: prefix.clone(),
-            entry_ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(10),
-            fence_ttl: Duration::from_secs(60),
-            command_timeout: Duration::from_millis(500),
-            pool_size: 1,
-        },
+        cache_settings(&prefix),
     )
     .unwrap();
     assert!(cache.wait_connected(Duration::from_secs(5)).await);

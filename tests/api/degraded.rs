@@ -2,20 +2,21 @@
 //! stopped, paused and restarted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use product_size_service::cache::Cache;
-use product_size_service::config::{CacheSettings, DatabaseSettings};
+use product_size_service::config::DatabaseSettings;
 use product_size_service::db::{Db, DbRoute};
 use product_size_service::domain::Sku;
 use product_size_service::metrics::{Database, DatabaseLabels, Metrics};
 use product_size_service::service::SizeService;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::helpers::{
-    Options, Replica, TestApp, primary_url, read_source, shared_redis_url, size, version_of,
+    Options, Replica, TestApp, cache_settings, eventually, primary_url, read_source,
+    shared_redis_url, size, version_of,
 };
 use crate::processes::{OwnPostgres, OwnRedis};
 
@@ -26,28 +27,8 @@ fn with_redis(redis: &OwnRedis) -> Options {
     }
 }
 
-/// Polls `check` until it holds, for up to `seconds`.
-async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .request(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.scrape_metrics().await;
     text.lines()
         .filter(|line| line.starts_with(name) && !line.starts_with('#'))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
@@ -256,14 +237,7 @@ async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
         (from_replica.status(), read_source(&from_replica)),
         (StatusCode::OK, "replica".to_owned())
     );
-    let ready: Value = app
-        .request(Method::GET, "/readyz", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.readiness().await;
     assert_eq!(
         (ready["status"].as_str(), ready["primary"].as_str()),
         (Some("degraded"), Some("down"))
@@ -297,14 +271,7 @@ async fn not_found_is_cached_briefly_and_a_create_is_never_hidden_by_it() {
 #[tokio::test]
 async fn concurrent_misses_for_one_sku_make_one_database_read() {
     let prefix = format!("sf{:08x}", fastrand::u32(..));
-    let settings = CacheSettings {
-        key_prefix: prefix,
-        entry_ttl: Duration::from_secs(60),
-        negative_ttl: Duration::from_secs(10),
-        fence_ttl: Duration::from_secs(60),
-        command_timeout: Duration::from_millis(500),
-        pool_size: 2,
-    };
+    let settings = cache_settings(&prefix);
     let cache =
         Arc::new(Cache::connect(&SecretString::from(shared_redis_url()), settings).unwrap());
     assert!(cache.wait_connected(Duration::from_secs(5)).await);
@@ -357,14 +324,7 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
 async fn installs_survive_redis_forgetting_its_scripts() {
     use product_size_service::cache::{Epoch, Install};
     let redis = OwnRedis::start().await;
-    let settings = CacheSettings {
-        key_prefix: "scripts".into(),
-        entry_ttl: Duration::from_secs(60),
-        negative_ttl: Duration::from_secs(10),
-        fence_ttl: Duration::from_secs(60),
-        command_timeout: Duration::from_millis(500),
-        pool_size: 1,
-    };
+    let settings = cache_settings("scripts");
     let cache = Cache::connect(&SecretString::from(redis.url()), settings).unwrap();
     assert!(cache.wait_connected(Duration::from_secs(5)).await);
     let epoch = Epoch::random();

@@ -151,14 +151,7 @@ impl TestApp {
                 acquire_timeout: Duration::from_secs(2),
                 statement_timeout: Duration::from_secs(5),
             },
-            cache: CacheSettings {
-                key_prefix: key_prefix.clone(),
-                entry_ttl: Duration::from_secs(300),
-                negative_ttl: Duration::from_secs(30),
-                fence_ttl: Duration::from_secs(600),
-                command_timeout: Duration::from_millis(500),
-                pool_size: 2,
-            },
+            cache: cache_settings(&key_prefix),
         };
         let app = Application::build(config.clone())
             .await
@@ -321,12 +314,57 @@ impl TestApp {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    /// The `/metrics` text.
+    pub async fn scrape_metrics(&self) -> String {
+        let response = self
+            .request(Method::GET, "/metrics", None)
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
+    /// The `/readyz` body.
+    pub async fn readiness(&self) -> Value {
+        let response = self
+            .request(Method::GET, "/readyz", None)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
     pub async fn evict(&self, sku: &str) {
         let _: i64 = self.redis.del(self.entry_key(sku)).await.unwrap();
     }
 
     pub async fn flushall(&self) {
         let _: () = self.redis.flushall(false).await.unwrap();
+    }
+}
+
+/// Cache settings for tests (the apps' and those of caches built directly from the library).
+pub fn cache_settings(key_prefix: &str) -> CacheSettings {
+    CacheSettings {
+        key_prefix: key_prefix.to_owned(),
+        entry_ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(30),
+        fence_ttl: Duration::from_secs(600),
+        command_timeout: Duration::from_millis(500),
+        pool_size: 2,
+    }
+}
+
+/// Polls `check` until it holds, for up to `seconds`.
+pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

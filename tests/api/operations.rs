@@ -15,14 +15,7 @@ async fn healthz_and_readyz_report_each_dependency() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 
-    let ready: Value = app
-        .request(Method::GET, "/readyz", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.readiness().await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(
         (
@@ -135,16 +128,6 @@ async fn the_docs_page_and_its_assets_are_served_offline() {
     assert!(bundle.bytes().await.unwrap().len() > 100_000);
 }
 
-async fn scrape(app: &TestApp) -> String {
-    app.request(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the first sample whose line starts with `prefix` (name and labels).
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
@@ -163,7 +146,7 @@ async fn metrics_export_each_family_with_plausible_values() {
     app.get(&sku).await;
     app.lookup(&[&sku]).await;
 
-    let metrics = scrape(&app).await;
+    let metrics = app.scrape_metrics().await;
     let route = r#"route="/v1/products/{sku}/size""#;
     let gets = sample(
         &metrics,
@@ -260,7 +243,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
     )
     .await
     .unwrap();
-    let exported = families(&scrape(&app).await);
+    let exported = families(&app.scrape_metrics().await);
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/helm/product-size-service/dashboards/product-size.json"

@@ -9,7 +9,7 @@ use product_size_service::config::{FailoverPolicy, SecondaryCache};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 
-use crate::helpers::{Options, TestApp, read_source, size, version_of};
+use crate::helpers::{Options, TestApp, eventually, read_source, size, version_of};
 use crate::processes::OwnRedis;
 
 async fn client(redis: &OwnRedis) -> Client {
@@ -73,14 +73,10 @@ async fn primary_cache_killed_mid_write(policy: FailoverPolicy) {
         assert_eq!(version_of(&read.json().await.unwrap()), 2);
     }
     let primary = client(&primary_cache).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cached_version(&primary, &key).await != Some(2) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the primary cache was not repaired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(10, "the primary cache is repaired", || async {
+        cached_version(&primary, &key).await == Some(2)
+    })
+    .await;
     assert_eq!(
         cached_version(&secondary, &key).await,
         Some(2),
