@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::middleware::auth::{Authenticator, require_token};
 use crate::middleware::route::DbRouteLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
+use crate::server;
 use crate::service::{Secondary, SizeService};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -114,35 +115,27 @@ impl Application {
     /// Serves until `shutdown` resolves. Then it stops accepting, lets in-flight requests
     /// finish within the grace period, applies pending cache repairs if Redis answers, and
     /// closes the pools.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-            let _ = stopping.send(true);
-        };
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
-        let grace = self.grace;
-        let served = tokio::select! {
-            served = server => served,
-            () = async {
-                let _ = stopped.wait_for(|stopping| *stopping).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping requests still in flight");
-                Ok(())
-            }
-        };
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let draining = server::serve(self.listener, self.router, shutdown).await;
+        tracing::info!(
+            connections = draining.count(),
+            "shutting down: listener closed, finishing requests in flight"
+        );
+        if tokio::time::timeout(self.grace, draining.finished())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = self.grace.as_secs(),
+                "grace period over; dropping requests still in flight"
+            );
+        }
         for task in &self.background {
             task.abort();
         }
         self.sizes.flush_repairs(Duration::from_secs(2)).await;
         self.sizes.db().close().await;
         self.sizes.cache().quit().await;
-        served
     }
 }
 

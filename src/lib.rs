@@ -12,6 +12,7 @@ pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
+pub mod server;
 pub mod service;
 pub mod telemetry;
 

@@ -36,7 +36,7 @@ async fn serve(args: product_size_service::config::ServeArgs) -> Result<(), AnyE
     let config = Config::from_args(args)?;
     let app = Application::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "serving");
-    app.run_until(shutdown_signal()).await?;
+    app.run_until(shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

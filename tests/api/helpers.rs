@@ -83,7 +83,7 @@ pub struct TestApp {
     pub address: String,
     server: Option<(
         tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<std::io::Result<()>>,
+        tokio::task::JoinHandle<()>,
     )>,
     pub client: reqwest::Client,
     /// Makes this test's SKUs unique.
