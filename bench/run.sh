@@ -9,6 +9,11 @@
 # sync in batches of 1,000 vs the same set-based statement through pgbench; warm-cache vs
 # redis-cli --pipe. The load generator runs on CPU 0, the service and its datastores on CPU 1.
 # Writes bench/RESULTS.md and bench/latency.svg (full mode) or bench/out/ (smoke).
+#
+# BENCH_ONLY="get miss" runs only those scenario groups (warm, get, lookup, miss, sync), with
+# their ceilings, and writes to bench/out/ instead: for trying a change quickly. BENCH_ROUNDS
+# overrides the number of rounds. BENCH_PERF=1 also records a CPU profile of the service under
+# each of its scenarios (perf, into bench/out/.../perf-*.data; `perf report -i FILE`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +24,13 @@ if [ "$mode" = smoke ]; then
 else
   rows=1000000 duration=10 rounds=3 profile=release out=bench/out/full
 fi
+rounds=${BENCH_ROUNDS:-$rounds}
+only=${BENCH_ONLY:-}
+if [ -n "$only" ]; then
+  [ "$mode" = full ] && out=bench/out/partial
+  mode=partial
+fi
+runs() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 mkdir -p "$out"
 results=$out/results.jsonl
 : >"$results"
@@ -63,12 +75,26 @@ target=$(psql_primary -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
 until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d "$db" -qAt \
           -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ]; do sleep 0.2; done
 
+# The service and its datastores on CPU 1, the load generators on CPU 0. Processes started
+# here start pinned, so that they size their thread pools for the one CPU they have (tokio
+# takes its worker count from the affinity mask, as it takes it from a container's CPU quota).
+# A command prefix, not a function: a function run in the background is a subshell, and $!
+# would name the subshell instead of the server.
+servers=()
+load() { if [ "$(nproc)" -ge 2 ]; then taskset -c 0 "$@"; else "$@"; fi; }
+if [ "$(nproc)" -ge 2 ]; then
+  servers=(taskset -c 1)
+  for pid in $(pgrep -f "postgres.*$(basename "$PWD")" || true); do
+    taskset -a -pc 1 "$pid" >/dev/null 2>&1 || true
+  done
+fi
+
 # A Redis of the benchmark's own, and webdis in front of it.
 redis_port=56390 webdis_port=56391 port=56392 miss_port=56393
 data=${PSS_DATA:-.local}/bench
 mkdir -p "$data"
 redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+"${servers[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
   --pidfile "$PWD/$data/redis.pid" --logfile "$PWD/$data/redis.log" >/dev/null
 cat >"$data/webdis.json" <<JSON
 {"redis_host": "127.0.0.1", "redis_port": $redis_port, "http_host": "127.0.0.1", "http_port": $webdis_port,
@@ -82,27 +108,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The service and its datastores on CPU 1, the load generators on CPU 0.
-pin_servers() {
-  [ "$(nproc)" -ge 2 ] || return 0
-  for pid in $(cat "$data/redis.pid") $(pgrep -f "postgres.*$(basename "$PWD")" || true) "$@"; do
-    taskset -a -pc 1 "$pid" >/dev/null 2>&1 || true
-  done
-}
-load() { if [ "$(nproc)" -ge 2 ]; then taskset -c 0 "$@"; else "$@"; fi; }
 
 start_service() { # port redis_url
   API_READ_TOKENS=bench API_WRITE_TOKENS=bench BIND_ADDR=127.0.0.1:$1 REDIS_URL=$2 \
-    CACHE_KEY_PREFIX=bench LOG_FORMAT=json RUST_LOG=warn "$bin" serve >"$data/serve-$1.log" 2>&1 &
+    CACHE_KEY_PREFIX=bench LOG_FORMAT=json RUST_LOG=warn "${servers[@]}" "$bin" serve >"$data/serve-$1.log" 2>&1 &
   pids+=($!)
   until curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do sleep 0.1; done
 }
 start_service "$port" "redis://127.0.0.1:$redis_port"
 service_pid=${pids[-1]}
 start_service "$miss_port" "redis://127.0.0.1:1" # nothing listens: every read bypasses the cache
-webdis "$data/webdis.json" >/dev/null 2>&1 &
+"${servers[@]}" webdis "$data/webdis.json" >/dev/null 2>&1 &
 pids+=($!)
-pin_servers "${pids[@]}"
 
 record() { # scenario round value unit [p50_ms p99_ms]
   printf '{"scenario":"%s","round":%s,"value":%s,"unit":"%s","p50_ms":%s,"p99_ms":%s}\n' \
@@ -112,16 +129,24 @@ record() { # scenario round value unit [p50_ms p99_ms]
 wrk_run() { # scenario round url script connections [env...]
   local scenario=$1 round=$2 url=$3 script=$4 connections=$5
   shift 5
-  local text
+  local text profiler=
+  local target_port=${url##*:}
+  if [ -n "${BENCH_PERF:-}" ] && [ "$target_port" != "$webdis_port" ]; then
+    perf record -q -F 499 --call-graph dwarf,16384 -p "$(lsof -t -iTCP@127.0.0.1:"$target_port" -sTCP:LISTEN)" \
+      -o "$out/perf-${scenario// /-}-$round.data" -- sleep "$duration" >/dev/null 2>&1 &
+    profiler=$!
+  fi
   text=$(env BENCH_ROWS="$rows" BENCH_TOKEN=bench "$@" \
     taskset -c 0 wrk -t1 -c"$connections" -d"${duration}s" --latency -s "bench/$script" "$url" 2>&1)
   echo "$text" >"$out/$scenario-$round.txt"
+  [ -z "$profiler" ] || wait "$profiler" || true
   python3 bench/report.py wrk "$scenario" "$round" <<<"$text" >>"$results"
 }
 
 for round in $(seq 1 "$rounds"); do
   echo "== round $round/$rounds"
-  # Warm-up against redis-cli --pipe of the same rows into an empty Redis.
+  # Warm-up against redis-cli --pipe of the same rows into an empty Redis (always: the other
+  # scenarios read what they load).
   redis-cli -p "$redis_port" flushall >/dev/null
   start=$(date +%s.%N)
   REDIS_URL="redis://127.0.0.1:$redis_port" CACHE_KEY_PREFIX=bench \
@@ -135,18 +160,28 @@ for round in $(seq 1 "$rounds"); do
   elapsed=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
   record "redis-cli --pipe" "$round" "$(python3 -c "print($rows / $elapsed)")" rows/s
 
-  wrk_run "cache-hit GET" "$round" "http://127.0.0.1:$port" get.lua 32
-  wrk_run "webdis GET" "$round" "http://127.0.0.1:$webdis_port" get.lua 32 BENCH_PATH=/GET/raw:%s
-  text=$(load redis-benchmark -p "$redis_port" -t get -c 32 -n $((rows * 4)) -r "$rows" --csv 2>/dev/null | tail -n 1)
-  record "redis-benchmark GET" "$round" "$(python3 bench/report.py csv <<<"$text")" req/s
-  wrk_run "lookup 100 cached" "$round" "http://127.0.0.1:$port" lookup.lua 32
-  wrk_run "miss GET" "$round" "http://127.0.0.1:$miss_port" get.lua 32
-  text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -S -c 32 -j 1 -T "$duration" pgbench_bench 2>&1)
-  record "pgbench -S" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
-  wrk_run "WMS sync x1000" "$round" "http://127.0.0.1:$port" sync.lua 4
-  text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$duration" \
-    --max-tries 10 -D rows="$rows" -f bench/upsert.sql "$db" 2>&1)
-  record "direct upsert x1000" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
+  if runs get || runs lookup; then
+    wrk_run "cache-hit GET" "$round" "http://127.0.0.1:$port" get.lua 32
+  fi
+  if runs get; then
+    wrk_run "webdis GET" "$round" "http://127.0.0.1:$webdis_port" get.lua 32 BENCH_PATH=/GET/raw:%s
+    text=$(load redis-benchmark -p "$redis_port" -t get -c 32 -n $((rows * 4)) -r "$rows" --csv 2>/dev/null | tail -n 1)
+    record "redis-benchmark GET" "$round" "$(python3 bench/report.py csv <<<"$text")" req/s
+  fi
+  if runs lookup; then
+    wrk_run "lookup 100 cached" "$round" "http://127.0.0.1:$port" lookup.lua 32
+  fi
+  if runs miss; then
+    wrk_run "miss GET" "$round" "http://127.0.0.1:$miss_port" get.lua 32
+    text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -S -c 32 -j 1 -T "$duration" pgbench_bench 2>&1)
+    record "pgbench -S" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
+  fi
+  if runs sync; then
+    wrk_run "WMS sync x1000" "$round" "http://127.0.0.1:$port" sync.lua 4
+    text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$duration" \
+      --max-tries 10 -D rows="$rows" -f bench/upsert.sql "$db" 2>&1)
+    record "direct upsert x1000" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
+  fi
 done
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service_pid/status")
 record "peak RSS" 1 "$rss_kb" KiB
