@@ -11,8 +11,9 @@ use axum::http::{HeaderName, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
@@ -22,7 +23,9 @@ use crate::db::Db;
 use crate::db::replica::{ReplicaHealth, spawn_probe};
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::middleware::auth::{Authenticator, require_token};
+use crate::middleware::auth::{AuthLayer, Authenticator};
+use crate::middleware::metrics::RequestMetricsLayer;
+use crate::middleware::request_id::MakeRandomRequestId;
 use crate::middleware::route::DbRouteLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
 use crate::server;
@@ -71,7 +74,8 @@ impl Application {
         });
         let metrics = Arc::new(Metrics::default());
         let sizes = Arc::new(
-            SizeService::new(db, cache, metrics, replica_health.clone()).with_secondary(secondary),
+            SizeService::new(db, cache, metrics.clone(), replica_health.clone())
+                .with_secondary(secondary),
         );
         match sizes.adopt_owed_repairs().await {
             Ok(0) => {}
@@ -88,7 +92,8 @@ impl Application {
         };
         let router = router(
             state,
-            Arc::new(Authenticator::new(&config.auth)),
+            AuthLayer::new(Authenticator::new(&config.auth)),
+            RequestMetricsLayer::new(metrics),
             DbRouteLayer::new(replica_health),
         );
         let listener = TcpListener::bind(config.bind_addr)
@@ -176,8 +181,12 @@ pub async fn service(config: &Config) -> Result<Arc<SizeService>, StartupError> 
 }
 
 /// The full router: the documented API, docs, and the middleware stack.
-pub fn router(state: AppState, auth: Arc<Authenticator>, db_route: DbRouteLayer) -> Router {
-    let metrics = state.sizes.clone();
+pub fn router(
+    state: AppState,
+    auth: AuthLayer,
+    metrics: RequestMetricsLayer,
+    db_route: DbRouteLayer,
+) -> Router {
     let (api, _) = routes::api().split_for_parts();
     let openapi = routes::openapi_json();
     api.route(
@@ -188,57 +197,36 @@ pub fn router(state: AppState, auth: Arc<Authenticator>, db_route: DbRouteLayer)
     .route("/docs/{*file}", get(docs::docs_asset))
     .fallback(|| async { AppError::NotFound("no such route".into()) })
     .with_state(state)
-    .layer(axum::middleware::from_fn_with_state(
-        metrics,
-        track_requests,
-    ))
-    .layer(db_route)
-    .layer(axum::middleware::from_fn_with_state(auth, require_token))
-    .layer(DefaultBodyLimit::max(BODY_LIMIT))
-    .layer(CatchPanicLayer::custom(|_| {
-        tracing::error!("handler panicked");
-        axum::response::IntoResponse::into_response(AppError::Internal)
-    }))
+    // One stack, outermost first, applied with one `layer` call: axum boxes each route once
+    // per `layer` call, and a request pays for every box and clone on its way in.
     .layer(
-        TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let path = request
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or(request.uri().path(), MatchedPath::as_str);
-            let request_id = request
-                .headers()
-                .get(&X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path, request_id)
-        }),
+        ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]))
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRandomRequestId))
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let path = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or(request.uri().path(), MatchedPath::as_str);
+                    let request_id = request
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), path, request_id)
+                }),
+            )
+            .layer(CatchPanicLayer::custom(|_| {
+                tracing::error!("handler panicked");
+                axum::response::IntoResponse::into_response(AppError::Internal)
+            }))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(auth)
+            .layer(db_route)
+            .layer(metrics),
     )
-    .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-    .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-    .layer(SetSensitiveRequestHeadersLayer::new([
-        header::AUTHORIZATION,
-    ]))
-}
-
-/// Counts every request and its latency by method, matched route and status.
-async fn track_requests(
-    axum::extract::State(sizes): axum::extract::State<Arc<SizeService>>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let started = std::time::Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let response = next.run(request).await;
-    sizes.metrics_registry().observe_request(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
 }

@@ -58,16 +58,16 @@ pub struct CacheLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     /// The matched route template (`/v1/products/{sku}/size`), never the raw path.
-    pub route: String,
+    pub route: &'static str,
     pub status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -250,20 +250,24 @@ impl Metrics {
         }
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let route = route.to_owned();
+    /// Label values are static: the few methods and route templates there are, interned by
+    /// the caller, so counting a request allocates nothing.
+    pub fn observe_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
         self.http_requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.clone(),
+                method,
+                route,
                 status,
             })
             .inc();
         self.http_request_duration
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route,
-            })
+            .get_or_create(&RouteLabels { method, route })
             .observe(seconds);
     }
 

@@ -26,7 +26,8 @@ use fred::clients::Pool;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy, SetOptions};
 use fred::types::scripts::Script;
-use futures_util::TryStreamExt;
+use futures_util::future::Either;
+use futures_util::{FutureExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use breaker::Breaker;
@@ -42,7 +43,6 @@ pub type CacheError = fred::error::Error;
 #[derive(Debug)]
 pub struct CacheRead {
     pub entries: Vec<Option<Entry>>,
-    pub fences: Vec<Option<Fence>>,
     pub meta: Option<Meta>,
 }
 
@@ -116,20 +116,23 @@ impl Cache {
         self.breaker.is_open()
     }
 
-    /// Runs one Redis operation through the breaker.
-    async fn guarded<T>(
+    /// Runs one Redis operation through the breaker. A combinator rather than an `async fn`:
+    /// an `async fn` would hold `operation` twice (as argument and as awaited future), and
+    /// fred's futures are kilobytes that every read's future carries.
+    fn guarded<T>(
         &self,
         operation: impl Future<Output = Result<T, CacheError>>,
-    ) -> Result<T, CacheError> {
+    ) -> impl Future<Output = Result<T, CacheError>> {
         if !self.breaker.allow() {
-            return Err(CacheError::new(
+            return Either::Left(std::future::ready(Err(CacheError::new(
                 fred::error::ErrorKind::Canceled,
                 "Redis is failing; the cache breaker is open",
-            ));
+            ))));
         }
-        let result = operation.await;
-        self.breaker.record(result.is_ok());
-        result
+        Either::Right(operation.map(|result| {
+            self.breaker.record(result.is_ok());
+            result
+        }))
     }
 
     pub async fn quit(&self) {
@@ -183,11 +186,18 @@ impl Cache {
     /// Values of `keys` in one round trip: MGET, or, in a Cluster (where one MGET cannot span
     /// slots), a pipeline of GETs that fred routes to each key's node.
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>, CacheError> {
-        let client = self.pool.next();
-        if !self.clustered {
-            return client.mget(keys).await;
+        if self.clustered {
+            // Boxed: the pipeline's futures would double the size of every read's future.
+            return Box::pin(self.get_many_clustered(keys)).await;
         }
-        let pipeline = client.pipeline();
+        self.pool.next().mget(keys).await
+    }
+
+    async fn get_many_clustered(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let pipeline = self.pool.next().pipeline();
         for key in keys {
             let _: () = pipeline.get(key).await?;
         }
@@ -241,20 +251,15 @@ impl Cache {
             .await
     }
 
-    /// Entries, fences and the meta key for `skus`, in one MGET.
+    /// Entries and the meta key for `skus`, in one MGET. Fences are read only for misses
+    /// ([`Cache::fences`]): a hit does not need them.
     pub async fn read(&self, skus: &[Sku]) -> Result<CacheRead, CacheError> {
         // Never empty: the meta key is always read.
-        let mut keys: Vec<String> = Vec::with_capacity(skus.len() * 2 + 1);
+        let mut keys: Vec<String> = Vec::with_capacity(skus.len() + 1);
         keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
-        keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
         keys.push(self.meta_key());
         let mut values: Vec<Option<Bytes>> = self.guarded(self.get_many(keys)).await?;
         let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
-        let fences = values
-            .split_off(skus.len())
-            .into_iter()
-            .map(|v| v.and_then(|v| Fence::decode(&v)))
-            .collect();
         let entries = values
             .into_iter()
             .map(|v| v.and_then(Entry::decode))
@@ -262,11 +267,17 @@ impl Cache {
         if let Some(meta) = &meta {
             self.remember_epoch(&meta.epoch);
         }
-        Ok(CacheRead {
-            entries,
-            fences,
-            meta,
-        })
+        Ok(CacheRead { entries, meta })
+    }
+
+    /// The fences of `skus`, in one MGET.
+    pub async fn fences(&self, skus: &[&str]) -> Result<Vec<Option<Fence>>, CacheError> {
+        let keys: Vec<String> = skus.iter().map(|s| self.fence_key(s)).collect();
+        let values = self.guarded(self.get_many(keys)).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|v| Fence::decode(&v)))
+            .collect())
     }
 
     /// The epoch this instance last saw. Writes stamp it on what they install: it was current

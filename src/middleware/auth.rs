@@ -4,15 +4,18 @@
 //! digest, so neither the token's content nor its length leaks through timing. Tokens are
 //! never logged.
 
+use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
 
 use super::{Access, classify};
 use crate::config::AuthSettings;
@@ -81,20 +84,60 @@ fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Axum middleware: rejects requests whose token does not grant what they do.
-pub async fn require_token(
-    State(auth): State<Arc<Authenticator>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let access = classify(request.method(), request.uri().path());
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match auth.check(access, authorization) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
+/// Checks each request's bearer token against the scope its route needs; answers 401/403
+/// itself. A plain tower layer: no boxed future or cloned service per request.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Authenticator) -> Self {
+        Self {
+            auth: Arc::new(auth),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S> Service<Request> for AuthService<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let access = classify(request.method(), request.uri().path());
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.auth.check(access, authorization) {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(error) => Either::Left(ready(Ok(error.into_response()))),
+        }
     }
 }
 

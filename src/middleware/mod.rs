@@ -1,6 +1,8 @@
-//! Tower layers: request classification, database routing and authentication.
+//! Tower layers: request classification, database routing, authentication and request ids.
 
 pub mod auth;
+pub mod metrics;
+pub mod request_id;
 pub mod route;
 
 use axum::http::Method;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::instrument;
 
 use super::{FILL_MAX_AGE, SizeService};
-use crate::cache::{Cache, CacheRead, Install, Meta};
+use crate::cache::{Cache, CacheRead, Epoch, Install, Meta};
 use crate::db::DbRoute;
 use crate::db::sizes::fetch;
 use crate::domain::{Lsn, Sku, StoredSize};
@@ -60,20 +60,24 @@ impl SizeService {
         token: Option<Lsn>,
     ) -> Result<ReadResult, AppError> {
         let started = Instant::now();
+        // The paths a cache hit does not take are boxed: built only when taken, they keep this
+        // future (which every layer above moves) small.
         let (cache, cached) = self.read_caches(skus).await;
-        let (meta, entries, fences) = match cached {
-            Some(cached) => (
-                self.current_meta(cache, cached.meta).await,
-                cached.entries,
-                cached.fences,
-            ),
-            None => (None, vec![None; skus.len()], vec![None; skus.len()]),
+        let (meta, entries) = match cached {
+            Some(cached) => {
+                let meta = match cached.meta.filter(Meta::is_complete) {
+                    Some(meta) => Some(meta),
+                    None => Box::pin(self.current_meta(cache, None)).await,
+                };
+                (meta, cached.entries)
+            }
+            None => (None, vec![None; skus.len()]),
         };
         let epoch = meta.as_ref().map(|m| &m.epoch);
 
         let mut docs: Vec<Option<SizeDoc>> = Vec::with_capacity(skus.len());
         let mut misses = Vec::new();
-        for (i, (sku, entry)) in skus.iter().zip(entries).enumerate() {
+        for (index, (sku, entry)) in skus.iter().zip(entries).enumerate() {
             // Until its repair is applied, Redis may hold an older version than this
             // instance acknowledged: neither its entry nor its fence can be trusted.
             let owed = self.repairs.is_pending(sku.as_str());
@@ -85,14 +89,9 @@ impl SizeService {
                 })),
                 None => {
                     docs.push(None);
-                    // A fence counts only in the epoch it was written in.
-                    let fence = fences[i]
-                        .as_ref()
-                        .filter(|f| Some(&f.epoch) == epoch)
-                        .map(|f| f.version);
                     misses.push(Miss {
-                        index: i,
-                        fence,
+                        index,
+                        fence: None,
                         primary_only: owed,
                     });
                 }
@@ -116,25 +115,72 @@ impl SizeService {
             });
         }
 
-        let miss_skus: Vec<&str> = misses.iter().map(|m| skus[m.index].as_str()).collect();
-        let load = Load {
-            cache,
-            requested: skus,
-            skus: &miss_skus,
-            misses: &misses,
-            meta: meta.as_ref(),
-            route,
-            token,
-            started,
-        };
-        let (loaded, source) = match (&misses[..], &meta, token) {
+        let (loaded, source) = Box::pin(async {
+            if let Some(meta) = &meta {
+                self.read_fences(cache, skus, &mut misses, &meta.epoch)
+                    .await;
+            }
+            let miss_skus: Vec<&str> = misses.iter().map(|m| skus[m.index].as_str()).collect();
+            let load = Load {
+                cache,
+                requested: skus,
+                skus: &miss_skus,
+                misses: &misses,
+                meta: meta.as_ref(),
+                route,
+                token,
+                started,
+            };
+            self.load_misses(&load).await
+        })
+        .await?;
+        for (miss, doc) in misses.iter().zip(loaded) {
+            docs[miss.index] = Some(doc);
+        }
+        self.metrics.count_read(source.as_str());
+        Ok(ReadResult {
+            docs: docs.into_iter().flatten().collect(),
+            source,
+        })
+    }
+
+    /// Notes the fences of the misses that may be read from the replica. A fence counts only
+    /// in the epoch it was written in. Read after the entries, a fence can only be newer,
+    /// which is stricter; without fences (Redis failing just now) the replica must reach the
+    /// high-water mark instead, which is stricter still.
+    async fn read_fences(&self, cache: &Cache, skus: &[Sku], misses: &mut [Miss], epoch: &Epoch) {
+        let wanted: Vec<&str> = misses
+            .iter()
+            .filter(|m| !m.primary_only)
+            .map(|m| skus[m.index].as_str())
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        match cache.fences(&wanted).await {
+            Ok(fences) => {
+                let fenced = misses.iter_mut().filter(|m| !m.primary_only);
+                for (miss, fence) in fenced.zip(fences) {
+                    miss.fence = fence.filter(|f| &f.epoch == epoch).map(|f| f.version);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "fences unreadable; judging by the high-water mark")
+            }
+        }
+    }
+
+    /// Reads the misses, sharing a single SKU's read with concurrent misses of it.
+    async fn load_misses(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
+        let (misses, miss_skus) = (load.misses, load.skus);
+        Ok(match (misses, load.meta, load.token) {
             // One SKU, Redis up, no token: share the read with concurrent misses. The shared
             // answer must reach this request's own fence, else read again.
             ([miss], Some(meta), None) if !miss.primary_only => {
                 let shared = self
                     .flights
                     .read(miss_skus[0], &meta.epoch, async {
-                        self.load(&load)
+                        self.load(load)
                             .await
                             .ok()
                             .and_then(|(mut docs, source)| Some((docs.pop()?, source)))
@@ -143,18 +189,10 @@ impl SizeService {
                     .filter(|(doc, _)| miss.fence.is_none_or(|fence| doc.version >= fence));
                 match shared {
                     Some((doc, source)) => (vec![doc], source),
-                    None => self.load(&load).await?,
+                    None => self.load(load).await?,
                 }
             }
-            _ => self.load(&load).await?,
-        };
-        for (miss, doc) in misses.iter().zip(loaded) {
-            docs[miss.index] = Some(doc);
-        }
-        self.metrics.count_read(source.as_str());
-        Ok(ReadResult {
-            docs: docs.into_iter().flatten().collect(),
-            source,
+            _ => self.load(load).await?,
         })
     }
 

@@ -1,0 +1,158 @@
+//! Counts every request and its latency by method, matched route and status.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::response::Response;
+use tower::{Layer, Service};
+
+use crate::metrics::Metrics;
+
+/// Goes inside the router's matching (it reads the matched route), as a plain tower layer: no
+/// boxed future or cloned service per request.
+#[derive(Clone)]
+pub struct RequestMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RequestMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, E> Service<Request> for RequestMetrics<S>
+where
+    S: Service<Request, Response = Response, Error = E>,
+{
+    type Response = Response;
+    type Error = E;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let method = method_label(request.method());
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |path| interned(path.as_str()));
+        Observed {
+            inner: self.inner.call(request),
+            metrics: self.metrics.clone(),
+            method,
+            route,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner response future; records the request when it completes.
+    pub struct Observed<F> {
+        #[pin]
+        inner: F,
+        metrics: Arc<Metrics>,
+        method: &'static str,
+        route: &'static str,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            this.metrics.observe_request(
+                this.method,
+                this.route,
+                response.status().as_u16(),
+                this.started.elapsed().as_secs_f64(),
+            );
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Standard methods by name; anything else as one value, so that a client inventing methods
+/// cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The route template as a `&'static str`. Only templates registered in the router reach
+/// here (never raw paths), so the set, and the memory leaked for it, is small and fixed.
+fn interned(route: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(RwLock::default);
+    if let Some(known) = routes.read().ok().and_then(|set| set.get(route).copied()) {
+        return known;
+    }
+    let Ok(mut set) = routes.write() else {
+        return "unmatched";
+    };
+    if let Some(known) = set.get(route) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_interned_once() {
+        let first = interned("/v1/products/{sku}/size");
+        let second = interned(&String::from("/v1/products/{sku}/size"));
+        assert!(std::ptr::eq(first, second));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    }
+}
