@@ -5,7 +5,8 @@
 #   bench/run.sh --smoke   20,000 SKUs, the debug build, 1 round of 3 s (part of CI)
 #
 # Scenarios and their ceilings: cache-hit GET vs webdis and redis-benchmark; lookup of 100
-# cached SKUs vs single GETs; miss GET (cache unreachable, fresh replica) vs pgbench -S; WMS
+# cached SKUs vs single GETs; miss GET (Redis up but holding none of the SKUs, an instance of
+# its own key prefix emptied before each round; fresh replica) vs pgbench -S; WMS
 # sync in batches of 1,000 vs the same set-based statement through pgbench; warm-cache vs
 # redis-cli --pipe. The load generator runs on CPU 0, the service and its datastores on CPU 1.
 # Writes bench/RESULTS.md and bench/latency.svg (full mode) or bench/out/ (smoke).
@@ -109,15 +110,15 @@ cleanup() {
 trap cleanup EXIT
 
 
-start_service() { # port redis_url
-  API_READ_TOKENS=bench API_WRITE_TOKENS=bench BIND_ADDR=127.0.0.1:$1 REDIS_URL=$2 \
-    CACHE_KEY_PREFIX=bench LOG_FORMAT=json RUST_LOG=warn "${servers[@]}" "$bin" serve >"$data/serve-$1.log" 2>&1 &
+start_service() { # port key_prefix
+  API_READ_TOKENS=bench API_WRITE_TOKENS=bench BIND_ADDR=127.0.0.1:$1 \
+    REDIS_URL=redis://127.0.0.1:$redis_port CACHE_KEY_PREFIX=$2 LOG_FORMAT=json RUST_LOG=warn "${servers[@]}" "$bin" serve >"$data/serve-$1.log" 2>&1 &
   pids+=($!)
   until curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do sleep 0.1; done
 }
-start_service "$port" "redis://127.0.0.1:$redis_port"
+start_service "$port" bench
 service_pid=${pids[-1]}
-start_service "$miss_port" "redis://127.0.0.1:1" # nothing listens: every read bypasses the cache
+start_service "$miss_port" benchmiss # its cache starts empty: every read is a miss
 "${servers[@]}" webdis "$data/webdis.json" >/dev/null 2>&1 &
 pids+=($!)
 
@@ -172,6 +173,8 @@ for round in $(seq 1 "$rounds"); do
     wrk_run "lookup 100 cached" "$round" "http://127.0.0.1:$port" lookup.lua 32
   fi
   if runs miss; then
+    # Misses only: forget what the previous round filled (1% of the SKUs).
+    redis-cli -p "$redis_port" --scan --pattern 'benchmiss:*' | xargs -r -n 1000 redis-cli -p "$redis_port" del >/dev/null
     wrk_run "miss GET" "$round" "http://127.0.0.1:$miss_port" get.lua 32
     text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -S -c 32 -j 1 -T "$duration" pgbench_bench 2>&1)
     record "pgbench -S" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps

@@ -1,9 +1,11 @@
 //! PostgreSQL: the primary (all writes, fresh reads) and an optional streaming replica.
 
+pub mod lease;
 pub mod replica;
 pub mod sizes;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -11,6 +13,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
+use lease::Leases;
 
 /// Which database a request's reads go to, decided once per request by
 /// [`DbRouteLayer`](crate::middleware::route::DbRouteLayer).
@@ -28,6 +31,9 @@ pub enum DbRoute {
 pub struct Db {
     primary: PgPool,
     replica: Option<PgPool>,
+    /// The read path's connections (see [`lease`]).
+    primary_reads: Arc<Leases>,
+    replica_reads: Option<Arc<Leases>>,
 }
 
 impl Db {
@@ -52,9 +58,13 @@ impl Db {
                 .idle_timeout(Some(Duration::from_secs(300)))
                 .connect_lazy_with(options))
         };
+        let primary = pool(primary_url)?;
+        let replica = replica_url.map(pool).transpose()?;
         Ok(Self {
-            primary: pool(primary_url)?,
-            replica: replica_url.map(pool).transpose()?,
+            primary_reads: Arc::new(Leases::new(primary.clone())),
+            replica_reads: replica.clone().map(|r| Arc::new(Leases::new(r))),
+            primary,
+            replica,
         })
     }
 
@@ -66,7 +76,19 @@ impl Db {
         self.replica.as_ref()
     }
 
+    pub fn primary_reads(&self) -> &Leases {
+        &self.primary_reads
+    }
+
+    pub fn replica_reads(&self) -> Option<&Leases> {
+        self.replica_reads.as_deref()
+    }
+
     pub async fn close(&self) {
+        self.primary_reads.release_all();
+        if let Some(reads) = &self.replica_reads {
+            reads.release_all();
+        }
         self.primary.close().await;
         if let Some(replica) = &self.replica {
             replica.close().await;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 
+use super::lease::Leases;
 use crate::domain::{Lsn, StoredSize};
 
 /// Rows read in one round trip, with the WAL position the server had replayed before its
@@ -50,9 +51,21 @@ impl FetchedRow {
 /// Reads `skus` (tombstones included) and the replay position that bounds what the rows
 /// reflect. See `read_product_sizes` in the migrations for why the bound is exact.
 pub async fn fetch(pool: &PgPool, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
+    fetch_on(&mut *pool.acquire().await?, skus).await
+}
+
+/// [`fetch`] on a connection the read path keeps.
+pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
+    let mut lease = leases.acquire().await?;
+    let fetched = fetch_on(&mut lease, skus).await?;
+    lease.settle();
+    Ok(fetched)
+}
+
+async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
     let rows: Vec<FetchedRow> = sqlx::query_as("SELECT * FROM read_product_sizes($1)")
         .bind(skus)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     Ok(Fetched::from_rows(rows))
 }

@@ -6,9 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sqlx::PgPool;
 use tokio::sync::OnceCell;
 
+use crate::db::lease::Leases;
 use crate::db::sizes::current_wal_lsn;
 use crate::domain::Lsn;
 
@@ -25,7 +25,7 @@ struct Probe {
 impl PrimaryPosition {
     /// A primary WAL position read after `since`, shared with every caller it also serves.
     /// `None` if the primary cannot be reached.
-    pub async fn read_after(&self, since: Instant, primary: &PgPool) -> Option<Lsn> {
+    pub async fn read_after(&self, since: Instant, primary: &Leases) -> Option<Lsn> {
         let probe = {
             let mut latest = self.latest.lock().ok()?;
             match latest.as_ref() {
@@ -43,8 +43,10 @@ impl PrimaryPosition {
         *probe
             .lsn
             .get_or_init(|| async {
-                let mut conn = primary.acquire().await.ok()?;
-                current_wal_lsn(&mut conn).await.ok()
+                let mut lease = primary.acquire().await.ok()?;
+                let lsn = current_wal_lsn(&mut lease).await.ok()?;
+                lease.settle();
+                Some(lsn)
             })
             .await
     }

@@ -10,7 +10,7 @@ use tracing::instrument;
 use super::{FILL_MAX_AGE, SizeService};
 use crate::cache::{Cache, CacheRead, Epoch, Install, Meta};
 use crate::db::DbRoute;
-use crate::db::sizes::fetch;
+use crate::db::sizes::fetch_leased;
 use crate::domain::{Lsn, Sku, StoredSize};
 use crate::error::AppError;
 use crate::metrics::{CacheOutcome, Database};
@@ -214,7 +214,9 @@ impl SizeService {
 
     /// Reads the misses from the databases and fills the cache with what it found.
     async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
-        let (mut rows, source) = self.read_database(load).await?;
+        // sqlx's and fred's futures are tens of kilobytes: boxed here, they are copied once
+        // instead of with every future that holds this one.
+        let (mut rows, source) = Box::pin(self.read_database(load)).await?;
         let docs: Vec<SizeDoc> = load
             .misses
             .iter()
@@ -246,7 +248,7 @@ impl SizeService {
                     body: doc.body.clone(),
                 })
                 .collect();
-            if let Err(error) = load.cache.fill(&installs, &meta.epoch).await {
+            if let Err(error) = Box::pin(load.cache.fill(&installs, &meta.epoch)).await {
                 tracing::debug!(%error, "cache fill failed");
             }
         }
@@ -264,7 +266,7 @@ impl SizeService {
         let mut pending: Vec<usize> = (0..skus.len()).collect();
         let replica = self
             .db
-            .replica()
+            .replica_reads()
             .filter(|_| load.route == DbRoute::ReplicaPreferred)
             .filter(|_| load.misses.iter().any(|m| !m.primary_only));
         if let Some(replica) = replica {
@@ -282,12 +284,12 @@ impl SizeService {
                     Some(meta) => Some(meta.hwm),
                     None => {
                         self.primary_position
-                            .read_after(load.started, self.db.primary())
+                            .read_after(load.started, self.db.primary_reads())
                             .await
                     }
                 }
             };
-            let (fetched, hwm) = tokio::join!(fetch(replica, &replica_skus), hwm);
+            let (fetched, hwm) = tokio::join!(fetch_leased(replica, &replica_skus), hwm);
             self.metrics.count_database_read(Database::Replica);
             match fetched {
                 Ok(fetched) => {
@@ -317,7 +319,7 @@ impl SizeService {
         }
         let rest: Vec<&str> = pending.iter().map(|&i| skus[i]).collect();
         self.metrics.count_database_read(Database::Primary);
-        let fetched = fetch(self.db.primary(), &rest)
+        let fetched = fetch_leased(self.db.primary_reads(), &rest)
             .await
             .map_err(|e| self.database_error(e))?;
         found.extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
