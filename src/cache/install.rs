@@ -93,8 +93,42 @@ impl Cache {
         if items.is_empty() && written_at.is_none() {
             return Ok(0);
         }
+        // Scripts touching many keys would cross slots in a Cluster.
+        if written_at.is_none() && ttl.is_none() && items.len() > 1 && !self.clustered {
+            return self.guarded(self.fill_in_chunks(items, epoch)).await;
+        }
         self.guarded(self.install_all_unguarded(items, epoch, written_at, ttl))
             .await
+    }
+
+    /// Fills in calls of `FILL_CHUNK` items, each run by Redis as one script.
+    async fn fill_in_chunks(
+        &self,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+    ) -> Result<usize, CacheError> {
+        let client = self.pool.next();
+        let mut installed = 0;
+        for chunk in items.chunks(FILL_CHUNK) {
+            let mut keys = Vec::with_capacity(chunk.len() * 2);
+            let mut args = Vec::with_capacity(chunk.len() * 3 + 1);
+            args.push(Bytes::from(epoch.as_str().to_owned()));
+            for item in chunk {
+                keys.push(self.entry_key(item.sku));
+                keys.push(self.fence_key(item.sku));
+                args.push(Bytes::from(item.version.to_string()));
+                args.push(Entry::encode(item.version, epoch, item.body.as_ref()));
+                args.push(Bytes::from(
+                    self.entry_ttl(item, None).as_millis().to_string(),
+                ));
+            }
+            let count: i64 = self
+                .install_many
+                .evalsha_with_reload(client, keys, args)
+                .await?;
+            installed += usize::try_from(count).unwrap_or(0);
+        }
+        Ok(installed)
     }
 
     async fn install_all_unguarded(
@@ -174,11 +208,7 @@ impl Cache {
         is_write: bool,
         ttl: Option<Duration>,
     ) -> ([String; 2], Vec<Bytes>) {
-        let ttl = match (ttl, &item.body) {
-            (Some(ttl), _) => ttl,
-            (None, None) if item.version == 0 => self.settings.negative_ttl,
-            (None, _) => entry::jittered(self.settings.entry_ttl),
-        };
+        let ttl = self.entry_ttl(item, ttl);
         let fence_ttl = if is_write {
             self.settings.fence_ttl.as_millis()
         } else {
@@ -194,7 +224,20 @@ impl Cache {
         ];
         (keys, args)
     }
+
+    /// `ttl` if given; else a remembered "not found" lives briefly, an entry long (jittered).
+    fn entry_ttl(&self, item: &Install<'_>, ttl: Option<Duration>) -> Duration {
+        match (ttl, &item.body) {
+            (Some(ttl), _) => ttl,
+            (None, None) if item.version == 0 => self.settings.negative_ttl,
+            (None, _) => entry::jittered(self.settings.entry_ttl),
+        }
+    }
 }
+
+/// Items per `INSTALL_MANY` call: Redis runs a script to its end before serving
+/// anyone else, so a call stays around a millisecond.
+const FILL_CHUNK: usize = 100;
 
 /// How many of the first `items` results installed their value (the rest is the bump).
 fn count_installed(

@@ -31,6 +31,38 @@ end
 return 1
 "#;
 
+/// [`INSTALL`] for many fills at once (never a write: fences are only read).
+///
+/// KEYS: entry and fence of each item, in pairs. ARGV: epoch, then version, encoded entry and
+/// entry TTL (ms) of each item. Returns how many it installed. One call per item cost Redis
+/// several times the install's own work.
+pub const INSTALL_MANY: &str = r#"
+local epoch = ARGV[1]
+local installed = 0
+for i = 1, #KEYS / 2 do
+  local version = tonumber(ARGV[3 * i - 1])
+  local newer = false
+  local fence = redis.call('GET', KEYS[2 * i])
+  if fence then
+    local fenced = tonumber(string.match(fence, '^(%d+)|'))
+    newer = fenced ~= nil and fenced > version
+  end
+  if not newer then
+    local current = redis.call('GET', KEYS[2 * i - 1])
+    if current then
+      local cv, ce = string.match(current, '^(%d+)|([^|]*)|')
+      cv = tonumber(cv)
+      newer = cv ~= nil and (cv > version or (cv == version and ce == epoch))
+    end
+  end
+  if not newer then
+    redis.call('SET', KEYS[2 * i - 1], ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+    installed = installed + 1
+  end
+end
+return installed
+"#;
+
 /// Raises the high-water mark in the meta key; never lowers it, never creates the key.
 ///
 /// KEYS: meta. ARGV: WAL position as 20 zero-padded decimal digits (so string order is

@@ -8,8 +8,7 @@ use serde::Serialize;
 use tracing::instrument;
 
 use super::{CacheJobError, FILL_MAX_AGE, SizeService};
-use crate::cache::Install;
-use crate::db::replica::replay_position;
+use crate::cache::{Install, Meta};
 use crate::db::sizes::{Fetched, count, fetch_page};
 use crate::domain::Lsn;
 
@@ -67,28 +66,34 @@ impl SizeService {
             total: u64::try_from(count(self.db.primary()).await?).unwrap_or(0),
             ..WarmProgress::default()
         };
-        let mut after = String::new();
+        // The next page is read while the current one is installed: Redis and the database
+        // work side by side.
+        let mut next = self
+            .next_page(String::new(), batch, options.from_primary)
+            .await?;
         loop {
-            // As for any fill: the epoch and high-water mark are read before the rows.
-            let seen = self.cache.read_meta().await?;
-            let meta = self
-                .current_meta(&self.cache, seen)
-                .await
-                .ok_or(CacheJobError::NoEpoch)?;
-            let page_started = Instant::now();
-            let page = self
-                .warm_page(&after, batch, meta.hwm, options.from_primary, &mut progress)
-                .await?;
-            let Some(last) = page.rows.last() else { break };
-            after = last.sku.clone();
-
-            let installed = if page_started.elapsed() < FILL_MAX_AGE {
-                let installs: Vec<Install<'_>> = page.rows.iter().map(Install::from).collect();
-                self.cache.fill(&installs, &meta.epoch).await?
-            } else {
-                0
+            let (meta, page, page_started) = next;
+            if page.fell_back {
+                progress.pages_from_primary += 1;
+            }
+            let Some(last) = page.fetched.rows.last() else {
+                break;
             };
-            let read = page.rows.len() as u64;
+            let after = last.sku.clone();
+            let fill = async {
+                if page_started.elapsed() >= FILL_MAX_AGE {
+                    return Ok(0);
+                }
+                let installs: Vec<Install<'_>> =
+                    page.fetched.rows.iter().map(Install::from).collect();
+                self.cache.fill(&installs, &meta.epoch).await
+            };
+            let (installed, following) =
+                tokio::join!(fill, self.next_page(after, batch, options.from_primary));
+            let installed = installed?;
+            next = following?;
+
+            let read = page.fetched.rows.len() as u64;
             progress.rows += read;
             progress.installed += installed as u64;
             progress.skipped += read - installed as u64;
@@ -105,25 +110,47 @@ impl SizeService {
         Ok(progress)
     }
 
-    /// One page, from the replica if it has replayed `hwm` before the page's snapshot.
+    /// The page after `after`, with the cache's epoch and high-water mark read before it (as
+    /// for any fill) and the time its read began.
+    async fn next_page(
+        &self,
+        after: String,
+        batch: usize,
+        from_primary: bool,
+    ) -> Result<(Meta, Page, Instant), CacheJobError> {
+        let seen = self.cache.read_meta().await?;
+        let meta = self
+            .current_meta(&self.cache, seen)
+            .await
+            .ok_or(CacheJobError::NoEpoch)?;
+        let page_started = Instant::now();
+        let page = self
+            .warm_page(&after, batch, meta.hwm, from_primary)
+            .await?;
+        Ok((meta, page, page_started))
+    }
+
+    /// One page, from the replica if it had replayed `hwm` before the page's snapshot (it
+    /// reports that position with the rows); else, after a short wait, from the primary.
     async fn warm_page(
         &self,
         after: &str,
         batch: usize,
         hwm: Lsn,
         from_primary: bool,
-        progress: &mut WarmProgress,
-    ) -> Result<Fetched, sqlx::Error> {
+    ) -> Result<Page, sqlx::Error> {
         let size = i32::try_from(batch).unwrap_or(i32::MAX);
+        let mut fell_back = false;
         if let Some(replica) = self.db.replica().filter(|_| !from_primary) {
+            fell_back = true;
             let deadline = Instant::now() + REPLICA_WAIT;
             while Instant::now() < deadline {
-                match replay_position(replica).await {
-                    Ok(Some(replayed)) if replayed >= hwm => {
-                        let page = fetch_page(replica, after, size).await?;
-                        if page.replayed.is_some_and(|r| r >= hwm) {
-                            return Ok(page);
-                        }
+                match fetch_page(replica, after, size).await {
+                    Ok(fetched) if fetched.replayed.is_some_and(|r| r >= hwm) => {
+                        return Ok(Page {
+                            fetched,
+                            fell_back: false,
+                        });
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -133,8 +160,16 @@ impl SizeService {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            progress.pages_from_primary += 1;
         }
-        fetch_page(self.db.primary(), after, size).await
+        Ok(Page {
+            fetched: fetch_page(self.db.primary(), after, size).await?,
+            fell_back,
+        })
     }
+}
+
+struct Page {
+    fetched: Fetched,
+    /// Read from the primary because the replica had not caught up.
+    fell_back: bool,
 }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use product_size_service::cache::{Cache, Epoch, Install};
+use fred::prelude::{ClientLike, KeysInterface};
+use product_size_service::cache::{Cache, Entry, Epoch, Install};
 use product_size_service::domain::Lsn;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
@@ -332,4 +333,107 @@ async fn a_consistency_token_makes_another_instance_read_at_least_that_new() {
         .unwrap();
     assert_eq!(read_source(&read), "primary");
     assert_eq!(version_of(&read.json().await.unwrap()), 2);
+}
+
+#[tokio::test]
+async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fences() {
+    // Arrange: one SKU cached at a newer version, one fenced at a newer version, one cached
+    // at the same version under an older epoch, one absent.
+    let prefix = format!("batch{:08x}", fastrand::u32(..));
+    let cache = Cache::connect(
+        &SecretString::from(shared_redis_url()),
+        cache_settings(&prefix),
+    )
+    .unwrap();
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let redis = fred_client().await;
+    let (epoch, older_epoch) = (Epoch::random(), Epoch::random());
+    let body = |version: i64| Some(Bytes::from(format!("{{\"version\":{version}}}")));
+    let entry = |version: i64, epoch: &Epoch| Entry::encode(version, epoch, body(version).as_ref());
+    let _: () = redis
+        .set(
+            cache.entry_key("NEWER"),
+            entry(5, &epoch),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let _: () = redis
+        .set(
+            cache.fence_key("FENCED"),
+            format!("7|{}", epoch.as_str()),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let _: () = redis
+        .set(
+            cache.entry_key("RESTAMP"),
+            entry(3, &older_epoch),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+
+    // Act: one fill of many items (the batched script), each older than or equal to Redis.
+    let items = [
+        Install {
+            sku: "NEWER",
+            version: 4,
+            body: body(4),
+        },
+        Install {
+            sku: "FENCED",
+            version: 6,
+            body: body(6),
+        },
+        Install {
+            sku: "RESTAMP",
+            version: 3,
+            body: body(3),
+        },
+        Install {
+            sku: "ABSENT",
+            version: 1,
+            body: body(1),
+        },
+    ];
+    let installed = cache.fill(&items, &epoch).await.unwrap();
+
+    // Assert
+    let stored = |sku: &'static str| {
+        let (redis, key) = (redis.clone(), cache.entry_key(sku));
+        async move {
+            let value: Option<Bytes> = redis.get(key).await.unwrap();
+            value.and_then(Entry::decode).map(|e| (e.version, e.epoch))
+        }
+    };
+    assert_eq!(
+        installed, 2,
+        "only the re-stamped and the absent SKU are installed"
+    );
+    assert_eq!(
+        stored("NEWER").await,
+        Some((5, epoch.clone())),
+        "a newer entry stays"
+    );
+    assert_eq!(
+        stored("FENCED").await,
+        None,
+        "a fence names a newer version"
+    );
+    assert_eq!(
+        stored("RESTAMP").await,
+        Some((3, epoch.clone())),
+        "re-stamped"
+    );
+    assert_eq!(stored("ABSENT").await, Some((1, epoch.clone())));
+    cache.quit().await;
+    redis.quit().await.unwrap();
 }
