@@ -94,25 +94,34 @@ impl Cache {
             return Ok(0);
         }
         // Scripts touching many keys would cross slots in a Cluster.
-        if written_at.is_none() && ttl.is_none() && items.len() > 1 && !self.clustered {
-            return self.guarded(self.fill_in_chunks(items, epoch)).await;
+        if ttl.is_none() && items.len() > 1 && !self.clustered {
+            return self
+                .guarded(self.install_in_chunks(items, epoch, written_at))
+                .await;
         }
         self.guarded(self.install_all_unguarded(items, epoch, written_at, ttl))
             .await
     }
 
-    /// Fills in calls of `FILL_CHUNK` items, each run by Redis as one script.
-    async fn fill_in_chunks(
+    /// Installs in calls of `CHUNK` items, each run by Redis as one script; then, for writes,
+    /// raises the high-water mark to their commit's position.
+    async fn install_in_chunks(
         &self,
         items: &[Install<'_>],
         epoch: &Epoch,
+        written_at: Option<Lsn>,
     ) -> Result<usize, CacheError> {
         let client = self.pool.next();
+        let fence_ttl = match written_at {
+            Some(_) => self.settings.fence_ttl.as_millis(),
+            None => 0,
+        };
         let mut installed = 0;
-        for chunk in items.chunks(FILL_CHUNK) {
+        for chunk in items.chunks(CHUNK) {
             let mut keys = Vec::with_capacity(chunk.len() * 2);
-            let mut args = Vec::with_capacity(chunk.len() * 3 + 1);
+            let mut args = Vec::with_capacity(chunk.len() * 3 + 2);
             args.push(Bytes::from(epoch.as_str().to_owned()));
+            args.push(Bytes::from(fence_ttl.to_string()));
             for item in chunk {
                 keys.push(self.entry_key(item.sku));
                 keys.push(self.fence_key(item.sku));
@@ -127,6 +136,9 @@ impl Cache {
                 .evalsha_with_reload(client, keys, args)
                 .await?;
             installed += usize::try_from(count).unwrap_or(0);
+        }
+        if let Some(lsn) = written_at {
+            self.raise_hwm(lsn).await?;
         }
         Ok(installed)
     }
@@ -237,7 +249,7 @@ impl Cache {
 
 /// Items per `INSTALL_MANY` call: Redis runs a script to its end before serving
 /// anyone else, so a call stays around a millisecond.
-const FILL_CHUNK: usize = 100;
+const CHUNK: usize = 100;
 
 /// How many of the first `items` results installed their value (the rest is the bump).
 fn count_installed(

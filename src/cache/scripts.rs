@@ -31,16 +31,17 @@ end
 return 1
 "#;
 
-/// [`INSTALL`] for many fills at once (never a write: fences are only read).
+/// [`INSTALL`] for many items at once.
 ///
-/// KEYS: entry and fence of each item, in pairs. ARGV: epoch, then version, encoded entry and
-/// entry TTL (ms) of each item. Returns how many it installed. One call per item cost Redis
-/// several times the install's own work.
+/// KEYS: entry and fence of each item, in pairs. ARGV: epoch, fence TTL (ms; `0` for fills),
+/// then version, encoded entry and entry TTL (ms) of each item. Returns how many it
+/// installed. One call per item cost Redis several times the install's own work.
 pub const INSTALL_MANY: &str = r#"
 local epoch = ARGV[1]
+local fence_ttl = ARGV[2]
 local installed = 0
 for i = 1, #KEYS / 2 do
-  local version = tonumber(ARGV[3 * i - 1])
+  local version = tonumber(ARGV[3 * i])
   local newer = false
   local fence = redis.call('GET', KEYS[2 * i])
   if fence then
@@ -56,7 +57,10 @@ for i = 1, #KEYS / 2 do
     end
   end
   if not newer then
-    redis.call('SET', KEYS[2 * i - 1], ARGV[3 * i], 'PX', ARGV[3 * i + 1])
+    redis.call('SET', KEYS[2 * i - 1], ARGV[3 * i + 1], 'PX', ARGV[3 * i + 2])
+    if fence_ttl ~= '0' then
+      redis.call('SET', KEYS[2 * i], ARGV[3 * i] .. '|' .. epoch, 'PX', fence_ttl)
+    end
     installed = installed + 1
   end
 end

@@ -437,3 +437,58 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
     cache.quit().await;
     redis.quit().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
+    let prefix = format!("batchw{:08x}", fastrand::u32(..));
+    let cache = Cache::connect(
+        &SecretString::from(shared_redis_url()),
+        cache_settings(&prefix),
+    )
+    .unwrap();
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let redis = fred_client().await;
+    let epoch = Epoch::random();
+    let meta = format!("{}|{:020}", epoch.as_str(), 100);
+    let _: () = redis
+        .set(cache.meta_key(), meta, None, None, false)
+        .await
+        .unwrap();
+    let body = |version: i64| Some(Bytes::from(format!("{{\"version\":{version}}}")));
+
+    let items = [
+        Install {
+            sku: "W1",
+            version: 2,
+            body: body(2),
+        },
+        Install {
+            sku: "W2",
+            version: 9,
+            body: None,
+        },
+    ];
+    let installed = cache
+        .record_writes(&items, &epoch, Lsn::new(5000))
+        .await
+        .unwrap();
+
+    assert_eq!(installed, 2);
+    for (sku, version) in [("W1", 2), ("W2", 9)] {
+        let fence: Option<String> = redis.get(cache.fence_key(sku)).await.unwrap();
+        assert_eq!(
+            fence,
+            Some(format!("{version}|{}", epoch.as_str())),
+            "{sku}'s fence"
+        );
+        let entry: Option<Bytes> = redis.get(cache.entry_key(sku)).await.unwrap();
+        assert_eq!(
+            entry.and_then(Entry::decode).map(|e| e.version),
+            Some(version)
+        );
+    }
+    let meta = cache.read_meta().await.unwrap().unwrap();
+    assert_eq!(meta.hwm, Lsn::new(5000));
+    cache.quit().await;
+    redis.quit().await.unwrap();
+}
