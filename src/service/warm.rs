@@ -66,8 +66,10 @@ impl SizeService {
             total: u64::try_from(count(self.db.primary()).await?).unwrap_or(0),
             ..WarmProgress::default()
         };
-        // The next page is read while the current one is installed: Redis and the database
-        // work side by side.
+        // Without a rate limit, the next page is read while the current one is installed:
+        // Redis and the database work side by side. With one, a page read ahead could wait
+        // past FILL_MAX_AGE and be dropped, so each page is read when its turn comes.
+        let rate_limit = options.rate_limit.filter(|l| *l > 0);
         let mut next = self
             .next_page(String::new(), batch, options.from_primary)
             .await?;
@@ -88,10 +90,15 @@ impl SizeService {
                     page.fetched.rows.iter().map(Install::from).collect();
                 self.cache.fill(&installs, &meta.epoch).await
             };
-            let (installed, following) =
-                tokio::join!(fill, self.next_page(after, batch, options.from_primary));
-            let installed = installed?;
-            next = following?;
+            let (installed, read_ahead) = if rate_limit.is_none() {
+                let (installed, following) = tokio::join!(
+                    fill,
+                    self.next_page(after.clone(), batch, options.from_primary)
+                );
+                (installed?, Some(following?))
+            } else {
+                (fill.await?, None)
+            };
 
             let read = page.fetched.rows.len() as u64;
             progress.rows += read;
@@ -99,12 +106,16 @@ impl SizeService {
             progress.skipped += read - installed as u64;
             progress.elapsed_secs = started.elapsed().as_secs_f64();
             report(&progress);
-            if let Some(limit) = options.rate_limit.filter(|l| *l > 0) {
+            if let Some(limit) = rate_limit {
                 let due = Duration::from_secs_f64(progress.rows as f64 / f64::from(limit));
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
             }
+            next = match read_ahead {
+                Some(page) => page,
+                None => self.next_page(after, batch, options.from_primary).await?,
+            };
         }
         progress.elapsed_secs = started.elapsed().as_secs_f64();
         Ok(progress)

@@ -87,6 +87,35 @@ async fn warming_100k_rows_while_writes_go_on_leaves_the_cache_equal_to_the_prim
     assert!(audit.checked >= 100_000);
 }
 
+#[tokio::test]
+async fn a_rate_limited_warm_up_keeps_to_its_rate_and_installs_every_row() {
+    let primary = OwnPostgres::primary().await;
+    let app = app_on(&primary, None).await;
+    seed(&app, 600).await;
+    let service = app::service(&app.config).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let summary = service
+        .warm_cache(
+            &WarmOptions {
+                batch_size: 100,
+                rate_limit: Some(400),
+                ..WarmOptions::default()
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+
+    assert_eq!((summary.rows, summary.installed), (600, 600));
+    // 600 rows at 400 rows/s: the last page may start only after 1.25 s (500 rows done).
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1250),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 fn audit_command(app: &TestApp, repair: bool) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_product-size"));
     command
