@@ -5,8 +5,10 @@
 //! database work of a cache miss, whose query is one short round trip itself. The read path
 //! borrows connections from the pool and keeps up to `keep` of them between queries; a
 //! connection goes back to sqlx (which tests or closes it) when its query failed or was
-//! cancelled midway, since its protocol state is then unknown, and after [`MAX_KEPT`], so a
-//! connection the server dropped meanwhile costs at most one failed query.
+//! cancelled midway, since its protocol state is then unknown, and after [`MAX_KEPT`]. A kept
+//! connection the server dropped meanwhile (a restart, a failover) fails its query: the caller
+//! then drops every kept connection and retries once on one from the pool, which sqlx tests
+//! before handing out (`leased!`).
 //!
 //! `keep` is half the pool: the other half always serves writes, probes and jobs. The pool's
 //! metrics count kept connections as open and busy.
@@ -49,15 +51,24 @@ impl Leases {
             kept.retain(|(_, since)| since.elapsed() < MAX_KEPT);
             kept.pop()
         });
-        let conn = match kept {
-            Some((conn, _)) => conn,
-            None => self.pool.acquire().await?,
-        };
-        Ok(Lease {
+        Ok(match kept {
+            Some((conn, _)) => self.lease(conn, true),
+            None => self.lease(self.pool.acquire().await?, false),
+        })
+    }
+
+    /// A connection from the pool, which sqlx tests before handing it out.
+    pub async fn acquire_tested(&self) -> Result<Lease<'_>, sqlx::Error> {
+        Ok(self.lease(self.pool.acquire().await?, false))
+    }
+
+    fn lease(&self, conn: PoolConnection<Postgres>, kept: bool) -> Lease<'_> {
+        Lease {
             conn: Some(conn),
             leases: self,
+            kept,
             settled: false,
-        })
+        }
     }
 
     /// Hands every kept connection back to the pool (before closing it).
@@ -68,20 +79,73 @@ impl Leases {
     }
 }
 
-/// A connection for one query. Call [`Lease::settle`] once the query completed; a lease
-/// dropped unsettled gives its connection back to sqlx.
+/// Whether `error` says the connection, not the query, failed: I/O, protocol, or the server
+/// ending the session (SQLSTATE class 08, or 57P01–57P03 for a shutdown).
+fn is_broken_connection(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// A connection for one query; [`Lease::finish`] it with the query's result. A lease dropped
+/// unfinished gives its connection back to sqlx.
 pub struct Lease<'a> {
     conn: Option<PoolConnection<Postgres>>,
     leases: &'a Leases,
+    /// Taken from the keep list, so not tested since its last query.
+    kept: bool,
     settled: bool,
 }
 
 impl Lease<'_> {
-    /// The query ran to completion: the connection is idle and may be kept.
-    pub fn settle(mut self) {
-        self.settled = true;
+    /// After a completed query the connection is idle and may be kept. Returns whether to
+    /// run the query again on a tested connection: this kept connection turned out broken,
+    /// and the others, most likely broken with it, have been dropped.
+    pub fn finish<T>(mut self, result: &Result<T, sqlx::Error>) -> bool {
+        match result {
+            Ok(_) => {
+                self.settled = true;
+                false
+            }
+            Err(error) if self.kept && is_broken_connection(error) => {
+                tracing::debug!(%error, "a kept connection broke; retrying on a tested one");
+                self.leases.release_all();
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
+
+/// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`) on a connection of
+/// `$leases`, and once more on a tested one if the kept connection turned out broken.
+macro_rules! leased {
+    ($leases:expr, |$conn:ident| $query:expr) => {
+        async {
+            let leases: &$crate::db::lease::Leases = $leases;
+            let mut lease = leases.acquire().await?;
+            let result = {
+                let $conn: &mut sqlx::PgConnection = &mut lease;
+                $query.await
+            };
+            if !lease.finish(&result) {
+                return result;
+            }
+            let mut lease = leases.acquire_tested().await?;
+            let result = {
+                let $conn: &mut sqlx::PgConnection = &mut lease;
+                $query.await
+            };
+            lease.finish(&result);
+            result
+        }
+    };
+}
+pub(crate) use leased;
 
 impl Deref for Lease<'_> {
     type Target = PgConnection;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 
-use super::lease::Leases;
+use super::lease::{Leases, leased};
 use crate::domain::{Lsn, StoredSize};
 
 /// Rows read in one round trip, with the WAL position the server had replayed before its
@@ -56,10 +56,7 @@ pub async fn fetch(pool: &PgPool, skus: &[&str]) -> Result<Fetched, sqlx::Error>
 
 /// [`fetch`] on a connection the read path keeps.
 pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
-    let mut lease = leases.acquire().await?;
-    let fetched = fetch_on(&mut lease, skus).await?;
-    lease.settle();
-    Ok(fetched)
+    leased!(leases, |conn| fetch_on(conn, skus)).await
 }
 
 async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::OnceCell;
 
-use crate::db::lease::Leases;
+use crate::db::lease::{Leases, leased};
 use crate::db::sizes::current_wal_lsn;
 use crate::domain::Lsn;
 
@@ -42,12 +42,7 @@ impl PrimaryPosition {
         };
         *probe
             .lsn
-            .get_or_init(|| async {
-                let mut lease = primary.acquire().await.ok()?;
-                let lsn = current_wal_lsn(&mut lease).await.ok()?;
-                lease.settle();
-                Some(lsn)
-            })
+            .get_or_init(|| async { leased!(primary, |conn| current_wal_lsn(conn)).await.ok() })
             .await
     }
 }

@@ -200,6 +200,40 @@ async fn a_down_replica_sends_reads_to_the_primary_until_it_is_back() {
 }
 
 #[tokio::test]
+async fn a_primary_restart_costs_no_read_a_failure() {
+    // Arrange: no replica, so misses read the primary on the connections the read path keeps.
+    // A lookup of two SKUs: a single SKU's shared read would itself retry once.
+    let primary = OwnPostgres::primary().await;
+    let app = TestApp::spawn_with(Options {
+        database_url: primary.url(),
+        replica: Replica::None,
+        ..Options::default()
+    })
+    .await;
+    let skus = [app.sku("restart1"), app.sku("restart2")];
+    for sku in &skus {
+        assert_eq!(app.put(sku, &size(1)).await.status(), StatusCode::CREATED);
+        app.evict(sku).await;
+    }
+    let skus = [skus[0].as_str(), skus[1].as_str()];
+    assert_eq!(read_source(&app.lookup(&skus).await), "primary");
+
+    // Act: the primary restarts; the kept connection is now dead.
+    primary.stop().await;
+    primary.start().await;
+    for sku in skus {
+        app.evict(sku).await;
+    }
+    let read = app.lookup(&skus).await;
+
+    // Assert: the read noticed, retried on a tested connection and succeeded.
+    assert_eq!(
+        (read.status(), read_source(&read)),
+        (StatusCode::OK, "primary".to_owned())
+    );
+}
+
+#[tokio::test]
 async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
     let primary = OwnPostgres::primary().await;
     let replica = OwnPostgres::replica_of(primary.port, None).await;
