@@ -40,10 +40,6 @@ impl Leases {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// A kept connection, else one from the pool.
     pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
         let kept = self.kept.lock().ok().and_then(|mut kept| {
