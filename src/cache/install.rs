@@ -93,10 +93,10 @@ impl Cache {
         if items.is_empty() && written_at.is_none() {
             return Ok(0);
         }
-        // Scripts touching many keys would cross slots in a Cluster.
-        if ttl.is_none() && items.len() > 1 && !self.clustered {
+        // A script touching many keys would cross slots in a Cluster.
+        if items.len() > 1 && !self.clustered {
             return self
-                .guarded(self.install_in_chunks(items, epoch, written_at))
+                .guarded(self.install_in_chunks(items, epoch, written_at, ttl))
                 .await;
         }
         self.guarded(self.install_all_unguarded(items, epoch, written_at, ttl))
@@ -110,31 +110,20 @@ impl Cache {
         items: &[Install<'_>],
         epoch: &Epoch,
         written_at: Option<Lsn>,
+        ttl: Option<Duration>,
     ) -> Result<usize, CacheError> {
         let client = self.pool.next();
-        let fence_ttl = match written_at {
-            Some(_) => self.settings.fence_ttl.as_millis(),
-            None => 0,
-        };
         let mut installed = 0;
         for chunk in items.chunks(CHUNK) {
             let mut keys = Vec::with_capacity(chunk.len() * 2);
             let mut args = Vec::with_capacity(chunk.len() * 3 + 2);
-            args.push(Bytes::from(epoch.as_str().to_owned()));
-            args.push(Bytes::from(fence_ttl.to_string()));
+            args.extend(self.install_header(epoch, written_at.is_some()));
             for item in chunk {
                 keys.push(self.entry_key(item.sku));
                 keys.push(self.fence_key(item.sku));
-                args.push(Bytes::from(item.version.to_string()));
-                args.push(Entry::encode(item.version, epoch, item.body.as_ref()));
-                args.push(Bytes::from(
-                    self.entry_ttl(item, None).as_millis().to_string(),
-                ));
+                args.extend(self.install_item(item, epoch, ttl));
             }
-            let count: i64 = self
-                .install_many
-                .evalsha_with_reload(client, keys, args)
-                .await?;
+            let count: i64 = self.install.evalsha_with_reload(client, keys, args).await?;
             installed += usize::try_from(count).unwrap_or(0);
         }
         if let Some(lsn) = written_at {
@@ -213,6 +202,7 @@ impl Cache {
         Ok(pipeline.try_all().await)
     }
 
+    /// KEYS and ARGV of the install script for one item.
     fn install_call(
         &self,
         item: &Install<'_>,
@@ -220,21 +210,33 @@ impl Cache {
         is_write: bool,
         ttl: Option<Duration>,
     ) -> ([String; 2], Vec<Bytes>) {
-        let ttl = self.entry_ttl(item, ttl);
+        let keys = [self.entry_key(item.sku), self.fence_key(item.sku)];
+        let mut args = Vec::with_capacity(5);
+        args.extend(self.install_header(epoch, is_write));
+        args.extend(self.install_item(item, epoch, ttl));
+        (keys, args)
+    }
+
+    /// The install script's leading ARGV: the epoch, and the fence TTL (`0`: a fill).
+    fn install_header(&self, epoch: &Epoch, is_write: bool) -> [Bytes; 2] {
         let fence_ttl = if is_write {
             self.settings.fence_ttl.as_millis()
         } else {
             0
         };
-        let keys = [self.entry_key(item.sku), self.fence_key(item.sku)];
-        let args = vec![
-            Bytes::from(item.version.to_string()),
+        [
             Bytes::from(epoch.as_str().to_owned()),
-            Entry::encode(item.version, epoch, item.body.as_ref()),
-            Bytes::from(ttl.as_millis().to_string()),
             Bytes::from(fence_ttl.to_string()),
-        ];
-        (keys, args)
+        ]
+    }
+
+    /// The install script's ARGV for one item: version, encoded entry, entry TTL.
+    fn install_item(&self, item: &Install<'_>, epoch: &Epoch, ttl: Option<Duration>) -> [Bytes; 3] {
+        [
+            Bytes::from(item.version.to_string()),
+            Entry::encode(item.version, epoch, item.body.as_ref()),
+            Bytes::from(self.entry_ttl(item, ttl).as_millis().to_string()),
+        ]
     }
 
     /// `ttl` if given; else a remembered "not found" lives briefly, an entry long (jittered).
@@ -247,7 +249,7 @@ impl Cache {
     }
 }
 
-/// Items per `INSTALL_MANY` call: Redis runs a script to its end before serving
+/// Items per install script call: Redis runs a script to its end before serving
 /// anyone else, so a call stays around a millisecond.
 const CHUNK: usize = 100;
 

@@ -1,42 +1,15 @@
 //! Lua scripts, loaded once and called by SHA (reloaded on `NOSCRIPT`).
 
-/// Versioned compare-and-set of one cache entry.
+/// Versioned compare-and-set of cache entries, one or many per call (one call per item cost
+/// Redis several times the install's own work).
 ///
-/// KEYS: entry, fence. ARGV: version, epoch, encoded entry, entry TTL (ms), fence TTL (ms;
-/// `0` for a fill, which leaves the fence alone).
+/// KEYS: entry and fence of each item, in pairs. ARGV: epoch, fence TTL (ms; `0` for a fill,
+/// which leaves fences alone), then version, encoded entry and entry TTL (ms) of each item.
 ///
-/// Installs only if the fence names no newer version and the entry holds no newer version
-/// (an equal version is re-stamped when its epoch differs). A write also sets the fence.
+/// Installs an item only if its fence names no newer version and its entry holds no newer
+/// version (an equal version is re-stamped when its epoch differs); a write also sets the
+/// fence. Returns how many it installed.
 pub const INSTALL: &str = r#"
-local version = tonumber(ARGV[1])
-local fence = redis.call('GET', KEYS[2])
-if fence then
-  local fenced = tonumber(string.match(fence, '^(%d+)|'))
-  if fenced and fenced > version then
-    return 0
-  end
-end
-local current = redis.call('GET', KEYS[1])
-if current then
-  local cv, ce = string.match(current, '^(%d+)|([^|]*)|')
-  cv = tonumber(cv)
-  if cv and (cv > version or (cv == version and ce == ARGV[2])) then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-if ARGV[5] ~= '0' then
-  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[5])
-end
-return 1
-"#;
-
-/// [`INSTALL`] for many items at once.
-///
-/// KEYS: entry and fence of each item, in pairs. ARGV: epoch, fence TTL (ms; `0` for fills),
-/// then version, encoded entry and entry TTL (ms) of each item. Returns how many it
-/// installed. One call per item cost Redis several times the install's own work.
-pub const INSTALL_MANY: &str = r#"
 local epoch = ARGV[1]
 local fence_ttl = ARGV[2]
 local installed = 0

@@ -129,13 +129,7 @@ async fn a_deleted_sku_is_not_resurrected_by_a_lagging_replica() {
 
 #[tokio::test]
 async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
-    let prefix = format!("c3{:08x}", fastrand::u32(..));
-    let cache = Cache::connect(
-        &SecretString::from(shared_redis_url()),
-        cache_settings(&prefix),
-    )
-    .unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let cache = cache_of_its_own().await;
     let sku = "C3-SKU";
     let sku_parsed = product_size_service::domain::Sku::parse(sku).unwrap();
     let epoch = Epoch::random();
@@ -162,10 +156,9 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
     );
 
     cache.read(std::slice::from_ref(&sku_parsed)).await.unwrap();
-    let _: i64 =
-        fred::prelude::KeysInterface::del(&fred_client().await, format!("{prefix}:{{{sku}}}"))
-            .await
-            .unwrap();
+    let _: i64 = fred::prelude::KeysInterface::del(&fred_client().await, cache.entry_key(sku))
+        .await
+        .unwrap();
     assert_eq!(
         cache
             .fill(&install(1, Some(old.clone())), &epoch)
@@ -196,6 +189,23 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
     let read = cache.read(std::slice::from_ref(&sku_parsed)).await.unwrap();
     let entry = read.entries[0].clone().unwrap();
     assert_eq!((entry.version, entry.body), (3, None));
+}
+
+/// A cache client on the shared Redis, under a key prefix of its own.
+async fn cache_of_its_own() -> Cache {
+    let prefix = format!("c{:08x}", fastrand::u32(..));
+    let cache = Cache::connect(
+        &SecretString::from(shared_redis_url()),
+        cache_settings(&prefix),
+    )
+    .unwrap();
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    cache
+}
+
+/// A JSON body carrying its version, as cached bodies do.
+fn body_of(version: i64) -> Option<Bytes> {
+    Some(Bytes::from(format!("{{\"version\":{version}}}")))
 }
 
 async fn fred_client() -> fred::prelude::Client {
@@ -339,17 +349,11 @@ async fn a_consistency_token_makes_another_instance_read_at_least_that_new() {
 async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fences() {
     // Arrange: one SKU cached at a newer version, one fenced at a newer version, one cached
     // at the same version under an older epoch, one absent.
-    let prefix = format!("batch{:08x}", fastrand::u32(..));
-    let cache = Cache::connect(
-        &SecretString::from(shared_redis_url()),
-        cache_settings(&prefix),
-    )
-    .unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let cache = cache_of_its_own().await;
     let redis = fred_client().await;
     let (epoch, older_epoch) = (Epoch::random(), Epoch::random());
-    let body = |version: i64| Some(Bytes::from(format!("{{\"version\":{version}}}")));
-    let entry = |version: i64, epoch: &Epoch| Entry::encode(version, epoch, body(version).as_ref());
+    let entry =
+        |version: i64, epoch: &Epoch| Entry::encode(version, epoch, body_of(version).as_ref());
     let _: () = redis
         .set(
             cache.entry_key("NEWER"),
@@ -386,22 +390,22 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
         Install {
             sku: "NEWER",
             version: 4,
-            body: body(4),
+            body: body_of(4),
         },
         Install {
             sku: "FENCED",
             version: 6,
-            body: body(6),
+            body: body_of(6),
         },
         Install {
             sku: "RESTAMP",
             version: 3,
-            body: body(3),
+            body: body_of(3),
         },
         Install {
             sku: "ABSENT",
             version: 1,
-            body: body(1),
+            body: body_of(1),
         },
     ];
     let installed = cache.fill(&items, &epoch).await.unwrap();
@@ -440,13 +444,7 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
 
 #[tokio::test]
 async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
-    let prefix = format!("batchw{:08x}", fastrand::u32(..));
-    let cache = Cache::connect(
-        &SecretString::from(shared_redis_url()),
-        cache_settings(&prefix),
-    )
-    .unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let cache = cache_of_its_own().await;
     let redis = fred_client().await;
     let epoch = Epoch::random();
     let meta = format!("{}|{:020}", epoch.as_str(), 100);
@@ -454,13 +452,12 @@ async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
         .set(cache.meta_key(), meta, None, None, false)
         .await
         .unwrap();
-    let body = |version: i64| Some(Bytes::from(format!("{{\"version\":{version}}}")));
 
     let items = [
         Install {
             sku: "W1",
             version: 2,
-            body: body(2),
+            body: body_of(2),
         },
         Install {
             sku: "W2",
