@@ -152,10 +152,10 @@ pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondar
         config.replica_url.as_ref(),
         &config.database,
     )?;
-    let cache = Arc::new(Cache::connect(&config.redis_url, config.cache.clone())?);
+    let cache = Cache::connect(&config.redis_url, config.cache.clone())?;
     let secondary = match &config.secondary_cache {
         Some(secondary) => Some(Secondary {
-            cache: Arc::new(Cache::connect(&secondary.url, config.cache.clone())?),
+            cache: Cache::connect(&secondary.url, config.cache.clone())?,
             policy: secondary.policy,
             failover_ttl: secondary.failover_ttl,
         }),

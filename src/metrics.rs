@@ -102,6 +102,8 @@ pub struct Metrics {
     pub repairs_pending: Gauge,
     /// 1 while Redis answers, 0 while the breaker is open.
     pub cache_up: Gauge,
+    /// 1 while Redis's `maxmemory-policy` may evict fences (anything but `noeviction`).
+    pub cache_fences_evictable: Gauge,
     /// How far the replica's replay is behind the primary.
     pub replica_lag_bytes: Gauge,
     pub replica_lag_seconds: Gauge<f64, AtomicU64>,
@@ -143,6 +145,12 @@ impl Default for Metrics {
             "cache_up",
             "1 while Redis answers, 0 while the cache breaker is open",
             cache_up.clone(),
+        );
+        let cache_fences_evictable = Gauge::default();
+        registry.register(
+            "cache_fences_evictable",
+            "1 while Redis's maxmemory-policy may evict the fences reads rely on (use noeviction)",
+            cache_fences_evictable.clone(),
         );
         let replica_lag_bytes = Gauge::default();
         registry.register_with_unit(
@@ -216,6 +224,7 @@ impl Default for Metrics {
             cache_lookups,
             repairs_pending,
             cache_up,
+            cache_fences_evictable,
             replica_lag_bytes,
             replica_lag_seconds,
         }

@@ -43,7 +43,7 @@ impl Cache {
     /// Invalidates `items` at their versions (fence raised, older entries deleted), for a
     /// secondary cluster whose primary missed a write under the `delete` failover policy.
     pub async fn invalidate(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<(), CacheError> {
-        let client = self.pool.next();
+        let client = self.client()?;
         for item in items {
             let keys = vec![self.entry_key(item.sku), self.fence_key(item.sku)];
             let args = vec![
@@ -53,7 +53,7 @@ impl Cache {
             ];
             self.guarded(
                 self.invalidate
-                    .evalsha_with_reload::<i64, _, _>(client, keys, args),
+                    .evalsha_with_reload::<i64, _, _>(&client, keys, args),
             )
             .await?;
         }
@@ -112,7 +112,7 @@ impl Cache {
         written_at: Option<Lsn>,
         ttl: Option<Duration>,
     ) -> Result<usize, CacheError> {
-        let client = self.pool.next();
+        let client = self.client()?;
         let mut installed = 0;
         for chunk in items.chunks(CHUNK) {
             let mut keys = Vec::with_capacity(chunk.len() * 2);
@@ -123,7 +123,10 @@ impl Cache {
                 keys.push(self.fence_key(item.sku));
                 args.extend(self.install_item(item, epoch, ttl));
             }
-            let count: i64 = self.install.evalsha_with_reload(client, keys, args).await?;
+            let count: i64 = self
+                .install
+                .evalsha_with_reload(&client, keys, args)
+                .await?;
             installed += usize::try_from(count).unwrap_or(0);
         }
         if let Some(lsn) = written_at {
@@ -139,7 +142,7 @@ impl Cache {
         written_at: Option<Lsn>,
         ttl: Option<Duration>,
     ) -> Result<usize, CacheError> {
-        let client = self.pool.next();
+        let client = &self.client()?;
         let results = self
             .run_installs(client, items, epoch, written_at, ttl)
             .await?;

@@ -8,6 +8,10 @@
 //!   tells the read path how new the replica's row must be.
 //! - `ps:meta` — `<epoch>|<hwm>`: the epoch names this Redis data set (a FLUSHALL or restart
 //!   ends it), the high-water mark is the newest WAL position of any acknowledged write.
+//! - `{ps:meta}:origin` — `<epoch>|<run_id>/<master_replid>`: the server process and
+//!   replication history the epoch was started on. A link to Redis whose server does not match
+//!   starts a new epoch before anything is read through it ([`link`]). It shares the meta key's
+//!   slot, so both change in one script.
 //!
 //! The entry and fence of a SKU share the hash tag `{SKU}`, so the install script touches one
 //! Cluster slot.
@@ -15,24 +19,29 @@
 mod breaker;
 pub mod entry;
 mod install;
+pub mod link;
 mod scripts;
 
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use fred::clients::Pool;
+use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
-use fred::prelude::{Builder, Config as RedisConfig, ReconnectPolicy, SetOptions};
+use fred::prelude::Config as RedisConfig;
 use fred::types::scripts::Script;
 use futures_util::future::Either;
 use futures_util::{FutureExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Notify;
 
 pub use breaker::Breaker;
 pub use entry::{Entry, Epoch, Fence, Meta};
 pub use install::Install;
+pub use link::ServerIdentity;
 
 use crate::config::CacheSettings;
 use crate::domain::{Lsn, Sku};
@@ -47,68 +56,221 @@ pub struct CacheRead {
 }
 
 pub struct Cache {
-    pool: Pool,
+    /// The checked connections to the current server; `None` while Redis is unreachable.
+    link: ArcSwapOption<link::Link>,
+    /// The linked server as last seen (its eviction policy may change while linked).
+    server: ArcSwapOption<ServerIdentity>,
+    config: RedisConfig,
+    /// Wakes the link supervisor when a connection is found closed.
+    relink: Arc<Notify>,
+    closed: AtomicBool,
     prefix: String,
     settings: CacheSettings,
     install: Script,
     bump: Script,
     delete_if: Script,
     invalidate: Script,
+    restart_epoch: Script,
     /// A Redis Cluster: multi-key commands must stay within one slot.
     clustered: bool,
-    /// The last epoch this instance saw, stamped on writes (see [`Cache::known_epoch`]).
-    epoch: RwLock<Option<Epoch>>,
     breaker: Breaker,
 }
 
 impl Cache {
-    /// Builds the client pool and starts connecting in the background: the service starts,
-    /// and serves from the database, while Redis is down.
-    pub fn connect(url: &SecretString, settings: CacheSettings) -> Result<Self, CacheError> {
+    /// Starts linking to Redis in the background: the service starts, and serves from the
+    /// database, while Redis is down. The link is kept until [`Cache::quit`].
+    pub fn connect(url: &SecretString, settings: CacheSettings) -> Result<Arc<Self>, CacheError> {
         let config = RedisConfig::from_url(url.expose_secret())?;
-        let clustered = config.server.is_clustered();
-        let pool = Builder::from_config(config)
-            .with_performance_config(|perf| {
-                perf.default_command_timeout = settings.command_timeout;
-            })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = settings.command_timeout.max(Duration::from_millis(500));
-                conn.internal_command_timeout =
-                    settings.command_timeout.max(Duration::from_millis(500));
-                conn.max_command_attempts = 1;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
-            .build_pool(settings.pool_size)?;
-        let _connection_tasks = pool.connect();
-        Ok(Self {
-            pool,
+        let cache = Arc::new(Self {
+            link: ArcSwapOption::empty(),
+            server: ArcSwapOption::empty(),
+            clustered: config.server.is_clustered(),
+            config,
+            relink: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
             prefix: settings.key_prefix.clone(),
-            clustered,
             settings,
             install: Script::from_lua(scripts::INSTALL),
             bump: Script::from_lua(scripts::BUMP_HWM),
             delete_if: Script::from_lua(scripts::DELETE_IF_UNCHANGED),
             invalidate: Script::from_lua(scripts::INVALIDATE),
-            epoch: RwLock::new(None),
+            restart_epoch: Script::from_lua(scripts::RESTART_EPOCH),
             breaker: Breaker::default(),
-        })
+        });
+        tokio::spawn(link::supervise(Arc::downgrade(&cache)));
+        Ok(cache)
     }
 
-    /// Waits up to `timeout` for the first connection; `false` if Redis is not there yet.
+    /// Waits up to `timeout` for the first checked link; `false` if Redis is not there yet.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.pool.wait_for_connect())
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.link.load().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// A connection of the current link.
+    fn client(&self) -> Result<Client, CacheError> {
+        match self.link.load().as_ref() {
+            Some(link) => Ok(link.client().clone()),
+            None => Err(no_link()),
+        }
     }
 
     /// Asks Redis directly, past the breaker (readiness and the repair worker's probe); a
     /// success closes the breaker.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let result = self.pool.next().ping::<()>(None).await;
+        let result = self.client()?.ping::<()>(None).await;
         if result.is_ok() {
             self.breaker.record(true);
         }
         result
+    }
+
+    /// The server behind the current link (`None` while unlinked, or in a Cluster).
+    pub fn server(&self) -> Option<ServerIdentity> {
+        self.server.load().as_deref().cloned()
+    }
+
+    /// Keeps the link: `true` if it is healthy (or was just replaced by a checked one).
+    async fn check_link(&self) -> bool {
+        if let Some(link) = self.link.load_full()
+            && link.is_alive()
+        {
+            match link.identify_again().await {
+                // A server that does not answer (paused, overloaded) is still the same one.
+                Ok(None) | Err(_) => return true,
+                Ok(Some(now)) if link.same_data_set(&now) => {
+                    self.server.store(Some(Arc::new(now)));
+                    return true;
+                }
+                Ok(Some(_)) => tracing::warn!(
+                    cache = self.prefix(),
+                    "the Redis server changed under an open connection (failover or resync)"
+                ),
+            }
+        }
+        // Nothing may use the old link from here on.
+        self.server.store(None);
+        if let Some(old) = self.link.swap(None) {
+            tokio::spawn(async move {
+                let _ = old.pool.quit().await;
+            });
+        }
+        if self.is_closed() {
+            return false;
+        }
+        let opened = match link::Link::open(&self.config, &self.settings, self.clustered).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::debug!(%error, "cannot connect to Redis yet");
+                return false;
+            }
+        };
+        match self.adopt(&opened).await {
+            Ok(()) => {
+                if let Some(server) = opened.server.as_ref().filter(|s| s.may_evict_fences()) {
+                    tracing::warn!(
+                        cache = self.prefix(),
+                        policy = %server.eviction_policy,
+                        "Redis may evict fences under memory pressure, and then serve reads older than acknowledged writes; set maxmemory-policy noeviction"
+                    );
+                }
+                self.server.store(opened.server.clone().map(Arc::new));
+                self.link.store(Some(Arc::new(opened)));
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot check the Redis data set yet");
+                let _ = opened.pool.quit().await;
+                false
+            }
+        }
+    }
+
+    /// Trusts the link's data set only if the current epoch was started on it; otherwise
+    /// starts a new epoch (its high-water mark still unknown) before the link is used.
+    async fn adopt(&self, opened: &link::Link) -> Result<(), CacheError> {
+        let Some(server) = &opened.server else {
+            return Ok(());
+        };
+        let client = opened.client();
+        for _ in 0..5 {
+            let mut values: Vec<Option<Bytes>> = client
+                .mget(vec![self.meta_key(), self.origin_key()])
+                .await?;
+            let origin = values.pop().flatten();
+            let seen = values.pop().flatten();
+            if let Some(meta) = seen.as_deref().and_then(Meta::decode)
+                && origin.as_deref() == Some(origin_value(&meta.epoch, server).as_bytes())
+            {
+                return Ok(());
+            }
+            if self.restart_epoch_on(client, seen, server).await? {
+                tracing::info!(
+                    cache = self.prefix(),
+                    server = %server.data_set(),
+                    "Redis data set not the one the epoch began on (restart, snapshot or failover); new cache epoch"
+                );
+                return Ok(());
+            }
+        }
+        Err(CacheError::new(
+            fred::error::ErrorKind::Unknown,
+            "the cache epoch kept changing while being checked",
+        ))
+    }
+
+    /// Replaces the epoch with a new one whose high-water mark is not known yet, if the meta
+    /// key still holds `seen`. The caller (or the next read) then raises the mark from the
+    /// primary.
+    async fn restart_epoch_on(
+        &self,
+        client: &Client,
+        seen: Option<Bytes>,
+        server: &ServerIdentity,
+    ) -> Result<bool, CacheError> {
+        let fresh = Meta {
+            epoch: Epoch::random(),
+            hwm: Lsn::ZERO,
+        };
+        let started: i64 = self
+            .restart_epoch
+            .evalsha_with_reload(
+                client,
+                vec![self.meta_key(), self.origin_key()],
+                vec![
+                    seen.unwrap_or_default(),
+                    Bytes::from(fresh.encode()),
+                    Bytes::from(origin_value(&fresh.epoch, server)),
+                ],
+            )
+            .await?;
+        Ok(started == 1)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn relink_requested(&self) -> Arc<Notify> {
+        self.relink.clone()
+    }
+
+    /// Wakes the supervisor if a connection of the link has closed.
+    fn notice_failure(&self) {
+        if self
+            .link
+            .load()
+            .as_ref()
+            .is_some_and(|link| !link.is_alive())
+        {
+            self.relink.notify_one();
+        }
     }
 
     /// Whether cache operations are being skipped because Redis keeps failing.
@@ -131,12 +293,21 @@ impl Cache {
         }
         Either::Right(operation.map(|result| {
             self.breaker.record(result.is_ok());
+            if result.is_err() {
+                self.notice_failure();
+            }
             result
         }))
     }
 
+    /// Closes the link and stops keeping it.
     pub async fn quit(&self) {
-        let _ = self.pool.quit().await;
+        self.closed.store(true, Ordering::Release);
+        self.relink.notify_one();
+        self.server.store(None);
+        if let Some(link) = self.link.swap(None) {
+            let _ = link.pool.quit().await;
+        }
     }
 
     /// Names this cache (its key prefix): repairs are recorded per cache.
@@ -156,10 +327,15 @@ impl Cache {
         format!("{}:meta", self.prefix)
     }
 
+    /// Hash-tagged with the meta key's name, so both live in one Cluster slot.
+    pub fn origin_key(&self) -> String {
+        format!("{{{}:meta}}:origin", self.prefix)
+    }
+
     /// Every SKU that has a cache entry (on every node of a Cluster).
     pub async fn entry_skus(&self) -> Result<Vec<String>, CacheError> {
         let pattern = format!("{}:{{*}}", self.prefix);
-        let client = self.pool.next();
+        let client = self.client()?;
         let keys: Vec<fred::types::Key> = if self.clustered {
             client
                 .scan_cluster_buffered(pattern, Some(1000), None)
@@ -190,14 +366,14 @@ impl Cache {
             // Boxed: the pipeline's futures would double the size of every read's future.
             return Box::pin(self.get_many_clustered(keys)).await;
         }
-        self.pool.next().mget(keys).await
+        self.client()?.mget(keys).await
     }
 
     async fn get_many_clustered(
         &self,
         keys: Vec<String>,
     ) -> Result<Vec<Option<Bytes>>, CacheError> {
-        let pipeline = self.pool.next().pipeline();
+        let pipeline = self.client()?.pipeline();
         for key in keys {
             let _: () = pipeline.get(key).await?;
         }
@@ -223,10 +399,10 @@ impl Cache {
         sku: &str,
         seen: Bytes,
     ) -> Result<bool, CacheError> {
-        let client = self.pool.next();
+        let client = self.client()?;
         let deleted: i64 = self
             .guarded(self.delete_if.evalsha_with_reload(
-                client,
+                &client,
                 vec![self.entry_key(sku)],
                 vec![seen],
             ))
@@ -236,7 +412,8 @@ impl Cache {
 
     /// Stores a small JSON document beside the cache's keys (the last audit's counts).
     pub async fn put_note(&self, name: &str, value: String) -> Result<(), CacheError> {
-        self.guarded(self.pool.next().set(
+        let client = self.client()?;
+        self.guarded(client.set(
             format!("{}:note:{name}", self.prefix),
             value,
             None,
@@ -247,7 +424,8 @@ impl Cache {
     }
 
     pub async fn note(&self, name: &str) -> Result<Option<String>, CacheError> {
-        self.guarded(self.pool.next().get(format!("{}:note:{name}", self.prefix)))
+        let client = self.client()?;
+        self.guarded(client.get(format!("{}:note:{name}", self.prefix)))
             .await
     }
 
@@ -264,9 +442,6 @@ impl Cache {
             .into_iter()
             .map(|v| v.and_then(Entry::decode))
             .collect();
-        if let Some(meta) = &meta {
-            self.remember_epoch(&meta.epoch);
-        }
         Ok(CacheRead { entries, meta })
     }
 
@@ -280,62 +455,45 @@ impl Cache {
             .collect())
     }
 
-    /// The epoch this instance last saw. Writes stamp it on what they install: it was current
-    /// before their commit, so if Redis loses its data after the commit, readers see a stale
-    /// stamp and ignore the entry instead of trusting it.
-    pub fn known_epoch(&self) -> Option<Epoch> {
-        self.epoch.read().ok().and_then(|e| e.clone())
-    }
-
-    fn remember_epoch(&self, epoch: &Epoch) {
-        if self.known_epoch().as_ref() != Some(epoch)
-            && let Ok(mut slot) = self.epoch.write()
-        {
-            *slot = Some(epoch.clone());
-        }
-    }
-
     pub async fn read_meta(&self) -> Result<Option<Meta>, CacheError> {
-        let value: Option<Bytes> = self.guarded(self.pool.next().get(self.meta_key())).await?;
-        let meta = value.and_then(|v| Meta::decode(&v));
-        if let Some(meta) = &meta {
-            self.remember_epoch(&meta.epoch);
-        }
-        Ok(meta)
+        let client = self.client()?;
+        let value: Option<Bytes> = self.guarded(client.get(self.meta_key())).await?;
+        Ok(value.and_then(|v| Meta::decode(&v)))
     }
 
-    /// Starts a new epoch if none exists (its high-water mark still unknown: zero). The caller
-    /// then raises the mark to a primary WAL position read *after* this call, which covers
-    /// every write acknowledged before; writes acknowledged after it raise the mark themselves.
+    /// Starts a new epoch if none exists (its high-water mark still unknown: zero), on the
+    /// data set of the current link. The caller then raises the mark to a primary WAL position
+    /// read *after* this call, which covers every write acknowledged before; writes
+    /// acknowledged after it raise the mark themselves.
     pub async fn start_epoch(&self) -> Result<(), CacheError> {
-        let fresh = Meta {
-            epoch: Epoch::random(),
-            hwm: Lsn::ZERO,
-        };
-        let _: Option<String> = self
-            .pool
-            .next()
-            .set(
-                self.meta_key(),
-                fresh.encode(),
-                None,
-                Some(SetOptions::NX),
-                false,
-            )
-            .await?;
+        let link = self.link.load_full().ok_or_else(no_link)?;
+        let server = link
+            .server
+            .clone()
+            .unwrap_or_else(ServerIdentity::unchecked);
+        self.restart_epoch_on(link.client(), None, &server).await?;
         Ok(())
     }
 
     /// Raises the high-water mark to `lsn` (never lowers it; no-op without an epoch).
     pub async fn raise_hwm(&self, lsn: Lsn) -> Result<(), CacheError> {
-        let client = self.pool.next();
+        let client = self.client()?;
         self.bump
             .evalsha_with_reload::<i64, _, _>(
-                client,
+                &client,
                 vec![self.meta_key()],
                 vec![entry::pad_lsn(lsn)],
             )
             .await?;
         Ok(())
     }
+}
+
+/// The origin recorded with `epoch`: the data set it was started on.
+fn origin_value(epoch: &Epoch, server: &ServerIdentity) -> String {
+    format!("{}|{}", epoch.as_str(), server.data_set())
+}
+
+fn no_link() -> CacheError {
+    CacheError::new(fred::error::ErrorKind::IO, "no checked connection to Redis")
 }

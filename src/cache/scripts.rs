@@ -84,3 +84,18 @@ if current and (not cv or cv < version) then
 end
 return 1
 "#;
+
+/// Replaces the epoch, if the meta key still holds what the caller saw, and records the data
+/// set the new one begins on.
+///
+/// KEYS: meta, origin. ARGV: the meta value seen (empty: none), the new meta value, the new
+/// origin value.
+pub const RESTART_EPOCH: &str = r#"
+local meta = redis.call('GET', KEYS[1]) or ''
+if meta ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"#;

@@ -31,6 +31,14 @@ pub struct Readiness {
     primary: DependencyState,
     replica: DependencyState,
     cache: DependencyState,
+    /// Redis's `maxmemory-policy` (absent while Redis is unreachable, or in a Cluster).
+    /// Anything but `noeviction` may evict the fences that keep reads fresh.
+    #[schema(example = "noeviction")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_eviction_policy: Option<String>,
+    /// Whether that policy may evict fences: then a read may be older than an acknowledged
+    /// write after Redis runs out of memory.
+    cache_fences_evictable: bool,
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -54,6 +62,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         }
     };
     let replica = ready.replica.map_or(DependencyState::Disabled, up);
+
     let any_reads = ready.primary || ready.replica == Some(true) || ready.cache;
     let all_up = ready.primary && ready.cache && ready.replica != Some(false);
     let (status, word) = match (all_up, any_reads) {
@@ -68,6 +77,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             primary: up(ready.primary),
             replica,
             cache: up(ready.cache),
+            cache_eviction_policy: ready.cache_eviction_policy,
+            cache_fences_evictable: ready.cache_fences_evictable,
         }),
     )
 }

@@ -70,11 +70,14 @@ pub struct Secondary {
 }
 
 /// Whether each dependency answers, for `/readyz`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Readiness {
     pub primary: bool,
     pub replica: Option<bool>,
     pub cache: bool,
+    /// Redis's `maxmemory-policy`, when linked to a single server.
+    pub cache_eviction_policy: Option<String>,
+    pub cache_fences_evictable: bool,
 }
 
 impl SizeService {
@@ -132,6 +135,11 @@ impl SizeService {
             .cache_up
             .set(i64::from(!self.cache.is_unavailable()));
         metrics
+            .cache_fences_evictable
+            .set(i64::from(self.caches().any(|cache| {
+                cache.server().is_some_and(|s| s.may_evict_fences())
+            })));
+        metrics
             .repairs_pending
             .set(self.repairs.pending_count() as i64);
         if let Some(replica) = &self.replica_health {
@@ -169,10 +177,13 @@ impl SizeService {
         };
         let (primary, replica, cache) =
             tokio::join!(ping(self.db.primary().clone()), replica, cache);
+        let server = self.cache.server();
         Readiness {
             primary,
             replica,
             cache,
+            cache_eviction_policy: server.as_ref().map(|s| s.eviction_policy.clone()),
+            cache_fences_evictable: server.is_some_and(|s| s.may_evict_fences()),
         }
     }
 

@@ -192,7 +192,7 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
 }
 
 /// A cache client on the shared Redis, under a key prefix of its own.
-async fn cache_of_its_own() -> Cache {
+async fn cache_of_its_own() -> Arc<Cache> {
     let prefix = format!("c{:08x}", fastrand::u32(..));
     let cache = Cache::connect(
         &SecretString::from(shared_redis_url()),

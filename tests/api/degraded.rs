@@ -306,8 +306,7 @@ async fn not_found_is_cached_briefly_and_a_create_is_never_hidden_by_it() {
 async fn concurrent_misses_for_one_sku_make_one_database_read() {
     let prefix = format!("sf{:08x}", fastrand::u32(..));
     let settings = cache_settings(&prefix);
-    let cache =
-        Arc::new(Cache::connect(&SecretString::from(shared_redis_url()), settings).unwrap());
+    let cache = Cache::connect(&SecretString::from(shared_redis_url()), settings).unwrap();
     assert!(cache.wait_connected(Duration::from_secs(5)).await);
     let db_settings = DatabaseSettings {
         max_connections: 60,

@@ -37,28 +37,55 @@ async fn wait_port(port: u16, up: bool) {
 pub struct OwnRedis {
     pub port: u16,
     child: Option<Child>,
-    /// With an append-only file here, a restart brings the data back.
-    persistent_dir: Option<PathBuf>,
+    persistence: Persistence,
+}
+
+/// What a restart brings back.
+enum Persistence {
+    Nothing,
+    /// Every command, from an append-only file in this folder.
+    AppendOnly(PathBuf),
+    /// The last snapshot taken with [`OwnRedis::snapshot`], from this folder.
+    Snapshot(PathBuf),
+}
+
+impl Persistence {
+    fn dir(&self) -> Option<&PathBuf> {
+        match self {
+            Self::Nothing => None,
+            Self::AppendOnly(dir) | Self::Snapshot(dir) => Some(dir),
+        }
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pss-test-redis-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl OwnRedis {
     /// Keeps nothing on disk: a restart comes back empty.
     pub async fn start() -> Self {
-        Self::launch(None).await
+        Self::launch(Persistence::Nothing).await
     }
 
     /// Writes every command to an append-only file: a restart comes back with the old data.
     pub async fn start_persistent() -> Self {
-        let dir = std::env::temp_dir().join(format!("pss-test-redis-{:016x}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self::launch(Some(dir)).await
+        Self::launch(Persistence::AppendOnly(scratch_dir())).await
     }
 
-    async fn launch(persistent_dir: Option<PathBuf>) -> Self {
+    /// Saves only when told ([`OwnRedis::snapshot`]): a restart comes back with the data of the
+    /// last snapshot, older than what Redis held when it stopped.
+    pub async fn start_with_snapshots() -> Self {
+        Self::launch(Persistence::Snapshot(scratch_dir())).await
+    }
+
+    async fn launch(persistence: Persistence) -> Self {
         let mut redis = Self {
             port: free_port(),
             child: None,
-            persistent_dir,
+            persistence,
         };
         redis.restart().await;
         redis
@@ -80,11 +107,12 @@ impl OwnRedis {
             "--save",
             "",
         ]);
-        match &self.persistent_dir {
-            Some(dir) => command
+        match &self.persistence {
+            Persistence::AppendOnly(dir) => command
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
                 .arg(dir),
-            None => command.args(["--appendonly", "no"]),
+            Persistence::Snapshot(dir) => command.args(["--appendonly", "no", "--dir"]).arg(dir),
+            Persistence::Nothing => command.args(["--appendonly", "no"]),
         };
         let child = command
             .stdout(Stdio::null())
@@ -93,6 +121,25 @@ impl OwnRedis {
             .expect("redis-server is installed");
         self.child = Some(child);
         wait_port(self.port, true).await;
+    }
+
+    /// Saves a snapshot (`SAVE`) that the next restart loads.
+    pub async fn snapshot(&self) {
+        assert!(matches!(self.persistence, Persistence::Snapshot(_)));
+        run(Command::new("redis-cli").args(["-p", &self.port.to_string(), "SAVE"])).await;
+    }
+
+    /// `CONFIG SET name value`.
+    pub async fn configure(&self, name: &str, value: &str) {
+        run(Command::new("redis-cli").args([
+            "-p",
+            &self.port.to_string(),
+            "CONFIG",
+            "SET",
+            name,
+            value,
+        ]))
+        .await;
     }
 
     /// SIGKILL: nothing is flushed or saved on the way out.
@@ -120,7 +167,7 @@ impl OwnRedis {
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        if let Some(dir) = &self.persistent_dir {
+        if let Some(dir) = self.persistence.dir() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
