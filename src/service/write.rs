@@ -113,21 +113,26 @@ impl SizeService {
             })
             .await
             .map_err(|e| self.database_error(e))?;
-        let (decisions, rows) = committed.outcome;
+        let (decisions, mut rows) = committed.outcome;
+        rows.extend(already_stored(&decisions, &rows));
         if !rows.is_empty() {
             self.record_in_cache(&rows, &epochs, committed.lsn).await;
         }
         Ok((decisions, committed.lsn))
     }
 
+    /// The epoch `cache` holds now. Read on every write, not remembered: an instance that only
+    /// writes would otherwise go on stamping an epoch that ended when Redis lost its data, and
+    /// what it installs would be invisible to readers. `Epoch::unknown()` when Redis does not
+    /// answer: the install then fails too, and the repair worker takes over.
     async fn epoch_for_write(&self, cache: &Cache) -> Epoch {
-        if let Some(epoch) = cache.known_epoch() {
-            return epoch;
+        match cache.read_meta().await {
+            Ok(seen) => self
+                .current_meta(cache, seen)
+                .await
+                .map_or_else(Epoch::unknown, |meta| meta.epoch),
+            Err(_) => Epoch::unknown(),
         }
-        let seen = cache.read_meta().await.ok().flatten();
-        self.current_meta(cache, seen)
-            .await
-            .map_or_else(Epoch::unknown, |meta| meta.epoch)
     }
 
     /// Installs what was written in the primary cache, then the secondary; when the primary
@@ -167,4 +172,22 @@ impl SizeService {
                 .set(self.repairs.pending_count() as i64);
         }
     }
+}
+
+/// The stored rows that `decisions` report without writing them (unchanged or stale) and that
+/// `written` does not cover. They go to the cache too: the writer that stored them may have
+/// committed and died before its own cache update, and this response tells the client their
+/// version is saved.
+fn already_stored(decisions: &[Decision], written: &[StoredSize]) -> Vec<StoredSize> {
+    let mut covered: std::collections::HashSet<&str> =
+        written.iter().map(|row| row.sku.as_str()).collect();
+    let mut rows = Vec::new();
+    for decision in decisions {
+        if let Decision::Unchanged(row) | Decision::Stale(row) = decision
+            && covered.insert(row.sku.as_str())
+        {
+            rows.push(row.clone());
+        }
+    }
+    rows
 }

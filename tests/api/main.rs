@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod operations;
 mod processes;
+mod redis_failures;
 mod shutdown;
 mod sizes;
 mod sync;
