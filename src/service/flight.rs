@@ -1,8 +1,9 @@
 //! Single flight: concurrent cache misses for one SKU in one instance make one database read.
 //!
 //! A joiner may have arrived after the read began, and so after a write it must see. Each
-//! joiner therefore checks the shared answer against what it saw in Redis itself (same epoch,
-//! version at least its fence) and reads on its own when the answer does not pass.
+//! joiner therefore checks the shared answer against what it saw in Redis itself (same epoch;
+//! version at least its fence, or without one, a read that covers its high-water mark) and
+//! reads on its own when the answer does not pass.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,11 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use super::{ReadSource, SizeDoc};
+use super::read::Answer;
 use crate::cache::Epoch;
-
-/// One SKU's state and where it was read.
-pub type Answer = (SizeDoc, ReadSource);
 
 #[derive(Default)]
 pub struct Flights {

@@ -175,24 +175,33 @@ impl SizeService {
         let (misses, miss_skus) = (load.misses, load.skus);
         Ok(match (misses, load.meta, load.token) {
             // One SKU, Redis up, no token: share the read with concurrent misses. The shared
-            // answer must reach this request's own fence, else read again.
+            // read may have begun before this request, so its answer must meet this request's
+            // own requirement, else it reads again.
             ([miss], Some(meta), None) if !miss.primary_only => {
                 let shared = self
                     .flights
                     .read(miss_skus[0], &meta.epoch, async {
-                        self.load(load)
-                            .await
-                            .ok()
-                            .and_then(|(mut docs, source)| Some((docs.pop()?, source)))
+                        let (mut docs, source, proof) = self.load(load).await.ok()?;
+                        Some(Answer {
+                            doc: docs.pop()?,
+                            source,
+                            proof,
+                        })
                     })
                     .await
-                    .filter(|(doc, _)| miss.fence.is_none_or(|fence| doc.version >= fence));
+                    .filter(|answer| answer.satisfies(miss.fence, meta.hwm, load.started));
                 match shared {
-                    Some((doc, source)) => (vec![doc], source),
-                    None => self.load(load).await?,
+                    Some(answer) => (vec![answer.doc], answer.source),
+                    None => {
+                        let (docs, source, _) = self.load(load).await?;
+                        (docs, source)
+                    }
                 }
             }
-            _ => self.load(load).await?,
+            _ => {
+                let (docs, source, _) = self.load(load).await?;
+                (docs, source)
+            }
         })
     }
 
@@ -213,10 +222,10 @@ impl SizeService {
     }
 
     /// Reads the misses from the databases and fills the cache with what it found.
-    async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
+    async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource, Proof), AppError> {
         // sqlx's and fred's futures are tens of kilobytes: boxed here, they are copied once
         // instead of with every future that holds this one.
-        let (mut rows, source) = Box::pin(self.read_database(load)).await?;
+        let (mut rows, source, proof) = Box::pin(self.read_database(load)).await?;
         let docs: Vec<SizeDoc> = load
             .misses
             .iter()
@@ -252,7 +261,7 @@ impl SizeService {
                 tracing::debug!(%error, "cache fill failed");
             }
         }
-        Ok((docs, source))
+        Ok((docs, source, proof))
     }
 
     /// Reads from the replica what is provably fresh there, the rest from the primary: at
@@ -260,7 +269,7 @@ impl SizeService {
     async fn read_database(
         &self,
         load: &Load<'_>,
-    ) -> Result<(HashMap<String, StoredSize>, ReadSource), AppError> {
+    ) -> Result<(HashMap<String, StoredSize>, ReadSource, Proof), AppError> {
         let skus = load.skus;
         let mut found = HashMap::with_capacity(skus.len());
         let mut pending: Vec<usize> = (0..skus.len()).collect();
@@ -291,8 +300,10 @@ impl SizeService {
             };
             let (fetched, hwm) = tokio::join!(fetch_leased(replica, &replica_skus), hwm);
             self.metrics.count_database_read(Database::Replica);
+            let mut replayed = None;
             match fetched {
                 Ok(fetched) => {
+                    replayed = fetched.replayed;
                     let mut rows: HashMap<String, StoredSize> = fetched
                         .rows
                         .into_iter()
@@ -313,17 +324,18 @@ impl SizeService {
                 }
                 Err(error) => tracing::warn!(%error, "replica read failed; reading the primary"),
             }
-            if pending.is_empty() {
-                return Ok((found, ReadSource::Replica));
+            if let Some(replayed) = replayed.filter(|_| pending.is_empty()) {
+                return Ok((found, ReadSource::Replica, Proof::Replayed(replayed)));
             }
         }
         let rest: Vec<&str> = pending.iter().map(|&i| skus[i]).collect();
         self.metrics.count_database_read(Database::Primary);
+        let began = Instant::now();
         let fetched = fetch_leased(self.db.primary_reads(), &rest)
             .await
             .map_err(|e| self.database_error(e))?;
         found.extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
-        Ok((found, ReadSource::Primary))
+        Ok((found, ReadSource::Primary, Proof::PrimaryAfter(began)))
     }
 }
 
@@ -349,6 +361,36 @@ struct Miss {
     fence: Option<i64>,
     /// A cache repair is pending for this SKU: only the primary is known to be fresh.
     primary_only: bool,
+}
+
+/// What a database read shows about how new its rows are.
+#[derive(Debug, Clone, Copy)]
+enum Proof {
+    /// From the replica, whose snapshot included everything up to this WAL position.
+    Replayed(Lsn),
+    /// From the primary, by a query sent at this instant: it saw every write acknowledged
+    /// before.
+    PrimaryAfter(Instant),
+}
+
+/// One SKU's answer from a database read, as shared with concurrent misses of it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    doc: SizeDoc,
+    source: ReadSource,
+    proof: Proof,
+}
+
+impl Answer {
+    /// Whether this answer may serve a request that began at `started` and found `fence`
+    /// (else `hwm`, which covers every acknowledged write) in the cache.
+    fn satisfies(&self, fence: Option<i64>, hwm: Lsn, started: Instant) -> bool {
+        match (fence, self.proof) {
+            (Some(fence), _) => self.doc.version >= fence,
+            (None, Proof::Replayed(replayed)) => replayed >= hwm,
+            (None, Proof::PrimaryAfter(began)) => began >= started,
+        }
+    }
 }
 
 /// Whether a replica row of `version`, read from a snapshot that includes everything up to
@@ -409,5 +451,43 @@ mod tests {
             hwm(1),
             Some(Lsn::new(101))
         ));
+    }
+
+    fn answer(version: i64, proof: Proof) -> Answer {
+        Answer {
+            doc: SizeDoc {
+                sku: Sku::parse("SHARED").unwrap(),
+                version,
+                body: None,
+            },
+            source: ReadSource::Replica,
+            proof,
+        }
+    }
+
+    #[test]
+    fn a_shared_answer_meets_the_joiners_fence() {
+        let shared = answer(4, Proof::Replayed(Lsn::new(1_000)));
+        assert!(shared.satisfies(Some(4), Lsn::new(1), Instant::now()));
+        assert!(!shared.satisfies(Some(5), Lsn::new(1), Instant::now()));
+    }
+
+    #[test]
+    fn without_a_fence_a_shared_answer_must_cover_the_joiners_high_water_mark() {
+        let shared = answer(4, Proof::Replayed(Lsn::new(100)));
+        assert!(shared.satisfies(None, Lsn::new(100), Instant::now()));
+        assert!(!shared.satisfies(None, Lsn::new(101), Instant::now()));
+    }
+
+    #[test]
+    fn without_a_fence_a_shared_primary_read_must_begin_after_the_joiner() {
+        let joined = Instant::now();
+        let before = answer(
+            4,
+            Proof::PrimaryAfter(joined - std::time::Duration::from_millis(1)),
+        );
+        let after = answer(4, Proof::PrimaryAfter(joined));
+        assert!(!before.satisfies(None, Lsn::new(1), joined));
+        assert!(after.satisfies(None, Lsn::new(1), joined));
     }
 }
