@@ -172,6 +172,11 @@ impl Cache {
             }
         };
         match self.adopt(&opened).await {
+            // Quit while this link was being opened: keep nothing open.
+            Ok(()) if self.is_closed() => {
+                let _ = opened.pool.quit().await;
+                false
+            }
             Ok(()) => {
                 if let Some(server) = opened.server.as_ref().filter(|s| s.may_evict_fences()) {
                     tracing::warn!(
