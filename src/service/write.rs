@@ -124,7 +124,8 @@ impl SizeService {
     /// The epoch `cache` holds now. Read on every write, not remembered: an instance that only
     /// writes would otherwise go on stamping an epoch that ended when Redis lost its data, and
     /// what it installs would be invisible to readers. `Epoch::unknown()` when Redis does not
-    /// answer: the install then fails too, and the repair worker takes over.
+    /// answer: the install most likely fails too (the repair worker takes over), and what it
+    /// installs if Redis answers again is ignored by readers until a fill re-stamps it.
     async fn epoch_for_write(&self, cache: &Cache) -> Epoch {
         match cache.read_meta().await {
             Ok(seen) => self
