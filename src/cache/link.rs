@@ -86,21 +86,22 @@ pub struct Link {
 }
 
 impl Link {
-    /// Opens a pool of `size` connections and identifies the server behind them.
+    /// Opens a pool of `settings.pool_size` connections and identifies the server behind them
+    /// (not in a Cluster); gives up after a few connection timeouts.
     pub async fn open(
         config: &fred::prelude::Config,
         settings: &crate::config::CacheSettings,
         clustered: bool,
     ) -> Result<Self, CacheError> {
+        let connect_timeout = settings.command_timeout.max(Duration::from_millis(500));
         let mut builder = Builder::from_config(config.clone());
         builder
             .with_performance_config(|perf| {
                 perf.default_command_timeout = settings.command_timeout;
             })
             .with_connection_config(|conn| {
-                conn.connection_timeout = settings.command_timeout.max(Duration::from_millis(500));
-                conn.internal_command_timeout =
-                    settings.command_timeout.max(Duration::from_millis(500));
+                conn.connection_timeout = connect_timeout;
+                conn.internal_command_timeout = connect_timeout;
                 conn.max_command_attempts = 1;
             });
         if clustered {
@@ -118,8 +119,7 @@ impl Link {
             };
             Ok((server, tasks))
         };
-        let timeout = settings.command_timeout.max(Duration::from_millis(500)) * 4;
-        let (server, tasks) = match tokio::time::timeout(timeout, opened).await {
+        let (server, tasks) = match tokio::time::timeout(connect_timeout * 4, opened).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(error)) => {
                 let _ = pool.quit().await;
