@@ -12,6 +12,8 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cache::CacheRole;
+
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -57,6 +59,13 @@ pub struct CacheLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheClusterLabels {
+    pub cache: CacheRole,
+}
+
+lowercase_label_value!(CacheRole { Primary => "primary", Secondary => "secondary" });
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: &'static str,
     /// The matched route template (`/v1/products/{sku}/size`), never the raw path.
@@ -100,6 +109,12 @@ pub struct Metrics {
     pub cache_lookups: Family<CacheLabels, Counter>,
     /// Cache repairs this instance owes Redis (writes whose cache update failed).
     pub repairs_pending: Gauge,
+    /// Cache updates recorded in the database and not yet applied, per cache cluster (any
+    /// instance's), and how long the oldest has waited.
+    pub repairs_backlog: Family<CacheClusterLabels, Gauge>,
+    /// Cache updates this instance's repair worker applied.
+    pub repairs_applied: Counter,
+    pub repairs_oldest_seconds: Family<CacheClusterLabels, Gauge<f64, AtomicU64>>,
     /// 1 while Redis answers, 0 while the breaker is open.
     pub cache_up: Gauge,
     /// 1 while Redis's `maxmemory-policy` may evict fences (anything but `noeviction`).
@@ -139,6 +154,25 @@ impl Default for Metrics {
             "cache_repairs_pending",
             "Cache updates this instance still owes Redis",
             repairs_pending.clone(),
+        );
+        let repairs_backlog = Family::<CacheClusterLabels, Gauge>::default();
+        registry.register(
+            "cache_repairs_backlog",
+            "Cache updates recorded in the database and not yet applied, by cache cluster",
+            repairs_backlog.clone(),
+        );
+        let repairs_applied = Counter::default();
+        registry.register(
+            "cache_repairs_applied",
+            "Cache updates applied by this instance's repair worker",
+            repairs_applied.clone(),
+        );
+        let repairs_oldest_seconds = Family::<CacheClusterLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "cache_repairs_oldest_age",
+            "How long the oldest recorded cache update has waited, by cache cluster",
+            Unit::Seconds,
+            repairs_oldest_seconds.clone(),
         );
         let cache_up = Gauge::default();
         registry.register(
@@ -223,6 +257,9 @@ impl Default for Metrics {
             database_reads,
             cache_lookups,
             repairs_pending,
+            repairs_backlog,
+            repairs_applied,
+            repairs_oldest_seconds,
             cache_up,
             cache_fences_evictable,
             replica_lag_bytes,
@@ -284,6 +321,15 @@ impl Metrics {
         self.reads_by_source
             .get_or_create(&SourceLabels { source })
             .inc();
+    }
+
+    /// Records what the database says `cache` is owed.
+    pub fn set_repair_backlog(&self, cache: CacheRole, count: i64, oldest: std::time::Duration) {
+        let labels = CacheClusterLabels { cache };
+        self.repairs_backlog.get_or_create(&labels).set(count);
+        self.repairs_oldest_seconds
+            .get_or_create(&labels)
+            .set(oldest.as_secs_f64());
     }
 
     pub fn set_pool(&self, database: Database, pool: &sqlx::PgPool) {

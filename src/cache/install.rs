@@ -40,9 +40,15 @@ impl Cache {
         self.install_all(items, epoch, None, None).await
     }
 
-    /// Invalidates `items` at their versions (fence raised, older entries deleted), for a
-    /// secondary cluster whose primary missed a write under the `delete` failover policy.
-    pub async fn invalidate(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<(), CacheError> {
+    /// Invalidates `items` at their versions (fence raised, older entries deleted) and raises
+    /// the high-water mark to their commit's position, for a secondary cluster whose primary
+    /// missed a write under the `delete` failover policy.
+    pub async fn invalidate(
+        &self,
+        items: &[Install<'_>],
+        epoch: &Epoch,
+        lsn: Lsn,
+    ) -> Result<(), CacheError> {
         let client = self.client()?;
         for item in items {
             let keys = vec![self.entry_key(item.sku), self.fence_key(item.sku)];
@@ -57,7 +63,7 @@ impl Cache {
             )
             .await?;
         }
-        Ok(())
+        self.raise_hwm(lsn).await
     }
 
     /// Installs what writes committed (with their fences) and raises the high-water mark to

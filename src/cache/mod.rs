@@ -55,6 +55,23 @@ pub struct CacheRead {
     pub meta: Option<Meta>,
 }
 
+/// Which of the (at most two) cache clusters a cache is (`REDIS_URL`, `REDIS_SECONDARY_URL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheRole {
+    Primary,
+    Secondary,
+}
+
+impl CacheRole {
+    /// 0 for the primary, 1 for the secondary: for per-cache state kept in pairs.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Primary => 0,
+            Self::Secondary => 1,
+        }
+    }
+}
+
 pub struct Cache {
     /// The checked connections to the current server; `None` while Redis is unreachable.
     link: ArcSwapOption<link::Link>,

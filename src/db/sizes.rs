@@ -59,7 +59,7 @@ pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sql
     leased!(leases, |conn| fetch_on(conn, skus)).await
 }
 
-async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
+pub async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
     let rows: Vec<FetchedRow> = sqlx::query_as("SELECT * FROM read_product_sizes($1)")
         .bind(skus)
         .fetch_all(conn)
@@ -133,7 +133,7 @@ const MAX_ATTEMPTS: usize = 5;
 /// the insert skips it, and the whole transaction is retried against the new row.
 pub async fn write_transaction<T>(
     pool: &PgPool,
-    cache_prefix: &str,
+    ledgers: &[&str],
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
 ) -> Result<Committed<T>, sqlx::Error> {
@@ -145,7 +145,7 @@ pub async fn write_transaction<T>(
         if rows.is_empty() {
             tx.commit().await?;
         } else {
-            let stored = store(&mut tx, &rows, &current, cache_prefix).await?;
+            let stored = store(&mut tx, &rows, &current, ledgers).await?;
             if stored < rows.len() {
                 tx.rollback().await?;
                 continue;
@@ -177,12 +177,12 @@ async fn lock_rows(
 
 /// Stores `rows`: rows that were locked are updated, the others inserted unless a concurrent
 /// transaction created them first. Every stored version is also recorded in `cache_repairs`,
-/// in the same statement. Returns how many rows were stored.
+/// once for each cache in `ledgers`, in the same statement. Returns how many rows were stored.
 async fn store(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[StoredSize],
     locked: &HashMap<String, StoredSize>,
-    cache_prefix: &str,
+    ledgers: &[&str],
 ) -> Result<usize, sqlx::Error> {
     let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
     let stored: i64 = sqlx::query_scalar(
@@ -210,7 +210,7 @@ async fn store(
              SELECT sku, version FROM updated UNION ALL SELECT sku, version FROM inserted \
          ), owed AS ( \
              INSERT INTO cache_repairs AS r (cache_prefix, sku, version) \
-             SELECT $12, sku, version FROM stored \
+             SELECT ledger, sku, version FROM stored CROSS JOIN UNNEST($12::text[]) AS l(ledger) \
              ON CONFLICT (cache_prefix, sku) DO UPDATE \
                  SET version = GREATEST(r.version, EXCLUDED.version), created_at = now() \
          ) \
@@ -227,18 +227,36 @@ async fn store(
     .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| !locked.contains_key(&r.sku)).collect::<Vec<_>>())
-    .bind(cache_prefix)
+    .bind(ledgers)
     .fetch_one(&mut **tx)
     .await?;
     Ok(usize::try_from(stored).unwrap_or(0))
 }
 
-/// Cache repairs still owed to the cache named by `cache_prefix`: those of `pending` SKUs,
-/// and any older than `min_age` (a write whose instance died before updating Redis, or before
-/// clearing its repair).
+/// The repairs recorded for the cache `ledger` among `skus` (all of them when `skus` is
+/// `None`), and their versions.
 pub async fn owed_repairs(
     pool: &PgPool,
-    cache_prefix: &str,
+    ledger: &str,
+    skus: Option<&[&str]>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sku, version FROM cache_repairs \
+         WHERE cache_prefix = $1 AND ($2::text[] IS NULL OR sku = ANY($2))",
+    )
+    .bind(ledger)
+    .bind(skus)
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims up to `limit` repairs owed to the cache `ledger`, oldest first: those of `pending`
+/// SKUs, and any older than `min_age` (a write whose instance died before updating Redis, or
+/// before clearing its record). The rows stay locked until `tx` ends; other instances skip
+/// them (`SKIP LOCKED`), so no repair is done twice at once.
+pub async fn claim_repairs(
+    tx: &mut Transaction<'_, Postgres>,
+    ledger: &str,
     pending: &[&str],
     min_age: std::time::Duration,
     limit: i64,
@@ -246,20 +264,35 @@ pub async fn owed_repairs(
     sqlx::query_as(
         "SELECT sku, version FROM cache_repairs \
          WHERE cache_prefix = $4 AND (sku = ANY($1) OR created_at < now() - make_interval(secs => $2)) \
-         ORDER BY created_at LIMIT $3",
+         ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED",
     )
     .bind(pending)
     .bind(min_age.as_secs_f64())
     .bind(limit)
-    .bind(cache_prefix)
-    .fetch_all(pool)
+    .bind(ledger)
+    .fetch_all(&mut **tx)
     .await
 }
 
-/// Clears repairs that Redis now satisfies: those at or below the given versions.
-pub async fn settle_repairs(
+/// How many repairs the cache `ledger` is owed, and how long the oldest has waited.
+pub async fn repair_backlog(
     pool: &PgPool,
-    cache_prefix: &str,
+    ledger: &str,
+) -> Result<(i64, std::time::Duration), sqlx::Error> {
+    let (count, oldest): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
+         FROM cache_repairs WHERE cache_prefix = $1",
+    )
+    .bind(ledger)
+    .fetch_one(pool)
+    .await?;
+    Ok((count, std::time::Duration::from_secs_f64(oldest.max(0.0))))
+}
+
+/// Clears repairs that the cache `ledger` now satisfies: those at or below the given versions.
+pub async fn settle_repairs<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    ledger: &str,
     settled: &[(String, i64)],
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
@@ -279,8 +312,8 @@ pub async fn settle_repairs(
             .map(|(_, version)| *version)
             .collect::<Vec<_>>(),
     )
-    .bind(cache_prefix)
-    .execute(pool)
+    .bind(ledger)
+    .execute(executor)
     .await?;
     Ok(done.rows_affected())
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use read::{ReadResult, ReadSource, SizeDoc};
 pub use write::{SyncItemOutcome, WriteOutcome};
 
-use crate::cache::{Cache, Meta};
+use crate::cache::{Cache, CacheRole, Meta};
 use crate::config::FailoverPolicy;
 use crate::db::Db;
 use crate::db::replica::ReplicaHealth;
@@ -109,6 +109,23 @@ impl SizeService {
     fn caches(&self) -> impl Iterator<Item = &Cache> {
         std::iter::once(self.cache.as_ref())
             .chain(self.secondary.as_ref().map(|s| s.cache.as_ref()))
+    }
+
+    /// Each cache writes go to, with its role: the primary cluster, then the secondary.
+    fn ledgers(&self) -> impl Iterator<Item = (CacheRole, &Cache)> {
+        [CacheRole::Primary, CacheRole::Secondary]
+            .into_iter()
+            .zip(self.caches())
+    }
+
+    /// The name under which `cache_repairs` records what a cache is owed. The secondary
+    /// shares the primary's key prefix, so its ledger gets a suffix that no prefix can hold
+    /// (the configuration refuses braces in `CACHE_KEY_PREFIX`).
+    fn ledger(&self, role: CacheRole) -> String {
+        match role {
+            CacheRole::Primary => self.cache.prefix().to_owned(),
+            CacheRole::Secondary => format!("{}{{secondary}}", self.cache.prefix()),
+        }
     }
 
     /// The metrics, as they are (no gauge refresh): for recording on the hot path.

@@ -1,16 +1,16 @@
 //! The read path: cache first, then the replica when it is provably fresh, else the primary;
 //! then fill the cache with a versioned compare-and-set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::instrument;
 
 use super::{FILL_MAX_AGE, SizeService};
-use crate::cache::{Cache, CacheRead, Epoch, Install, Meta};
+use crate::cache::{Cache, CacheRead, CacheRole, Epoch, Install, Meta};
 use crate::db::DbRoute;
-use crate::db::sizes::fetch_leased;
+use crate::db::sizes::{fetch_leased, owed_repairs};
 use crate::domain::{Lsn, Sku, StoredSize};
 use crate::error::AppError;
 use crate::metrics::{CacheOutcome, Database};
@@ -62,7 +62,13 @@ impl SizeService {
         let started = Instant::now();
         // The paths a cache hit does not take are boxed: built only when taken, they keep this
         // future (which every layer above moves) small.
-        let (cache, cached) = self.read_caches(skus).await;
+        let (role, cache, cached) = self.read_caches(skus).await;
+        // The secondary is read only while the primary cache fails: what it still owes comes
+        // from the database, so that no instance serves it an update it missed.
+        let owed_by_secondary = match (role, &cached) {
+            (CacheRole::Secondary, Some(_)) => Box::pin(self.owed_by_secondary(skus)).await,
+            _ => HashSet::new(),
+        };
         let (meta, entries) = match cached {
             Some(cached) => {
                 let meta = match cached.meta.filter(Meta::is_complete) {
@@ -80,7 +86,8 @@ impl SizeService {
         for (index, (sku, entry)) in skus.iter().zip(entries).enumerate() {
             // Until its repair is applied, Redis may hold an older version than this
             // instance acknowledged: neither its entry nor its fence can be trusted.
-            let owed = self.repairs.is_pending(sku.as_str());
+            let owed = self.repairs.is_pending(role, sku.as_str())
+                || owed_by_secondary.contains(sku.as_str());
             match entry.filter(|e| Some(&e.epoch) == epoch && !owed) {
                 Some(entry) => docs.push(Some(SizeDoc {
                     sku: sku.clone(),
@@ -206,19 +213,34 @@ impl SizeService {
     }
 
     /// The primary cache cluster, or the secondary while the primary does not answer.
-    async fn read_caches(&self, skus: &[Sku]) -> (&Cache, Option<CacheRead>) {
+    async fn read_caches(&self, skus: &[Sku]) -> (CacheRole, &Cache, Option<CacheRead>) {
         let error = match self.cache.read(skus).await {
-            Ok(read) => return (&self.cache, Some(read)),
+            Ok(read) => return (CacheRole::Primary, &self.cache, Some(read)),
             Err(error) => error,
         };
         if let Some(secondary) = &self.secondary {
             match secondary.cache.read(skus).await {
-                Ok(read) => return (&secondary.cache, Some(read)),
+                Ok(read) => return (CacheRole::Secondary, &secondary.cache, Some(read)),
                 Err(error) => tracing::debug!(%error, "secondary cache unavailable too"),
             }
         }
         tracing::debug!(%error, "cache unavailable; reading the database");
-        (&self.cache, None)
+        (CacheRole::Primary, &self.cache, None)
+    }
+
+    /// The SKUs among `skus` whose update the secondary cache may have missed, on any
+    /// instance: those with a repair record in its ledger. All of them if the database
+    /// cannot say (then they are read from the primary anyway).
+    async fn owed_by_secondary(&self, skus: &[Sku]) -> HashSet<String> {
+        let asked: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        let ledger = self.ledger(CacheRole::Secondary);
+        match owed_repairs(self.db.primary(), &ledger, Some(&asked)).await {
+            Ok(owed) => owed.into_iter().map(|(sku, _)| sku).collect(),
+            Err(error) => {
+                tracing::debug!(%error, "repairs owed to the secondary unknown; reading the primary");
+                asked.into_iter().map(str::to_owned).collect()
+            }
+        }
     }
 
     /// Reads the misses from the databases and fills the cache with what it found.

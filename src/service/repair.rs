@@ -1,10 +1,17 @@
-//! Durable cache repair. Every write records what Redis owes it in `cache_repairs`, in the
-//! write's own transaction. When the cache update succeeds, the record is cleared in the
-//! background; when it fails, the SKU is also marked pending here, and until a repair worker
-//! has put the committed version into Redis this instance does not serve that SKU from the
-//! cache. After a crash, records older than [`ORPHAN_AGE`] are repaired by any instance.
+//! Durable cache repair. Every write records what each cache owes it in `cache_repairs`, in
+//! the write's own transaction: one record per cache cluster (its *ledger*). When a cache's
+//! update succeeds, its record is cleared in the background; when it fails, the SKU is also
+//! marked pending here, and until a repair worker has put the committed version into that
+//! cache this instance does not serve the SKU from it. Records older than [`ORPHAN_AGE`]
+//! (their writer died, or handed them over) are repaired by any instance.
+//!
+//! Each cache is repaired on its own: a secondary cluster that missed a write is repaired
+//! while the primary cache is down, and the other way round. Repairs are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so instances share a backlog without doing a repair twice, and
+//! an instance protects every SKU it owes, however many: it forgets one only when its record
+//! is gone from the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,30 +21,46 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::SizeService;
-use crate::cache::Install;
-use crate::db::sizes::{current_wal_lsn, fetch, owed_repairs, settle_repairs};
+use crate::cache::{Cache, CacheRole, Install};
+use crate::db::sizes::{
+    claim_repairs, current_wal_lsn, fetch_on, owed_repairs, repair_backlog, settle_repairs,
+};
 use crate::domain::StoredSize;
 
 /// A repair record this old is taken to be orphaned (its writer died or could not clear it).
 pub const ORPHAN_AGE: Duration = Duration::from_secs(2);
 const REPAIR_INTERVAL: Duration = Duration::from_millis(250);
-const BATCH: usize = 500;
+/// How often the backlog gauges are refreshed from the database.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
+/// Repairs claimed, read and installed per transaction.
+const BATCH: usize = 1_000;
+/// Batches one pass applies to one cache before it lets the other take a turn.
+const BATCHES_PER_PASS: usize = 50;
+
+type RepairError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One SKU's version, settled in one cache.
+struct Settled {
+    role: CacheRole,
+    sku: String,
+    version: i64,
+}
 
 pub struct Repairs {
-    /// SKU → the version whose cache update failed on this instance.
-    pending: Mutex<HashMap<String, i64>>,
+    /// Per cache: SKU → the version whose update of that cache failed on this instance.
+    pending: Mutex<[HashMap<String, i64>; 2]>,
     /// Fast path: reads skip the lock while nothing is pending.
     pending_count: AtomicUsize,
     wake: Notify,
-    settled_tx: mpsc::Sender<(String, i64)>,
-    settled_rx: Mutex<Option<mpsc::Receiver<(String, i64)>>>,
+    settled_tx: mpsc::Sender<Settled>,
+    settled_rx: Mutex<Option<mpsc::Receiver<Settled>>>,
 }
 
 impl Default for Repairs {
     fn default() -> Self {
         let (settled_tx, settled_rx) = mpsc::channel(10_000);
         Self {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new([HashMap::new(), HashMap::new()]),
             pending_count: AtomicUsize::new(0),
             wake: Notify::new(),
             settled_tx,
@@ -47,67 +70,84 @@ impl Default for Repairs {
 }
 
 impl Repairs {
-    pub fn is_pending(&self, sku: &str) -> bool {
+    /// Whether `cache` may hold an older version of `sku` than this instance acknowledged.
+    pub fn is_pending(&self, cache: CacheRole, sku: &str) -> bool {
         self.pending_count.load(Ordering::Acquire) > 0
-            && self.pending.lock().is_ok_and(|p| p.contains_key(sku))
+            && self
+                .pending
+                .lock()
+                .is_ok_and(|p| p[cache.index()].contains_key(sku))
     }
 
     pub fn pending_count(&self) -> usize {
         self.pending_count.load(Ordering::Acquire)
     }
 
-    fn pending_skus(&self) -> Vec<String> {
+    fn pending_skus(&self, cache: CacheRole) -> Vec<String> {
         self.pending
             .lock()
-            .map(|p| p.keys().cloned().collect())
+            .map(|p| p[cache.index()].keys().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// The cache update for these rows failed: stop serving them from the cache.
-    pub fn mark_pending(&self, rows: &[StoredSize]) {
-        self.mark_owed(rows.iter().map(|row| (row.sku.as_str(), row.version)));
+    /// The update of these rows in `cache` failed: stop serving them from it.
+    pub fn mark_pending(&self, cache: CacheRole, rows: &[StoredSize]) {
+        self.mark_owed(
+            cache,
+            rows.iter().map(|row| (row.sku.as_str(), row.version)),
+        );
         self.wake.notify_one();
     }
 
-    fn mark_owed<'a>(&self, owed: impl IntoIterator<Item = (&'a str, i64)>) {
-        if let Ok(mut pending) = self.pending.lock() {
+    fn mark_owed<'a>(&self, cache: CacheRole, owed: impl IntoIterator<Item = (&'a str, i64)>) {
+        self.update(cache, |pending| {
             for (sku, version) in owed {
                 let entry = pending.entry(sku.to_owned()).or_insert(version);
                 *entry = (*entry).max(version);
             }
-            self.pending_count.store(pending.len(), Ordering::Release);
-        }
+        });
     }
 
-    /// Redis now holds at least these versions.
-    fn clear(&self, done: &[(String, i64)]) {
-        if let Ok(mut pending) = self.pending.lock() {
+    /// `cache` now holds at least these versions.
+    fn clear(&self, cache: CacheRole, done: &[(String, i64)]) {
+        self.update(cache, |pending| {
             for (sku, version) in done {
                 if pending.get(sku).is_some_and(|owed| owed <= version) {
                     pending.remove(sku);
                 }
             }
-            self.pending_count.store(pending.len(), Ordering::Release);
-        }
+        });
     }
 
-    /// Forget pending SKUs that no longer have a repair record (another instance repaired them).
-    fn forget_unless(&self, skus: &[String], owed: &[(String, i64)]) {
-        if let Ok(mut pending) = self.pending.lock() {
-            for sku in skus {
-                if !owed.iter().any(|(owed_sku, _)| owed_sku == sku) {
+    /// Forgets the `asked` SKUs that have no record any more (another instance repaired them).
+    fn forget_unrecorded(&self, cache: CacheRole, asked: &[String], recorded: &[(String, i64)]) {
+        let recorded: HashSet<&str> = recorded.iter().map(|(sku, _)| sku.as_str()).collect();
+        self.update(cache, |pending| {
+            for sku in asked {
+                if !recorded.contains(sku.as_str()) {
                     pending.remove(sku);
                 }
             }
-            self.pending_count.store(pending.len(), Ordering::Release);
+        });
+    }
+
+    fn update(&self, cache: CacheRole, change: impl FnOnce(&mut HashMap<String, i64>)) {
+        if let Ok(mut pending) = self.pending.lock() {
+            change(&mut pending[cache.index()]);
+            let count = pending.iter().map(HashMap::len).sum();
+            self.pending_count.store(count, Ordering::Release);
         }
     }
 
-    /// The cache update of these rows succeeded: clear their records in the background. A
-    /// record that is not cleared (full queue, crash) is re-applied later, which is harmless.
-    pub fn settled(&self, rows: &[StoredSize]) {
+    /// The update of these rows in `cache` succeeded: clear their records in the background.
+    /// A record that is not cleared (full queue, crash) is re-applied later, which is harmless.
+    pub fn settled(&self, cache: CacheRole, rows: &[StoredSize]) {
         for row in rows {
-            let _ = self.settled_tx.try_send((row.sku.clone(), row.version));
+            let _ = self.settled_tx.try_send(Settled {
+                role: cache,
+                sku: row.sku.clone(),
+                version: row.version,
+            });
         }
     }
 }
@@ -116,28 +156,20 @@ impl SizeService {
     /// Starts the repair worker and the task that clears settled records.
     pub fn spawn_repair_tasks(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
-        if let Some(mut settled) = self
+        if let Some(settled) = self
             .repairs
             .settled_rx
             .lock()
             .ok()
             .and_then(|mut rx| rx.take())
         {
-            let service = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(BATCH);
-                while settled.recv_many(&mut batch, BATCH).await > 0 {
-                    if let Err(error) = settle_repairs(service.db.primary(), service.cache.prefix(), &batch).await {
-                        tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
-                    }
-                    batch.clear();
-                }
-            }));
+            tasks.push(tokio::spawn(self.clone().clear_settled(settled)));
         }
         let service = self.clone();
         tasks.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(REPAIR_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut backlog_read = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -155,9 +187,46 @@ impl SizeService {
                     .metrics
                     .repairs_pending
                     .set(service.repairs.pending_count() as i64);
+                if backlog_read.elapsed() >= BACKLOG_INTERVAL {
+                    backlog_read = tokio::time::Instant::now();
+                    service.read_backlog().await;
+                }
             }
         }));
         tasks
+    }
+
+    /// Clears the records of settled updates, in batches, for as long as the service runs.
+    async fn clear_settled(self: Arc<Self>, mut settled: mpsc::Receiver<Settled>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while settled.recv_many(&mut batch, BATCH).await > 0 {
+            for (role, _) in self.ledgers() {
+                let done: Vec<(String, i64)> = batch
+                    .iter()
+                    .filter(|s| s.role == role)
+                    .map(|s| (s.sku.clone(), s.version))
+                    .collect();
+                if done.is_empty() {
+                    continue;
+                }
+                if let Err(error) =
+                    settle_repairs(self.db.primary(), &self.ledger(role), &done).await
+                {
+                    tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    /// Refreshes the backlog gauges: records owed to each cache, and the oldest one's age.
+    async fn read_backlog(&self) {
+        for (role, _) in self.ledgers() {
+            match repair_backlog(self.db.primary(), &self.ledger(role)).await {
+                Ok((count, oldest)) => self.metrics.set_repair_backlog(role, count, oldest),
+                Err(error) => tracing::debug!(%error, "could not read the repair backlog"),
+            }
+        }
     }
 
     /// On shutdown: applies this instance's pending repairs while Redis answers, for at most
@@ -179,68 +248,108 @@ impl SizeService {
     /// Takes over every repair still recorded, so that an instance that starts after a crash
     /// does not serve, from the cache, versions older than what its predecessor acknowledged.
     pub async fn adopt_owed_repairs(&self) -> Result<usize, sqlx::Error> {
-        let owed = owed_repairs(
-            self.db.primary(),
-            self.cache.prefix(),
-            &[],
-            Duration::ZERO,
-            1_000_000,
-        )
-        .await?;
-        self.repairs
-            .mark_owed(owed.iter().map(|(sku, version)| (sku.as_str(), *version)));
-        if !owed.is_empty() {
+        let mut adopted = 0;
+        for (role, _) in self.ledgers() {
+            let owed = owed_repairs(self.db.primary(), &self.ledger(role), None).await?;
+            self.repairs.mark_owed(
+                role,
+                owed.iter().map(|(sku, version)| (sku.as_str(), *version)),
+            );
+            adopted += owed.len();
+        }
+        if adopted > 0 {
             self.repairs.wake.notify_one();
         }
-        Ok(owed.len())
+        Ok(adopted)
     }
 
-    /// Puts the committed version of owed SKUs into Redis. Returns how many were repaired.
-    pub async fn repair_once(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-        if self.cache.is_unavailable() {
-            self.cache.ping().await?;
+    /// Puts the committed version of owed SKUs into each cache that answers, independently.
+    /// Returns how many were repaired; an error only if nothing was and a cache failed.
+    pub async fn repair_once(&self) -> Result<usize, RepairError> {
+        let mut repaired = 0;
+        let mut failure = None;
+        for (role, cache) in self.ledgers() {
+            match self.repair_cache(role, cache).await {
+                Ok(done) => repaired += done,
+                Err(error) => failure = Some(error),
+            }
         }
-        let pending = self.repairs.pending_skus();
-        let pending_refs: Vec<&str> = pending.iter().map(String::as_str).collect();
-        let owed = owed_repairs(
-            self.db.primary(),
-            self.cache.prefix(),
-            &pending_refs,
-            ORPHAN_AGE,
-            BATCH as i64,
-        )
-        .await?;
-        self.repairs.forget_unless(&pending, &owed);
+        match failure {
+            Some(error) if repaired == 0 => Err(error),
+            _ => Ok(repaired),
+        }
+    }
+
+    async fn repair_cache(&self, role: CacheRole, cache: &Cache) -> Result<usize, RepairError> {
+        if cache.is_unavailable() {
+            cache.ping().await?;
+        }
+        let ledger = self.ledger(role);
+        self.forget_repaired_elsewhere(role, &ledger).await?;
+        let mut repaired = 0;
+        for _ in 0..BATCHES_PER_PASS {
+            let (claimed, done) = self.repair_batch(role, cache, &ledger).await?;
+            repaired += done;
+            if claimed < BATCH {
+                break;
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// Stops protecting pending SKUs whose records are gone: another instance repaired them.
+    async fn forget_repaired_elsewhere(
+        &self,
+        role: CacheRole,
+        ledger: &str,
+    ) -> Result<(), RepairError> {
+        let pending = self.repairs.pending_skus(role);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let asked: Vec<&str> = pending.iter().map(String::as_str).collect();
+        let recorded = owed_repairs(self.db.primary(), ledger, Some(&asked)).await?;
+        self.repairs.forget_unrecorded(role, &pending, &recorded);
+        Ok(())
+    }
+
+    /// Claims one batch of repairs owed to `cache`, installs the committed rows and clears
+    /// their records, all while the claim holds. Returns how many were claimed and repaired.
+    async fn repair_batch(
+        &self,
+        role: CacheRole,
+        cache: &Cache,
+        ledger: &str,
+    ) -> Result<(usize, usize), RepairError> {
+        let pending = self.repairs.pending_skus(role);
+        let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
+        let mut tx = self.db.primary().begin().await?;
+        let owed = claim_repairs(&mut tx, ledger, &pending, ORPHAN_AGE, BATCH as i64).await?;
         if owed.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         // Orphans (their writer died or could not clear them) are not served from the cache
         // here either until they are repaired.
-        self.repairs
-            .mark_owed(owed.iter().map(|(sku, version)| (sku.as_str(), *version)));
-        // Each cache's epoch is captured before the rows are read, like a write's.
-        let mut epochs = Vec::with_capacity(2);
-        for cache in self.caches() {
-            if cache.is_unavailable() {
-                cache.ping().await?;
-            }
-            let seen = cache.read_meta().await?;
-            let meta = self
-                .current_meta(cache, seen)
-                .await
-                .ok_or("no cache epoch")?;
-            epochs.push(meta.epoch);
-        }
+        self.repairs.mark_owed(
+            role,
+            owed.iter().map(|(sku, version)| (sku.as_str(), *version)),
+        );
+        // The epoch is captured before the rows are read, like a write's.
+        let seen = cache.read_meta().await?;
+        let meta = self
+            .current_meta(cache, seen)
+            .await
+            .ok_or("no cache epoch")?;
         let skus: Vec<&str> = owed.iter().map(|(sku, _)| sku.as_str()).collect();
-        let rows = fetch(self.db.primary(), &skus).await?.rows;
-        let lsn = current_wal_lsn(&mut *self.db.primary().acquire().await?).await?;
+        let rows = fetch_on(&mut tx, &skus).await?.rows;
+        let lsn = current_wal_lsn(&mut tx).await?;
         let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
-        for (cache, epoch) in self.caches().zip(&epochs) {
-            cache.record_writes(&installs, epoch, lsn).await?;
-        }
+        cache.record_writes(&installs, &meta.epoch, lsn).await?;
         let done: Vec<(String, i64)> = rows.iter().map(|r| (r.sku.clone(), r.version)).collect();
-        settle_repairs(self.db.primary(), self.cache.prefix(), &done).await?;
-        self.repairs.clear(&done);
-        Ok(done.len())
+        settle_repairs(&mut *tx, ledger, &done).await?;
+        tx.commit().await?;
+        self.repairs.clear(role, &done);
+        self.metrics.repairs_applied.inc_by(done.len() as u64);
+        Ok((owed.len(), done.len()))
     }
 }

@@ -5,7 +5,7 @@ use chrono::Utc;
 use tracing::instrument;
 
 use super::SizeService;
-use crate::cache::{Cache, Epoch, Install};
+use crate::cache::{Cache, CacheRole, Epoch, Install};
 use crate::config::FailoverPolicy;
 use crate::db::sizes::write_transaction;
 use crate::domain::write::{Change, Decision, Preconditions, decide};
@@ -87,32 +87,32 @@ impl SizeService {
         skus.sort_unstable();
         skus.dedup();
         let now = Utc::now();
-        let committed =
-            write_transaction(self.db.primary(), self.cache.prefix(), &skus, |current| {
-                let mut state = current.clone();
-                let mut written: Vec<&str> = Vec::new();
-                let decisions: Vec<Decision> = changes
-                    .iter()
-                    .map(|(sku, change)| {
-                        let decision =
-                            decide(sku, state.get(sku.as_str()), change, preconditions, now);
-                        if let Decision::Write { row, .. } = &decision {
-                            state.insert(row.sku.clone(), row.clone());
-                            written.push(sku.as_str());
-                        }
-                        decision
-                    })
-                    .collect();
-                written.sort_unstable();
-                written.dedup();
-                let rows: Vec<StoredSize> = written
-                    .iter()
-                    .filter_map(|sku| state.get(*sku).cloned())
-                    .collect();
-                (rows.clone(), (decisions, rows))
-            })
-            .await
-            .map_err(|e| self.database_error(e))?;
+        let ledgers: Vec<String> = self.ledgers().map(|(role, _)| self.ledger(role)).collect();
+        let ledgers: Vec<&str> = ledgers.iter().map(String::as_str).collect();
+        let committed = write_transaction(self.db.primary(), &ledgers, &skus, |current| {
+            let mut state = current.clone();
+            let mut written: Vec<&str> = Vec::new();
+            let decisions: Vec<Decision> = changes
+                .iter()
+                .map(|(sku, change)| {
+                    let decision = decide(sku, state.get(sku.as_str()), change, preconditions, now);
+                    if let Decision::Write { row, .. } = &decision {
+                        state.insert(row.sku.clone(), row.clone());
+                        written.push(sku.as_str());
+                    }
+                    decision
+                })
+                .collect();
+            written.sort_unstable();
+            written.dedup();
+            let rows: Vec<StoredSize> = written
+                .iter()
+                .filter_map(|sku| state.get(*sku).cloned())
+                .collect();
+            (rows.clone(), (decisions, rows))
+        })
+        .await
+        .map_err(|e| self.database_error(e))?;
         let (decisions, mut rows) = committed.outcome;
         rows.extend(already_stored(&decisions, &rows));
         if !rows.is_empty() {
@@ -137,37 +137,56 @@ impl SizeService {
     }
 
     /// Installs what was written in the primary cache, then the secondary; when the primary
-    /// cache misses it, the secondary follows the failover policy. Anything not done is left
-    /// to the repair worker, and this instance reads those SKUs from the primary until then.
+    /// cache misses it, the secondary follows the failover policy. What a cache missed is
+    /// left to the repair worker, and this instance does not read those SKUs from that cache
+    /// until then. A secondary that followed the failover policy is safe to read but still
+    /// owed the version: its record stays for the repair worker.
     async fn record_in_cache(&self, rows: &[StoredSize], epochs: &[Epoch], lsn: Lsn) {
         let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
         let primary = self.cache.record_writes(&installs, &epochs[0], lsn).await;
         if let Err(error) = &primary {
             tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
         }
-        let secondary = match (&self.secondary, &primary) {
-            (None, _) => Ok(()),
-            (Some(secondary), Ok(_)) => secondary
+        self.after_update(CacheRole::Primary, rows, primary.is_ok());
+        let Some(secondary) = &self.secondary else {
+            return;
+        };
+        let updated = match primary {
+            Ok(_) => secondary
                 .cache
                 .record_writes(&installs, &epochs[1], lsn)
                 .await
-                .map(drop),
-            (Some(secondary), Err(_)) => match secondary.policy {
-                FailoverPolicy::Delete => secondary.cache.invalidate(&installs, &epochs[1]).await,
+                .map(|_| true),
+            Err(_) => match secondary.policy {
+                FailoverPolicy::Delete => secondary
+                    .cache
+                    .invalidate(&installs, &epochs[1], lsn)
+                    .await
+                    .map(|()| false),
                 FailoverPolicy::ShortTtl => secondary
                     .cache
                     .record_writes_briefly(&installs, &epochs[1], lsn, secondary.failover_ttl)
                     .await
-                    .map(drop),
+                    .map(|_| false),
             },
         };
-        if let Err(error) = &secondary {
-            tracing::warn!(%error, rows = rows.len(), "secondary cache update after commit failed; repair queued");
+        match updated {
+            Ok(true) => self.repairs.settled(CacheRole::Secondary, rows),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, rows = rows.len(), "secondary cache update after commit failed; repair queued");
+                self.after_update(CacheRole::Secondary, rows, false);
+            }
         }
-        if primary.is_ok() && secondary.is_ok() {
-            self.repairs.settled(rows);
+    }
+
+    /// Clears the records of an update of `cache` that succeeded, or protects its SKUs
+    /// until their repair.
+    fn after_update(&self, cache: CacheRole, rows: &[StoredSize], succeeded: bool) {
+        if succeeded {
+            self.repairs.settled(cache, rows);
         } else {
-            self.repairs.mark_pending(rows);
+            self.repairs.mark_pending(cache, rows);
             self.metrics
                 .repairs_pending
                 .set(self.repairs.pending_count() as i64);

@@ -27,14 +27,6 @@ fn with_redis(redis: &OwnRedis) -> Options {
     }
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.scrape_metrics().await;
-    text.lines()
-        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_write_acknowledged_while_redis_is_paused_is_never_served_stale() {
     let redis = OwnRedis::start().await;
@@ -53,7 +45,7 @@ async fn a_write_acknowledged_while_redis_is_paused_is_never_served_stale() {
     let read = app.get(&sku).await;
     assert_ne!(read_source(&read), "cache");
     assert_eq!(version_of(&read.json().await.unwrap()), 2);
-    assert!(metric(&app, "product_size_cache_repairs_pending").await >= 1.0);
+    assert!(app.metric("product_size_cache_repairs_pending").await >= 1.0);
 
     // Redis comes back still holding version 1: it must not be served.
     redis.resume().await;
@@ -68,10 +60,7 @@ async fn a_write_acknowledged_while_redis_is_paused_is_never_served_stale() {
         },
     )
     .await;
-    assert_eq!(
-        metric(&app, "product_size_cache_repairs_pending").await,
-        0.0
-    );
+    assert_eq!(app.metric("product_size_cache_repairs_pending").await, 0.0);
 }
 
 #[tokio::test]
@@ -142,7 +131,7 @@ async fn reads_and_writes_go_on_while_redis_is_down_and_after_it_restarts_empty(
         assert_eq!(read.json::<Value>().await.unwrap()["length_mm"], length);
     }
     assert_eq!(
-        metric(&app, "product_size_cache_up").await,
+        app.metric("product_size_cache_up").await,
         0.0,
         "the breaker is open"
     );
@@ -159,7 +148,7 @@ async fn reads_and_writes_go_on_while_redis_is_down_and_after_it_restarts_empty(
         },
     )
     .await;
-    assert_eq!(metric(&app, "product_size_cache_up").await, 1.0);
+    assert_eq!(app.metric("product_size_cache_up").await, 1.0);
 }
 
 #[tokio::test]

@@ -325,6 +325,15 @@ impl TestApp {
     }
 
     /// The `/readyz` body.
+    /// The sum of a metric's samples over all its labels.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.scrape_metrics().await;
+        text.lines()
+            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn readiness(&self) -> Value {
         let response = self
             .request(Method::GET, "/readyz", None)

@@ -10,6 +10,7 @@ mod helpers;
 mod operations;
 mod processes;
 mod redis_failures;
+mod repairs;
 mod shutdown;
 mod sizes;
 mod sync;
