@@ -519,3 +519,104 @@ impl Drop for OwnSentinel {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TCP proxy in front of a server, owned by the test: it can blackhole the traffic (the
+/// server keeps its data and never sees the commands) and restore it, dropping every
+/// connection it had, like a restarted proxy or a network partition healed by new connections.
+pub struct TcpProxy {
+    pub port: u16,
+    blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped to drop every open connection.
+    generation: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn to(target_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let blackholed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0);
+        let accept = {
+            let blackholed = blackholed.clone();
+            let generation = generation.clone();
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(relay(
+                        inbound,
+                        outbound,
+                        blackholed.clone(),
+                        generation.subscribe(),
+                    ));
+                }
+            })
+        };
+        Self {
+            port,
+            blackholed,
+            generation,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, bytes in either direction are read and dropped.
+    pub fn blackhole(&self) {
+        self.blackholed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops every connection open through the proxy, then forwards again.
+    pub fn restore(&self) {
+        self.generation.send_modify(|g| *g += 1);
+        self.blackholed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// Copies bytes both ways until either side closes or the proxy drops its connections.
+async fn relay(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut dropped: tokio::sync::watch::Receiver<u64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let mut up = [0u8; 16 * 1024];
+    let mut down = [0u8; 16 * 1024];
+    let dropping = |n: usize| n > 0 && blackholed.load(std::sync::atomic::Ordering::SeqCst);
+    loop {
+        tokio::select! {
+            read = in_read.read(&mut up) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) if dropping(n) => {}
+                Ok(n) => if out_write.write_all(&up[..n]).await.is_err() { return },
+            },
+            read = out_read.read(&mut down) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) if dropping(n) => {}
+                Ok(n) => if in_write.write_all(&down[..n]).await.is_err() { return },
+            },
+            _ = dropped.changed() => return,
+        }
+    }
+}

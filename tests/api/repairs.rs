@@ -1,4 +1,4 @@
-//! Cache updates lost while Redis keeps its data (a paused server, a dropped connection): every
+//! Cache updates lost while Redis keeps its data (traffic blackholed, then new connections): every
 //! SKU an instance failed to update stays protected until it is repaired, however many there
 //! are, and instances share the repairs without doing any twice.
 
@@ -6,15 +6,15 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Options, TestApp, eventually, read_source};
-use crate::processes::OwnRedis;
+use crate::processes::{OwnRedis, TcpProxy};
 
 const OWED: usize = 10_000;
 /// The most SKUs one lookup or sync takes.
 const BATCH: usize = 1_000;
 
-fn with_redis(redis: &OwnRedis) -> Options {
+fn through(proxy: &TcpProxy) -> Options {
     Options {
-        redis_url: Some(redis.url()),
+        redis_url: Some(proxy.url()),
         ..Options::default()
     }
 }
@@ -82,12 +82,13 @@ async fn all_repaired(apps: &[&TestApp], skus: &[String], length_mm: i64) {
 #[tokio::test]
 async fn ten_thousand_updates_lost_while_redis_keeps_its_data_are_never_served_stale() {
     let redis = OwnRedis::start().await;
-    let app = TestApp::spawn_with(with_redis(&redis)).await;
+    let link = TcpProxy::to(redis.port).await;
+    let app = TestApp::spawn_with(through(&link)).await;
     let skus = skus(&app);
     sync_all(&app, &skus, 1).await;
     assert_eq!(read_all(&app, &skus, 1).await, OWED / BATCH, "all cached");
 
-    redis.pause().await;
+    link.blackhole();
     sync_all(&app, &skus, 2).await;
     eventually(10, "the backlog is on /metrics", || async {
         app.metric("product_size_cache_repairs_backlog").await >= OWED as f64
@@ -98,27 +99,31 @@ async fn ten_thousand_updates_lost_while_redis_keeps_its_data_are_never_served_s
     })
     .await;
 
-    // Redis comes back with every SKU still cached at 1, in the same epoch.
-    redis.resume().await;
-    read_all(&app, &skus, 2).await;
+    // Redis, which never saw the updates, is reachable again: every SKU is still cached at
+    // 1, in the same epoch.
+    link.restore();
+    // Newest first: repairs go oldest first, so these wait longest for theirs.
+    let newest_first: Vec<String> = skus.iter().rev().cloned().collect();
+    read_all(&app, &newest_first, 2).await;
     all_repaired(&[&app], &skus, 2).await;
 }
 
 #[tokio::test]
 async fn instances_share_orphaned_repairs_without_doing_any_twice() {
     let redis = OwnRedis::start().await;
-    let mut writer = TestApp::spawn_with(with_redis(&redis)).await;
+    let link = TcpProxy::to(redis.port).await;
+    let mut writer = TestApp::spawn_with(through(&link)).await;
     let skus = skus(&writer);
     sync_all(&writer, &skus, 1).await;
-    redis.pause().await;
+    link.blackhole();
     sync_all(&writer, &skus, 2).await;
-    // The writer goes away owing every update; Redis comes back with the old entries.
+    // The writer goes away owing every update; Redis is reachable again with the old entries.
     writer.stop().await;
-    redis.resume().await;
+    link.restore();
 
     let (first, second) = tokio::join!(
-        writer.sibling(with_redis(&redis)),
-        writer.sibling(with_redis(&redis))
+        writer.sibling(through(&link)),
+        writer.sibling(through(&link))
     );
     read_all(&first, &skus, 2).await;
     all_repaired(&[&first, &second], &skus, 2).await;
