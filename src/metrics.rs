@@ -121,6 +121,9 @@ pub struct Metrics {
     pub cache_fences_evictable: Gauge,
     /// How far the replica's replay is behind the primary.
     pub replica_lag_bytes: Gauge,
+    /// 1 while the replica probe lets reads use the replica (reachable, on the primary's
+    /// history, within the lag bound).
+    pub replica_usable: Gauge,
     pub replica_lag_seconds: Gauge<f64, AtomicU64>,
     /// The counts of the last cache audit (any instance's or `audit-cache`'s).
     pub audit_entries: Family<AuditLabels, Gauge>,
@@ -185,6 +188,12 @@ impl Default for Metrics {
             "cache_fences_evictable",
             "1 while Redis's maxmemory-policy may evict the fences reads rely on (use noeviction)",
             cache_fences_evictable.clone(),
+        );
+        let replica_usable = Gauge::default();
+        registry.register(
+            "replica_usable",
+            "1 while reads may use the replica: reachable, on the primary's timeline, within the lag bound",
+            replica_usable.clone(),
         );
         let replica_lag_bytes = Gauge::default();
         registry.register_with_unit(
@@ -262,6 +271,7 @@ impl Default for Metrics {
             repairs_oldest_seconds,
             cache_up,
             cache_fences_evictable,
+            replica_usable,
             replica_lag_bytes,
             replica_lag_seconds,
         }

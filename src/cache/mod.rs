@@ -12,6 +12,10 @@
 //!   replication history the epoch was started on. A link to Redis whose server does not match
 //!   starts a new epoch before anything is read through it ([`link`]). It shares the meta key's
 //!   slot, so both change in one script.
+//! - `{ps:meta}:database` — `<epoch>|<system identifier>/<timeline>`: the PostgreSQL history
+//!   the epoch's versions and high-water mark come from. A write that commits on another
+//!   history (a promoted standby, a restored cluster) starts a new epoch before it installs,
+//!   so a version lost with the old primary never names the new primary's content.
 //!
 //! The entry and fence of a SKU share the hash tag `{SKU}`, so the install script touches one
 //! Cluster slot.
@@ -88,6 +92,7 @@ pub struct Cache {
     delete_if: Script,
     invalidate: Script,
     restart_epoch: Script,
+    bind_history: Script,
     /// A Redis Cluster: multi-key commands must stay within one slot.
     clustered: bool,
     breaker: Breaker,
@@ -112,6 +117,7 @@ impl Cache {
             delete_if: Script::from_lua(scripts::DELETE_IF_UNCHANGED),
             invalidate: Script::from_lua(scripts::INVALIDATE),
             restart_epoch: Script::from_lua(scripts::RESTART_EPOCH),
+            bind_history: Script::from_lua(scripts::BIND_HISTORY),
             breaker: Breaker::default(),
         });
         tokio::spawn(link::supervise(Arc::downgrade(&cache)));
@@ -354,6 +360,11 @@ impl Cache {
         format!("{{{}:meta}}:origin", self.prefix)
     }
 
+    /// Hash-tagged with the meta key's name, so both live in one Cluster slot.
+    pub fn database_key(&self) -> String {
+        format!("{{{}:meta}}:database", self.prefix)
+    }
+
     /// Every SKU that has a cache entry (on every node of a Cluster).
     pub async fn entry_skus(&self) -> Result<Vec<String>, CacheError> {
         let pattern = format!("{}:{{*}}", self.prefix);
@@ -481,6 +492,54 @@ impl Cache {
         let client = self.client()?;
         let value: Option<Bytes> = self.guarded(client.get(self.meta_key())).await?;
         Ok(value.and_then(|v| Meta::decode(&v)))
+    }
+
+    /// The meta key, and the database history bound to its epoch (if any), in one round trip.
+    pub async fn read_meta_with_history(
+        &self,
+    ) -> Result<(Option<Meta>, Option<String>), CacheError> {
+        let client = self.client()?;
+        let mut values: Vec<Option<Bytes>> = self
+            .guarded(client.mget(vec![self.meta_key(), self.database_key()]))
+            .await?;
+        let bound = values.pop().flatten();
+        let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
+        let history = match (&meta, bound) {
+            (Some(meta), Some(bound)) => std::str::from_utf8(&bound)
+                .ok()
+                .and_then(|text| text.split_once('|'))
+                .filter(|(epoch, _)| *epoch == meta.epoch.as_str())
+                .map(|(_, history)| history.to_owned()),
+            _ => None,
+        };
+        Ok((meta, history))
+    }
+
+    /// Binds `epoch` to the database `history` unless it is bound already. `false` if it is
+    /// bound to another history, or is no longer the current epoch.
+    pub async fn bind_history(&self, epoch: &Epoch, history: &str) -> Result<bool, CacheError> {
+        let client = self.client()?;
+        let bound: i64 = self
+            .guarded(self.bind_history.evalsha_with_reload(
+                &client,
+                vec![self.meta_key(), self.database_key()],
+                vec![epoch.as_str().to_owned(), history.to_owned()],
+            ))
+            .await?;
+        Ok(bound == 1)
+    }
+
+    /// Ends the epoch `seen` (if it is still current) and starts a new one, its high-water
+    /// mark not known yet: for a database history the old epoch does not describe. `false` if
+    /// `seen` was no longer current.
+    pub async fn replace_epoch(&self, seen: &Meta) -> Result<bool, CacheError> {
+        let link = self.link.load_full().ok_or_else(no_link)?;
+        let server = link
+            .server
+            .clone()
+            .unwrap_or_else(ServerIdentity::unchecked);
+        self.restart_epoch_on(link.client(), Some(Bytes::from(seen.encode())), &server)
+            .await
     }
 
     /// Starts a new epoch if none exists (its high-water mark still unknown: zero), on the

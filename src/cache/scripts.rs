@@ -99,3 +99,22 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 "#;
+
+/// Records which database history an epoch's high-water mark and versions come from, if the
+/// epoch is still current and has none recorded yet. Returns 1 if the epoch is bound to that
+/// history (now or before), 0 if it is bound to another or is no longer current.
+///
+/// KEYS: meta, database. ARGV: epoch, history.
+pub const BIND_HISTORY: &str = r#"
+local meta = redis.call('GET', KEYS[1])
+if not meta or string.match(meta, '^([^|]+)|') ~= ARGV[1] then
+  return 0
+end
+local bound = ARGV[1] .. '|' .. ARGV[2]
+local current = redis.call('GET', KEYS[2])
+if current and string.match(current, '^([^|]+)|') == ARGV[1] then
+  return current == bound and 1 or 0
+end
+redis.call('SET', KEYS[2], bound)
+return 1
+"#;

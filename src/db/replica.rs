@@ -75,6 +75,26 @@ impl PrimaryHistory {
     }
 }
 
+/// What one probe saw of the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replay {
+    replayed: Lsn,
+    /// The timeline of the WAL it receives (or, not receiving, of its last restartpoint).
+    timeline: Option<u32>,
+}
+
+/// Why a replica that answers must not be read, if it must not: it follows another history
+/// than the primary (another timeline: a standby of the old primary after a failover, which
+/// may hold writes the new primary lost), or it has replayed more than the primary has written
+/// (a primary restored or rebuilt behind it). `primary` is read after the replica's replay.
+fn diverged(replay: Replay, primary: Option<(Lsn, u32)>) -> Option<&'static str> {
+    let (position, timeline) = primary?;
+    if replay.timeline.is_some_and(|t| t != timeline) {
+        return Some("the replica is on another timeline than the primary");
+    }
+    (replay.replayed > position).then_some("the replica has replayed past the primary's WAL")
+}
+
 /// Probes the replica (and the primary's position) every `interval` until aborted.
 pub fn spawn_probe(
     primary: PgPool,
@@ -91,12 +111,9 @@ pub fn spawn_probe(
         let timeout = interval.max(Duration::from_secs(1));
         loop {
             ticker.tick().await;
-            let now = Instant::now();
-            if let Ok(Ok(lsn)) = tokio::time::timeout(timeout, primary_position(&primary)).await {
-                history.record(now, lsn, max_lag * 2 + Duration::from_secs(5));
-            }
-            let replayed = match tokio::time::timeout(timeout, replay_position(&replica)).await {
-                Ok(Ok(replayed)) => replayed,
+            // The replica first: the primary, read after, has written at least as much.
+            let replay = match tokio::time::timeout(timeout, replay_of(&replica)).await {
+                Ok(Ok(replay)) => replay,
                 Ok(Err(error)) => {
                     if was_usable {
                         tracing::warn!(%error, "replica probe failed; reading from the primary");
@@ -105,23 +122,38 @@ pub fn spawn_probe(
                 }
                 Err(_) => None,
             };
-            let usable = match replayed {
-                Some(replayed) => {
-                    let (lag, bytes) = history.lag(replayed, Instant::now());
+            let now = Instant::now();
+            let primary = match tokio::time::timeout(timeout, position_of(&primary)).await {
+                Ok(Ok((lsn, timeline))) => {
+                    history.record(now, lsn, max_lag * 2 + Duration::from_secs(5));
+                    Some((lsn, timeline))
+                }
+                _ => None,
+            };
+            let usable = match replay {
+                Some(replay) => {
+                    let (lag, bytes) = history.lag(replay.replayed, Instant::now());
                     health
                         .replayed
-                        .fetch_max(replayed.as_u64(), Ordering::Relaxed);
+                        .fetch_max(replay.replayed.as_u64(), Ordering::Relaxed);
                     health.lag_bytes.store(bytes, Ordering::Relaxed);
                     health
                         .lag_millis
                         .store(lag.as_millis() as u64, Ordering::Relaxed);
-                    if lag > max_lag && was_usable {
-                        tracing::warn!(
-                            lag_ms = lag.as_millis() as u64,
-                            "replica lags past the bound; reading from the primary"
-                        );
+                    if let Some(reason) = diverged(replay, primary) {
+                        if was_usable {
+                            tracing::warn!(reason, "replica not used; reading from the primary");
+                        }
+                        false
+                    } else {
+                        if lag > max_lag && was_usable {
+                            tracing::warn!(
+                                lag_ms = lag.as_millis() as u64,
+                                "replica lags past the bound; reading from the primary"
+                            );
+                        }
+                        lag <= max_lag
                     }
-                    lag <= max_lag
                 }
                 None => false,
             };
@@ -134,21 +166,57 @@ pub fn spawn_probe(
     })
 }
 
-async fn primary_position(pool: &PgPool) -> Result<Lsn, sqlx::Error> {
-    crate::db::sizes::current_wal_lsn(&mut *pool.acquire().await?).await
+async fn position_of(pool: &PgPool) -> Result<(Lsn, u32), sqlx::Error> {
+    let (lsn, history) = crate::db::sizes::primary_position(&mut *pool.acquire().await?).await?;
+    Ok((lsn, history.timeline))
 }
 
 /// `None` when the server is not replaying WAL (a promoted or misconfigured replica).
-pub async fn replay_position(pool: &PgPool) -> Result<Option<Lsn>, sqlx::Error> {
-    let text: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
-        .fetch_one(pool)
-        .await?;
-    Ok(text.and_then(|t| t.parse().ok()))
+async fn replay_of(pool: &PgPool) -> Result<Option<Replay>, sqlx::Error> {
+    // pg_stat_wal_receiver shows its timeline only to roles with pg_read_all_stats; without
+    // it (or while not receiving) the last restartpoint's timeline stands in.
+    let (replayed, timeline): (Option<String>, Option<i32>) = sqlx::query_as(
+        "SELECT pg_last_wal_replay_lsn()::text, \
+                COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
+                         (SELECT timeline_id FROM pg_control_checkpoint()))",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(replayed
+        .and_then(|text| text.parse().ok())
+        .map(|replayed| Replay {
+            replayed,
+            timeline: timeline.and_then(|t| u32::try_from(t).ok()),
+        }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replay(replayed: u64, timeline: u32) -> Replay {
+        Replay {
+            replayed: Lsn::new(replayed),
+            timeline: Some(timeline),
+        }
+    }
+
+    #[test]
+    fn a_replica_on_the_primarys_history_and_behind_it_may_be_read() {
+        assert_eq!(diverged(replay(100, 2), Some((Lsn::new(100), 2))), None);
+        assert_eq!(diverged(replay(50, 2), Some((Lsn::new(100), 2))), None);
+        let unknown_timeline = Replay {
+            timeline: None,
+            ..replay(50, 1)
+        };
+        assert_eq!(diverged(unknown_timeline, Some((Lsn::new(100), 2))), None);
+    }
+
+    #[test]
+    fn a_replica_on_another_timeline_or_ahead_of_the_primary_is_not_read() {
+        assert!(diverged(replay(50, 1), Some((Lsn::new(100), 2))).is_some());
+        assert!(diverged(replay(101, 2), Some((Lsn::new(100), 2))).is_some());
+    }
 
     #[test]
     fn lag_is_the_age_of_the_oldest_position_not_yet_replayed() {

@@ -115,11 +115,51 @@ pub async fn current_wal_lsn(conn: &mut PgConnection) -> Result<Lsn, sqlx::Error
         .map_err(|_| sqlx::Error::Protocol(format!("unexpected WAL position {text:?}")))
 }
 
-/// What a write transaction stored, and the WAL position after its commit.
+/// Names one history of the primary's data: the cluster's system identifier and its WAL
+/// timeline. A promoted standby keeps the identifier but starts a new timeline; a cluster
+/// restored or rebuilt elsewhere has a new identifier. Writes acknowledged on one history
+/// may be missing from the next (asynchronous replication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseHistory {
+    pub system: String,
+    pub timeline: u32,
+}
+
+impl std::fmt::Display for DatabaseHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.system, self.timeline)
+    }
+}
+
+/// The primary's WAL insert position and the history it belongs to, in one round trip. Taken
+/// after a commit returns, the position is at or past that commit's record.
+pub async fn primary_position(
+    conn: &mut PgConnection,
+) -> Result<(Lsn, DatabaseHistory), sqlx::Error> {
+    // The timeline is the first 8 hexadecimal digits of the WAL file name.
+    let (lsn, timeline, system): (String, String, String) = sqlx::query_as(
+        "SELECT p.lsn::text, substr(pg_walfile_name(p.lsn), 1, 8), c.system_identifier::text \
+         FROM (SELECT pg_current_wal_insert_lsn() AS lsn) AS p, pg_control_system() AS c",
+    )
+    .fetch_one(conn)
+    .await?;
+    let unexpected = || {
+        sqlx::Error::Protocol(format!(
+            "unexpected WAL position {lsn:?} on timeline {timeline:?}"
+        ))
+    };
+    let position = lsn.parse().map_err(|_| unexpected())?;
+    let timeline = u32::from_str_radix(&timeline, 16).map_err(|_| unexpected())?;
+    Ok((position, DatabaseHistory { system, timeline }))
+}
+
+/// What a write transaction stored, the WAL position after its commit, and the history of
+/// the primary it committed on.
 #[derive(Debug)]
 pub struct Committed<T> {
     pub outcome: T,
     pub lsn: Lsn,
+    pub history: DatabaseHistory,
 }
 
 /// How often a write is retried when a concurrent transaction created one of its new SKUs.
@@ -127,7 +167,7 @@ const MAX_ATTEMPTS: usize = 5;
 
 /// Runs one write transaction on the primary: locks the current rows of `skus`, asks `plan`
 /// what to store (given those rows by SKU), stores it with one set-based statement, commits, and
-/// reads the WAL position after the commit.
+/// reads the WAL position (and history) after the commit.
 ///
 /// Rows that do not exist yet cannot be locked; if a concurrent transaction inserts one first,
 /// the insert skips it, and the whole transaction is retried against the new row.
@@ -152,8 +192,12 @@ pub async fn write_transaction<T>(
             }
             tx.commit().await?;
         }
-        let lsn = current_wal_lsn(&mut conn).await?;
-        return Ok(Committed { outcome, lsn });
+        let (lsn, history) = primary_position(&mut conn).await?;
+        return Ok(Committed {
+            outcome,
+            lsn,
+            history,
+        });
     }
     Err(sqlx::Error::Protocol(
         "write kept conflicting with concurrent creates".to_owned(),

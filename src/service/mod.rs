@@ -34,7 +34,7 @@ use crate::cache::{Cache, CacheRole, Meta};
 use crate::config::FailoverPolicy;
 use crate::db::Db;
 use crate::db::replica::ReplicaHealth;
-use crate::db::sizes::current_wal_lsn;
+use crate::db::sizes::{DatabaseHistory, primary_position};
 use crate::metrics::Metrics;
 
 /// Why a warm-up or an audit of the cache stopped.
@@ -160,6 +160,7 @@ impl SizeService {
             .repairs_pending
             .set(self.repairs.pending_count() as i64);
         if let Some(replica) = &self.replica_health {
+            metrics.replica_usable.set(i64::from(replica.is_up()));
             metrics.replica_lag_bytes.set(replica.lag_bytes() as i64);
             metrics.replica_lag_seconds.set(replica.lag().as_secs_f64());
         }
@@ -224,13 +225,56 @@ impl SizeService {
         cache: &Cache,
     ) -> Result<Option<Meta>, Box<dyn std::error::Error + Send + Sync>> {
         cache.start_epoch().await?;
-        // Read after the epoch exists: covers every write acknowledged before it; writes
-        // acknowledged later raise the mark themselves.
-        let mut conn = self.db.primary().acquire().await?;
-        let lsn = current_wal_lsn(&mut conn).await?;
-        drop(conn);
-        cache.raise_hwm(lsn).await?;
-        tracing::info!(%lsn, cache = cache.prefix(), "cache epoch started");
+        self.complete_epoch(cache).await
+    }
+
+    /// Binds the current epoch of `cache` to the primary's history and raises its high-water
+    /// mark to the primary's position, read after the epoch exists: that covers every write
+    /// acknowledged before it; writes acknowledged later raise the mark themselves. `None` if
+    /// the epoch belongs to another history (a failover this instance has not seen a write
+    /// of yet): nothing cached is trusted until a write on this history replaces it.
+    async fn complete_epoch(
+        &self,
+        cache: &Cache,
+    ) -> Result<Option<Meta>, Box<dyn std::error::Error + Send + Sync>> {
+        let (lsn, history) = primary_position(&mut *self.db.primary().acquire().await?).await?;
+        let Some(meta) = cache.read_meta().await? else {
+            return Ok(None);
+        };
+        if !cache
+            .bind_history(&meta.epoch, &history.to_string())
+            .await?
+        {
+            tracing::warn!(cache = cache.prefix(), %history, "the cache epoch belongs to another database history; bypassing the cache");
+            return Ok(None);
+        }
+        if !meta.is_complete() {
+            cache.raise_hwm(lsn).await?;
+            tracing::info!(%lsn, %history, cache = cache.prefix(), "cache epoch started");
+        }
         Ok(cache.read_meta().await?.filter(Meta::is_complete))
+    }
+
+    /// Replaces the epoch `seen` of `cache`, whose versions come from another database
+    /// history than `history`, with one on `history`. `None` if that cannot be done now.
+    async fn replace_epoch_for(
+        &self,
+        cache: &Cache,
+        seen: &Meta,
+        history: &DatabaseHistory,
+    ) -> Option<Meta> {
+        let replaced = async {
+            if cache.replace_epoch(seen).await? {
+                tracing::warn!(cache = cache.prefix(), %history, "the primary's database history changed (failover or restore); new cache epoch");
+            }
+            self.complete_epoch(cache).await
+        };
+        match replaced.await {
+            Ok(meta) => meta,
+            Err(error) => {
+                tracing::warn!(%error, "could not start a cache epoch for the new database history");
+                None
+            }
+        }
     }
 }

@@ -5,9 +5,9 @@ use chrono::Utc;
 use tracing::instrument;
 
 use super::SizeService;
-use crate::cache::{Cache, CacheRole, Epoch, Install};
+use crate::cache::{Cache, CacheRole, Epoch, Install, Meta};
 use crate::config::FailoverPolicy;
-use crate::db::sizes::write_transaction;
+use crate::db::sizes::{DatabaseHistory, write_transaction};
 use crate::domain::write::{Change, Decision, Preconditions, decide};
 use crate::domain::{Lsn, SizeUpdate, Sku, StoredSize};
 use crate::error::AppError;
@@ -79,9 +79,9 @@ impl SizeService {
     ) -> Result<(Vec<Decision>, Lsn), AppError> {
         // Captured before the commit: if Redis loses its data after the commit, this stamp is
         // stale and readers ignore what we install.
-        let mut epochs = Vec::with_capacity(2);
+        let mut stamps = Vec::with_capacity(2);
         for cache in self.caches() {
-            epochs.push(self.epoch_for_write(cache).await);
+            stamps.push(self.stamp_for_write(cache).await);
         }
         let mut skus: Vec<&str> = changes.iter().map(|(sku, _)| sku.as_str()).collect();
         skus.sort_unstable();
@@ -116,24 +116,62 @@ impl SizeService {
         let (decisions, mut rows) = committed.outcome;
         rows.extend(already_stored(&decisions, &rows));
         if !rows.is_empty() {
+            let mut epochs = Vec::with_capacity(stamps.len());
+            for (cache, stamp) in self.caches().zip(stamps) {
+                epochs.push(
+                    self.epoch_after_commit(cache, stamp, &committed.history)
+                        .await,
+                );
+            }
             self.record_in_cache(&rows, &epochs, committed.lsn).await;
         }
         Ok((decisions, committed.lsn))
     }
 
-    /// The epoch `cache` holds now. Read on every write, not remembered: an instance that only
-    /// writes would otherwise go on stamping an epoch that ended when Redis lost its data, and
-    /// what it installs would be invisible to readers. `Epoch::unknown()` when Redis does not
-    /// answer: the install most likely fails too (the repair worker takes over), and what it
-    /// installs if Redis answers again is ignored by readers until a fill re-stamps it.
-    async fn epoch_for_write(&self, cache: &Cache) -> Epoch {
-        match cache.read_meta().await {
-            Ok(seen) => self
-                .current_meta(cache, seen)
-                .await
-                .map_or_else(Epoch::unknown, |meta| meta.epoch),
-            Err(_) => Epoch::unknown(),
+    /// The epoch `cache` holds now, and the database history it is bound to. Read on every
+    /// write, not remembered: an instance that only writes would otherwise go on stamping an
+    /// epoch that ended when Redis lost its data, and what it installs would be invisible to
+    /// readers. `None` when Redis does not answer: the install most likely fails too (the
+    /// repair worker takes over).
+    async fn stamp_for_write(&self, cache: &Cache) -> Option<Stamp> {
+        let (seen, history) = cache.read_meta_with_history().await.ok()?;
+        if let Some(meta) = seen.clone().filter(Meta::is_complete) {
+            return Some(Stamp { meta, history });
         }
+        let meta = self.current_meta(cache, seen).await?;
+        let (_, history) = cache.read_meta_with_history().await.ok()?;
+        Some(Stamp { meta, history })
+    }
+
+    /// The epoch to install a commit on `history` with: the stamp's, if its versions come
+    /// from that history (an epoch not bound to any yet is bound to it now). Otherwise the
+    /// primary changed under the epoch (a promoted standby, a restored cluster): versions it
+    /// holds may have been lost with the old primary and reused by the new one, so a new
+    /// epoch begins before this write is installed and acknowledged. `Epoch::unknown()` if
+    /// none can be had: what is installed with it is never served.
+    async fn epoch_after_commit(
+        &self,
+        cache: &Cache,
+        stamp: Option<Stamp>,
+        history: &DatabaseHistory,
+    ) -> Epoch {
+        let Some(stamp) = stamp else {
+            return Epoch::unknown();
+        };
+        let committed = history.to_string();
+        let same_history = match stamp.history.as_deref() {
+            Some(bound) => bound == committed,
+            None => cache
+                .bind_history(&stamp.meta.epoch, &committed)
+                .await
+                .unwrap_or(false),
+        };
+        if same_history {
+            return stamp.meta.epoch;
+        }
+        self.replace_epoch_for(cache, &stamp.meta, history)
+            .await
+            .map_or_else(Epoch::unknown, |meta| meta.epoch)
     }
 
     /// Installs what was written in the primary cache, then the secondary; when the primary
@@ -192,6 +230,13 @@ impl SizeService {
                 .set(self.repairs.pending_count() as i64);
         }
     }
+}
+
+/// What a write saw of one cache before its commit.
+struct Stamp {
+    meta: Meta,
+    /// The database history the epoch is bound to, if any yet.
+    history: Option<String>,
 }
 
 /// The stored rows that `decisions` report without writing them (unchanged or stale) and that

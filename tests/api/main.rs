@@ -6,6 +6,7 @@ mod consistency;
 mod degraded;
 mod deployments;
 mod errors;
+mod failover;
 mod helpers;
 mod operations;
 mod processes;

@@ -303,6 +303,36 @@ impl OwnPostgres {
         wait_port(self.port, true).await;
     }
 
+    /// Ends recovery: this standby becomes a primary on a new timeline.
+    pub async fn promote(&self) {
+        run(as_postgres("pg_ctl")
+            .args(["-D", self.dir(), "-w", "promote"])
+            .stdout(Stdio::null()))
+        .await;
+    }
+
+    /// Waits until this standby has replayed everything `primary` has written so far.
+    pub async fn caught_up_with(&self, primary: &OwnPostgres) {
+        let primary = sqlx::PgPool::connect(&primary.url()).await.unwrap();
+        let standby = sqlx::PgPool::connect(&self.url()).await.unwrap();
+        let target: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(&primary)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&target)
+            .fetch_one(&standby)
+            .await
+            .unwrap()
+        {
+            assert!(Instant::now() < deadline, "standby did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        primary.close().await;
+        standby.close().await;
+    }
+
     /// Stops at once, like a crash of the server.
     pub async fn stop(&self) {
         run(as_postgres("pg_ctl")
@@ -525,6 +555,7 @@ impl Drop for OwnSentinel {
 /// connection it had, like a restarted proxy or a network partition healed by new connections.
 pub struct TcpProxy {
     pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
     blackholed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Bumped to drop every open connection.
     generation: tokio::sync::watch::Sender<u64>,
@@ -537,15 +568,17 @@ impl TcpProxy {
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target_port));
         let blackholed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (generation, _) = tokio::sync::watch::channel(0);
         let accept = {
+            let target = target.clone();
             let blackholed = blackholed.clone();
             let generation = generation.clone();
             tokio::spawn(async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    let Ok(outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    let port = target.load(std::sync::atomic::Ordering::SeqCst);
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
                     else {
                         continue;
                     };
@@ -560,6 +593,7 @@ impl TcpProxy {
         };
         Self {
             port,
+            target,
             blackholed,
             generation,
             accept,
@@ -568,6 +602,18 @@ impl TcpProxy {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A PostgreSQL URL to the `product_sizes` database through the proxy.
+    pub fn postgres_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/product_sizes", self.port)
+    }
+
+    /// Sends new connections to another server and drops the open ones, as a virtual IP or
+    /// DNS name moved to a promoted standby does.
+    pub fn retarget(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+        self.restore();
     }
 
     /// From now on, bytes in either direction are read and dropped.
