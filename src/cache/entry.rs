@@ -38,13 +38,20 @@ impl Epoch {
 pub struct Entry {
     pub version: i64,
     pub epoch: Epoch,
+    /// Every write whose consistency token is at or below this position is included in
+    /// `version` (zero: no proof, as in entries written before stamps existed).
+    pub verified: Lsn,
     /// The JSON body; `None` for a tombstone or a remembered "not found" (version 0).
     pub body: Option<Bytes>,
 }
 
+/// Width of the `verified` field: a padded WAL position and its separator.
+const STAMP: usize = 21;
+
 impl Entry {
-    pub fn encode(version: i64, epoch: &Epoch, body: Option<&Bytes>) -> Bytes {
-        let header = format!("{version}|{}|", epoch.as_str());
+    /// `<version>|<epoch>|<verified, 20 digits>|<body>`.
+    pub fn encode(version: i64, epoch: &Epoch, verified: Lsn, body: Option<&Bytes>) -> Bytes {
+        let header = format!("{version}|{}|{}|", epoch.as_str(), pad_lsn(verified));
         let mut value = Vec::with_capacity(header.len() + body.map_or(0, |b| b.len()));
         value.extend_from_slice(header.as_bytes());
         if let Some(body) = body {
@@ -59,10 +66,22 @@ impl Entry {
         let second = first + 1 + value[first + 1..].iter().position(|b| *b == b'|')?;
         let version = std::str::from_utf8(&value[..first]).ok()?.parse().ok()?;
         let epoch = Epoch::parse(&value[first + 1..second])?;
-        let body = value.slice(second + 1..);
+        // Entries written before stamps existed go straight on to the body (JSON or empty).
+        let rest = &value[second + 1..];
+        let stamped = rest.len() >= STAMP
+            && rest[STAMP - 1] == b'|'
+            && rest[..STAMP - 1].iter().all(u8::is_ascii_digit);
+        let (verified, body_start) = if stamped {
+            let digits = std::str::from_utf8(&rest[..STAMP - 1]).ok()?;
+            (Lsn::new(digits.parse().ok()?), second + 1 + STAMP)
+        } else {
+            (Lsn::ZERO, second + 1)
+        };
+        let body = value.slice(body_start..);
         Some(Self {
             version,
             epoch,
+            verified,
             body: (!body.is_empty()).then_some(body),
         })
     }
@@ -135,17 +154,28 @@ mod tests {
     fn entries_round_trip_and_bodies_may_contain_the_separator() {
         let epoch = Epoch::random();
         let body = Bytes::from_static(br#"{"size_label":"EU|42"}"#);
-        let decoded = Entry::decode(Entry::encode(7, &epoch, Some(&body))).unwrap();
+        let decoded =
+            Entry::decode(Entry::encode(7, &epoch, Lsn::new(u64::MAX), Some(&body))).unwrap();
         assert_eq!(
             decoded,
             Entry {
                 version: 7,
                 epoch: epoch.clone(),
+                verified: Lsn::new(u64::MAX),
                 body: Some(body)
             }
         );
-        let tombstone = Entry::decode(Entry::encode(8, &epoch, None)).unwrap();
-        assert_eq!(tombstone.body, None);
+        let tombstone = Entry::decode(Entry::encode(8, &epoch, Lsn::new(5), None)).unwrap();
+        assert_eq!((tombstone.verified, tombstone.body), (Lsn::new(5), None));
+    }
+
+    #[test]
+    fn entries_from_before_stamps_have_no_proof() {
+        let old = Entry::decode(Bytes::from_static(br#"7|e1|{"length_mm":1}"#)).unwrap();
+        assert_eq!(old.verified, Lsn::ZERO);
+        assert_eq!(old.body.as_deref(), Some(&br#"{"length_mm":1}"#[..]));
+        let tombstone = Entry::decode(Bytes::from_static(b"8|e1|")).unwrap();
+        assert_eq!((tombstone.verified, tombstone.body), (Lsn::ZERO, None));
     }
 
     #[test]

@@ -19,15 +19,20 @@ use crate::domain::{Lsn, StoredSize};
 pub struct Install<'a> {
     pub sku: &'a str,
     pub version: i64,
+    /// Every write whose consistency token is at or below this is included in `version`
+    /// (see [`super::Entry::verified`]).
+    pub verified: Lsn,
     /// `None` for a tombstone or "not found".
     pub body: Option<Bytes>,
 }
 
-impl<'a> From<&'a StoredSize> for Install<'a> {
-    fn from(row: &'a StoredSize) -> Self {
+impl<'a> Install<'a> {
+    /// A stored row, read (or written) where every token up to `verified` was visible.
+    pub fn row(row: &'a StoredSize, verified: Lsn) -> Self {
         Self {
             sku: &row.sku,
             version: row.version,
+            verified,
             body: row.to_body(),
         }
     }
@@ -243,7 +248,7 @@ impl Cache {
     fn install_item(&self, item: &Install<'_>, epoch: &Epoch, ttl: Option<Duration>) -> [Bytes; 3] {
         [
             Bytes::from(item.version.to_string()),
-            Entry::encode(item.version, epoch, item.body.as_ref()),
+            Entry::encode(item.version, epoch, item.verified, item.body.as_ref()),
             Bytes::from(self.entry_ttl(item, ttl).as_millis().to_string()),
         ]
     }

@@ -7,8 +7,9 @@
 /// which leaves fences alone), then version, encoded entry and entry TTL (ms) of each item.
 ///
 /// Installs an item only if its fence names no newer version and its entry holds no newer
-/// version (an equal version is re-stamped when its epoch differs); a write also sets the
-/// fence. Returns how many it installed.
+/// version (an equal version is re-stamped when its epoch differs, or when the new value
+/// proves it against a later WAL position: the padded `verified` field, compared as a
+/// string); a write also sets the fence. Returns how many it installed.
 pub const INSTALL: &str = r#"
 local epoch = ARGV[1]
 local fence_ttl = ARGV[2]
@@ -24,9 +25,14 @@ for i = 1, #KEYS / 2 do
   if not newer then
     local current = redis.call('GET', KEYS[2 * i - 1])
     if current then
-      local cv, ce = string.match(current, '^(%d+)|([^|]*)|')
+      local cv, ce, cs = string.match(current, '^(%d+)|([^|]*)|(%d*)')
       cv = tonumber(cv)
-      newer = cv ~= nil and (cv > version or (cv == version and ce == epoch))
+      if cv ~= nil and cv == version and ce == epoch then
+        local ns = string.match(ARGV[3 * i + 1], '^%d+|[^|]*|(%d*)')
+        newer = cs >= ns
+      else
+        newer = cv ~= nil and cv > version
+      end
     end
   end
   if not newer then

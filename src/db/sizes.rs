@@ -9,16 +9,20 @@ use super::lease::{Leases, leased};
 use crate::domain::{Lsn, StoredSize};
 
 /// Rows read in one round trip, with the WAL position the server had replayed before its
-/// snapshot (`None` on a primary, or a replica that was promoted).
+/// snapshot (`None` on a primary).
 #[derive(Debug)]
 pub struct Fetched {
     pub replayed: Option<Lsn>,
+    /// Every commit whose consistency token is at or below this is visible in `rows` (zero
+    /// when the server did not say).
+    pub visible: Lsn,
     pub rows: Vec<StoredSize>,
 }
 
 #[derive(sqlx::FromRow)]
 struct FetchedRow {
     replay_lsn: Option<String>,
+    visible_lsn: Option<String>,
     sku: Option<String>,
     length_mm: Option<i32>,
     width_mm: Option<i32>,
@@ -91,12 +95,13 @@ pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 impl Fetched {
     fn from_rows(rows: Vec<FetchedRow>) -> Self {
-        let replayed = rows
-            .first()
-            .and_then(|row| row.replay_lsn.as_deref())
-            .and_then(|text| text.parse().ok());
+        let position = |text: Option<&str>| text.and_then(|text| text.parse().ok());
+        let first = rows.first();
+        let replayed = position(first.and_then(|row| row.replay_lsn.as_deref()));
+        let visible = position(first.and_then(|row| row.visible_lsn.as_deref()));
         Self {
             replayed,
+            visible: visible.unwrap_or(Lsn::ZERO),
             rows: rows
                 .into_iter()
                 .filter_map(FetchedRow::into_stored)
@@ -160,6 +165,10 @@ pub struct Committed<T> {
     pub outcome: T,
     pub lsn: Lsn,
     pub history: DatabaseHistory,
+    /// A WAL position read inside the transaction, while it held the locks of the rows it
+    /// wrote: every token at or below it belongs to a commit the written rows include, since
+    /// a later writer of those rows commits after this one. Zero when nothing was written.
+    pub visible: Lsn,
 }
 
 /// How often a write is retried when a concurrent transaction created one of its new SKUs.
@@ -182,10 +191,12 @@ pub async fn write_transaction<T>(
         let mut tx = conn.begin().await?;
         let current = lock_rows(&mut tx, skus).await?;
         let (rows, outcome) = plan(&current);
+        let mut visible = Lsn::ZERO;
         if rows.is_empty() {
             tx.commit().await?;
         } else {
-            let stored = store(&mut tx, &rows, &current, ledgers).await?;
+            let stored;
+            (stored, visible) = store(&mut tx, &rows, &current, ledgers).await?;
             if stored < rows.len() {
                 tx.rollback().await?;
                 continue;
@@ -197,6 +208,7 @@ pub async fn write_transaction<T>(
             outcome,
             lsn,
             history,
+            visible,
         });
     }
     Err(sqlx::Error::Protocol(
@@ -221,15 +233,16 @@ async fn lock_rows(
 
 /// Stores `rows`: rows that were locked are updated, the others inserted unless a concurrent
 /// transaction created them first. Every stored version is also recorded in `cache_repairs`,
-/// once for each cache in `ledgers`, in the same statement. Returns how many rows were stored.
+/// once for each cache in `ledgers`, in the same statement. Returns how many rows were stored,
+/// and the WAL insert position during the statement (see [`Committed::visible`]).
 async fn store(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[StoredSize],
     locked: &HashMap<String, StoredSize>,
     ledgers: &[&str],
-) -> Result<usize, sqlx::Error> {
+) -> Result<(usize, Lsn), sqlx::Error> {
     let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
-    let stored: i64 = sqlx::query_scalar(
+    let (stored, visible): (i64, String) = sqlx::query_as(
         "WITH n AS ( \
              SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[], \
                                   $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[], $11::bool[]) \
@@ -258,7 +271,7 @@ async fn store(
              ON CONFLICT (cache_prefix, sku) DO UPDATE \
                  SET version = GREATEST(r.version, EXCLUDED.version), created_at = now() \
          ) \
-         SELECT count(*) FROM stored",
+         SELECT count(*), pg_current_wal_insert_lsn()::text FROM stored",
     )
     .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
     .bind(column(|r| r.length_mm))
@@ -274,7 +287,10 @@ async fn store(
     .bind(ledgers)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(usize::try_from(stored).unwrap_or(0))
+    let visible = visible
+        .parse()
+        .map_err(|_| sqlx::Error::Protocol(format!("unexpected WAL position {visible:?}")))?;
+    Ok((usize::try_from(stored).unwrap_or(0), visible))
 }
 
 /// The repairs recorded for the cache `ledger` among `skus` (all of them when `skus` is

@@ -11,7 +11,7 @@ use tracing::instrument;
 use super::{CacheJobError, SizeService};
 use crate::cache::{Entry, Epoch, Install};
 use crate::db::sizes::{fetch, fetch_page};
-use crate::domain::StoredSize;
+use crate::domain::{Lsn, StoredSize};
 
 /// How many divergent SKUs a report lists.
 const LISTED: usize = 20;
@@ -197,7 +197,12 @@ impl SizeService {
         rows: &[StoredSize],
         epoch: &Epoch,
     ) -> Result<usize, CacheJobError> {
-        let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
+        // Installed without a proof for consistency tokens: a read carrying one reads the
+        // database until a fill or write stamps the entry.
+        let installs: Vec<Install<'_>> = rows
+            .iter()
+            .map(|row| Install::row(row, Lsn::ZERO))
+            .collect();
         Ok(self.cache.fill(&installs, epoch).await?)
     }
 

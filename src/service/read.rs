@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::instrument;
 
 use super::{FILL_MAX_AGE, SizeService};
-use crate::cache::{Cache, CacheRead, CacheRole, Epoch, Install, Meta};
+use crate::cache::{Cache, CacheRead, CacheRole, Entry, Epoch, Install, Meta};
 use crate::db::DbRoute;
 use crate::db::sizes::{fetch_leased, owed_repairs};
 use crate::domain::{Lsn, Sku, StoredSize};
@@ -88,7 +88,11 @@ impl SizeService {
             // instance acknowledged: neither its entry nor its fence can be trusted.
             let owed = self.repairs.is_pending(role, sku.as_str())
                 || owed_by_secondary.contains(sku.as_str());
-            match entry.filter(|e| Some(&e.epoch) == epoch && !owed) {
+            // A client's token may name a write this cache never saw (another instance's
+            // failed update, another deployment's write): only an entry verified at or past
+            // the token proves it includes that write.
+            let proven = |e: &Entry| token.is_none_or(|token| e.verified >= token);
+            match entry.filter(|e| Some(&e.epoch) == epoch && !owed && proven(e)) {
                 Some(entry) => docs.push(Some(SizeDoc {
                     sku: sku.clone(),
                     version: entry.version,
@@ -247,7 +251,7 @@ impl SizeService {
     async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource, Proof), AppError> {
         // sqlx's and fred's futures are tens of kilobytes: boxed here, they are copied once
         // instead of with every future that holds this one.
-        let (mut rows, source, proof) = Box::pin(self.read_database(load)).await?;
+        let (mut rows, source, proof, verified) = Box::pin(self.read_database(load)).await?;
         let docs: Vec<SizeDoc> = load
             .misses
             .iter()
@@ -276,6 +280,7 @@ impl SizeService {
                 .map(|doc| Install {
                     sku: doc.sku.as_str(),
                     version: doc.version,
+                    verified,
                     body: doc.body.clone(),
                 })
                 .collect();
@@ -287,14 +292,16 @@ impl SizeService {
     }
 
     /// Reads from the replica what is provably fresh there, the rest from the primary: at
-    /// most one query on each.
+    /// most one query on each. Also returns a position every token at or below which the
+    /// answer includes (the lower of the sources' when both were read).
     async fn read_database(
         &self,
         load: &Load<'_>,
-    ) -> Result<(HashMap<String, StoredSize>, ReadSource, Proof), AppError> {
+    ) -> Result<(HashMap<String, StoredSize>, ReadSource, Proof, Lsn), AppError> {
         let skus = load.skus;
         let mut found = HashMap::with_capacity(skus.len());
         let mut pending: Vec<usize> = (0..skus.len()).collect();
+        let mut replica_visible = None;
         let replica = self
             .db
             .replica_reads()
@@ -326,6 +333,7 @@ impl SizeService {
             match fetched {
                 Ok(fetched) => {
                     replayed = fetched.replayed;
+                    replica_visible = Some(fetched.visible);
                     let mut rows: HashMap<String, StoredSize> = fetched
                         .rows
                         .into_iter()
@@ -347,7 +355,13 @@ impl SizeService {
                 Err(error) => tracing::warn!(%error, "replica read failed; reading the primary"),
             }
             if let Some(replayed) = replayed.filter(|_| pending.is_empty()) {
-                return Ok((found, ReadSource::Replica, Proof::Replayed(replayed)));
+                let visible = replica_visible.unwrap_or(Lsn::ZERO);
+                return Ok((
+                    found,
+                    ReadSource::Replica,
+                    Proof::Replayed(replayed),
+                    visible,
+                ));
             }
         }
         let rest: Vec<&str> = pending.iter().map(|&i| skus[i]).collect();
@@ -357,7 +371,18 @@ impl SizeService {
             .await
             .map_err(|e| self.database_error(e))?;
         found.extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
-        Ok((found, ReadSource::Primary, Proof::PrimaryAfter(began)))
+        // Rows the replica answered count only if it proved them fresh for this read; their
+        // proof for later tokens is the replica's position.
+        let visible = match replica_visible.filter(|_| pending.len() < skus.len()) {
+            Some(replica) => replica.min(fetched.visible),
+            None => fetched.visible,
+        };
+        Ok((
+            found,
+            ReadSource::Primary,
+            Proof::PrimaryAfter(began),
+            visible,
+        ))
     }
 }
 

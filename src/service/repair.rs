@@ -341,9 +341,13 @@ impl SizeService {
             .await
             .ok_or("no cache epoch")?;
         let skus: Vec<&str> = owed.iter().map(|(sku, _)| sku.as_str()).collect();
-        let rows = fetch_on(&mut tx, &skus).await?.rows;
+        let fetched = fetch_on(&mut tx, &skus).await?;
+        let rows = fetched.rows;
         let lsn = current_wal_lsn(&mut tx).await?;
-        let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
+        let installs: Vec<Install<'_>> = rows
+            .iter()
+            .map(|row| Install::row(row, fetched.visible))
+            .collect();
         cache.record_writes(&installs, &meta.epoch, lsn).await?;
         let done: Vec<(String, i64)> = rows.iter().map(|r| (r.sku.clone(), r.version)).collect();
         settle_repairs(&mut *tx, ledger, &done).await?;

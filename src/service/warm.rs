@@ -86,8 +86,13 @@ impl SizeService {
                 if page_started.elapsed() >= FILL_MAX_AGE {
                     return Ok(0);
                 }
-                let installs: Vec<Install<'_>> =
-                    page.fetched.rows.iter().map(Install::from).collect();
+                let verified = page.fetched.visible;
+                let installs: Vec<Install<'_>> = page
+                    .fetched
+                    .rows
+                    .iter()
+                    .map(|row| Install::row(row, verified))
+                    .collect();
                 self.cache.fill(&installs, &meta.epoch).await
             };
             let (installed, read_ahead) = if rate_limit.is_none() {

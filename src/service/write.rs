@@ -123,7 +123,14 @@ impl SizeService {
                         .await,
                 );
             }
-            self.record_in_cache(&rows, &epochs, committed.lsn).await;
+            // The rows the write only reported (unchanged, stale) were locked as long as those
+            // it stored: the same position proves them.
+            let installs: Vec<Install<'_>> = rows
+                .iter()
+                .map(|row| Install::row(row, committed.visible))
+                .collect();
+            self.record_in_cache(&rows, &installs, &epochs, committed.lsn)
+                .await;
         }
         Ok((decisions, committed.lsn))
     }
@@ -179,9 +186,14 @@ impl SizeService {
     /// left to the repair worker, and this instance does not read those SKUs from that cache
     /// until then. A secondary that followed the failover policy is safe to read but still
     /// owed the version: its record stays for the repair worker.
-    async fn record_in_cache(&self, rows: &[StoredSize], epochs: &[Epoch], lsn: Lsn) {
-        let installs: Vec<Install<'_>> = rows.iter().map(Install::from).collect();
-        let primary = self.cache.record_writes(&installs, &epochs[0], lsn).await;
+    async fn record_in_cache(
+        &self,
+        rows: &[StoredSize],
+        installs: &[Install<'_>],
+        epochs: &[Epoch],
+        lsn: Lsn,
+    ) {
+        let primary = self.cache.record_writes(installs, &epochs[0], lsn).await;
         if let Err(error) = &primary {
             tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
         }
@@ -192,18 +204,18 @@ impl SizeService {
         let updated = match primary {
             Ok(_) => secondary
                 .cache
-                .record_writes(&installs, &epochs[1], lsn)
+                .record_writes(installs, &epochs[1], lsn)
                 .await
                 .map(|_| true),
             Err(_) => match secondary.policy {
                 FailoverPolicy::Delete => secondary
                     .cache
-                    .invalidate(&installs, &epochs[1], lsn)
+                    .invalidate(installs, &epochs[1], lsn)
                     .await
                     .map(|()| false),
                 FailoverPolicy::ShortTtl => secondary
                     .cache
-                    .record_writes_briefly(&installs, &epochs[1], lsn, secondary.failover_ttl)
+                    .record_writes_briefly(installs, &epochs[1], lsn, secondary.failover_ttl)
                     .await
                     .map(|_| false),
             },

@@ -137,7 +137,14 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
         Bytes::from_static(b"{\"v\":1}"),
         Bytes::from_static(b"{\"v\":2}"),
     );
-    let install = |version, body| [Install { sku, version, body }];
+    let install = |version, body| {
+        [Install {
+            sku,
+            version,
+            verified: Lsn::ZERO,
+            body,
+        }]
+    };
 
     assert_eq!(
         cache
@@ -352,8 +359,9 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
     let cache = cache_of_its_own().await;
     let redis = fred_client().await;
     let (epoch, older_epoch) = (Epoch::random(), Epoch::random());
-    let entry =
-        |version: i64, epoch: &Epoch| Entry::encode(version, epoch, body_of(version).as_ref());
+    let entry = |version: i64, epoch: &Epoch| {
+        Entry::encode(version, epoch, Lsn::ZERO, body_of(version).as_ref())
+    };
     let _: () = redis
         .set(
             cache.entry_key("NEWER"),
@@ -390,21 +398,25 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
         Install {
             sku: "NEWER",
             version: 4,
+            verified: Lsn::ZERO,
             body: body_of(4),
         },
         Install {
             sku: "FENCED",
             version: 6,
+            verified: Lsn::ZERO,
             body: body_of(6),
         },
         Install {
             sku: "RESTAMP",
             version: 3,
+            verified: Lsn::ZERO,
             body: body_of(3),
         },
         Install {
             sku: "ABSENT",
             version: 1,
+            verified: Lsn::ZERO,
             body: body_of(1),
         },
     ];
@@ -457,11 +469,13 @@ async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
         Install {
             sku: "W1",
             version: 2,
+            verified: Lsn::ZERO,
             body: body_of(2),
         },
         Install {
             sku: "W2",
             version: 9,
+            verified: Lsn::ZERO,
             body: None,
         },
     ];

@@ -7,7 +7,7 @@ use std::time::Duration;
 use product_size_service::cache::Cache;
 use product_size_service::config::DatabaseSettings;
 use product_size_service::db::{Db, DbRoute};
-use product_size_service::domain::Sku;
+use product_size_service::domain::{Lsn, Sku};
 use product_size_service::metrics::{Database, DatabaseLabels, Metrics};
 use product_size_service::service::SizeService;
 use reqwest::StatusCode;
@@ -357,6 +357,7 @@ async fn installs_survive_redis_forgetting_its_scripts() {
             .map(|sku| Install {
                 sku,
                 version,
+                verified: Lsn::ZERO,
                 body: Some(body.clone()),
             })
             .collect()

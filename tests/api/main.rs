@@ -15,5 +15,6 @@ mod repairs;
 mod shutdown;
 mod sizes;
 mod sync;
+mod tokens;
 mod torture;
 mod two_clusters;
