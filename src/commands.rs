@@ -126,10 +126,11 @@ pub fn audit_table(r: &AuditReport) -> String {
          \x20 checked   {:>10}\n\
          \x20 agreeing  {:>10}\n\
          \x20 stale     {:>10}\n\
+         \x20 dead_epoch{:>10}\n\
          \x20 orphaned  {:>10}\n\
          \x20 missing   {:>10}\n\
          \x20 repaired  {:>10}",
-        r.checked, r.agreeing, r.stale, r.orphaned, r.missing, r.repaired
+        r.checked, r.agreeing, r.stale, r.dead_epoch, r.orphaned, r.missing, r.repaired
     );
     if !r.first_divergent.is_empty() {
         out.push_str("\nfirst divergent SKUs:");
@@ -138,7 +139,10 @@ pub fn audit_table(r: &AuditReport) -> String {
             out.push_str(&format!(
                 "\n  {:<30} {:<9} cached {:<6} stored {}",
                 d.sku,
-                format!("{:?}", d.divergence).to_lowercase(),
+                serde_json::to_value(d.divergence)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
                 version(d.cached_version),
                 version(d.stored_version)
             ));

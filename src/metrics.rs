@@ -296,6 +296,7 @@ impl Metrics {
             ("checked", report.checked),
             ("agreeing", report.agreeing),
             ("stale", report.stale),
+            ("dead_epoch", report.dead_epoch),
             ("orphaned", report.orphaned),
             ("missing", report.missing),
             ("repaired", report.repaired),

@@ -20,8 +20,13 @@ const PAGE: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Divergence {
-    /// Cached, but older than the stored row (or stamped with a past epoch).
+    /// Cached, but older than the stored row.
     Stale,
+    /// Cached at the stored version, but stamped with an epoch that has ended (Redis lost
+    /// its data, or the database changed history): readers ignore it, a fill or a warm-up
+    /// replaces it.
+    #[serde(rename = "dead_epoch")]
+    DeadEpoch,
     /// Cached, but no such row is stored (or the entry is unreadable or newer than the row).
     Orphaned,
     /// Stored (and not deleted), but not cached.
@@ -42,6 +47,9 @@ pub struct AuditReport {
     pub checked: u64,
     pub agreeing: u64,
     pub stale: u64,
+    /// Counted apart from `stale`: harmless to readers, only a lost hit.
+    #[serde(default)]
+    pub dead_epoch: u64,
     pub orphaned: u64,
     pub missing: u64,
     /// Divergences fixed (with `--repair`).
@@ -52,12 +60,13 @@ pub struct AuditReport {
 
 impl AuditReport {
     pub fn divergent(&self) -> u64 {
-        self.stale + self.orphaned + self.missing
+        self.stale + self.dead_epoch + self.orphaned + self.missing
     }
 
     fn record(&mut self, found: Divergent) {
         match found.divergence {
             Divergence::Stale => self.stale += 1,
+            Divergence::DeadEpoch => self.dead_epoch += 1,
             Divergence::Orphaned => self.orphaned += 1,
             Divergence::Missing => self.missing += 1,
         }
@@ -175,7 +184,9 @@ impl SizeService {
                     report.record(found);
                     if repair {
                         match (divergence, row) {
-                            (Divergence::Stale, Some(row)) => to_install.push(row.clone()),
+                            (Divergence::Stale | Divergence::DeadEpoch, Some(row)) => {
+                                to_install.push(row.clone());
+                            }
                             _ => {
                                 report.repaired += u64::from(
                                     self.cache.delete_entry_if_unchanged(sku, value).await?,
@@ -238,6 +249,7 @@ fn judge(sku: &str, value: &Bytes, row: Option<&StoredSize>, epoch: &Epoch) -> O
         (Some(entry), Some(row)) if entry.version == row.version && &entry.epoch == epoch => {
             return None;
         }
+        (Some(entry), Some(row)) if entry.version == row.version => Divergence::DeadEpoch,
         (Some(_), Some(_)) => Divergence::Stale,
     };
     Some(Divergent {

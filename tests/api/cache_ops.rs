@@ -170,6 +170,20 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
         .await
         .unwrap();
     app.evict(&missing).await;
+    // At its stored version, but stamped with an epoch that ended: invisible to readers.
+    let dead = app.sku("dead");
+    app.put(&dead, &size(1)).await;
+    let _: () = app
+        .redis
+        .set(
+            app.entry_key(&dead),
+            "1|ended|{}",
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
 
     let found = audit_command(&app, false);
     let table = String::from_utf8_lossy(&found.stdout);
@@ -178,9 +192,10 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
         "divergence must fail the audit:\n{table}"
     );
     for line in [
-        "checked            3",
+        "checked            4",
         "agreeing           1",
         "stale              1",
+        "dead_epoch         1",
         "orphaned           1",
         "missing            1",
     ] {
@@ -193,6 +208,30 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
         );
     }
     assert!(table.contains(&stale) && table.contains(&orphan) && table.contains(&missing));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&dead) && l.contains("dead_epoch"))
+    );
+
+    // A warm-up replaces what is stale, dead or missing; only the orphan is left.
+    let service = app::service(&app.config).await.unwrap();
+    service
+        .warm_cache(&WarmOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let warmed = service.audit_cache(false).await.unwrap();
+    assert_eq!(
+        (
+            warmed.stale,
+            warmed.dead_epoch,
+            warmed.missing,
+            warmed.orphaned
+        ),
+        (0, 0, 0, 1),
+        "{warmed:?}"
+    );
+    service.cache().quit().await;
 
     let repaired = audit_command(&app, true);
     assert!(
@@ -212,7 +251,7 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("product_size_cache_audit_entries{state=\"agreeing\"} 3")),
+            .any(|l| l.starts_with("product_size_cache_audit_entries{state=\"agreeing\"} 4")),
         "{metrics}"
     );
 }
