@@ -175,13 +175,7 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     app.put(&dead, &size(1)).await;
     let _: () = app
         .redis
-        .set(
-            app.entry_key(&dead),
-            "1|ended|{}",
-            None,
-            None,
-            false,
-        )
+        .set(app.entry_key(&dead), "1|ended|{}", None, None, false)
         .await
         .unwrap();
 

@@ -17,6 +17,7 @@ use crate::helpers::{
     version_of,
 };
 use crate::processes::OwnRedis;
+use crate::proxy::TcpProxy;
 
 async fn lagging_app(redis: Option<&OwnRedis>) -> TestApp {
     TestApp::spawn_with(Options {
@@ -502,4 +503,58 @@ async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
     assert_eq!(meta.hwm, Lsn::new(5000));
     cache.quit().await;
     redis.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_read_that_joins_an_older_shared_read_is_not_served_its_answer() {
+    // The reader's primary answers 3 s late; the writer reaches the primary directly.
+    let primary_port = reqwest::Url::parse(&crate::helpers::primary_url())
+        .unwrap()
+        .port()
+        .unwrap();
+    let database = TcpProxy::to(primary_port).await;
+    let reader = TestApp::spawn_with(Options {
+        database_url: database.postgres_url(),
+        replica: Replica::None,
+        ..Options::default()
+    })
+    .await;
+    let writer = reader
+        .sibling(Options {
+            replica: Replica::None,
+            ..Options::default()
+        })
+        .await;
+    let sku = reader.sku("joined");
+    writer.put(&sku, &size(1)).await;
+    // A miss first, so the reader's read connection is open before its answers slow down.
+    reader.evict(&sku).await;
+    assert_eq!(read_source(&reader.get(&sku).await), "primary");
+    reader.evict(&sku).await;
+    database.delay_answers(Duration::from_secs(3));
+
+    // A first read misses and reads version 1; while its answer is on the way, version 2 is
+    // acknowledged, its entry evicted, and a second read misses: it finds the shared read of
+    // the first in flight, whose answer predates the write it must see.
+    let first = reader.get(&sku);
+    let second = async {
+        crate::helpers::eventually(10, "the first read ran on the primary", || async {
+            database.has_delayed(sku.as_bytes())
+        })
+        .await;
+        assert!(writer.put(&sku, &size(2)).await.status().is_success());
+        reader.evict(&sku).await;
+        reader.get(&sku).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(
+        version_of(&first.json().await.unwrap()),
+        1,
+        "began before the write"
+    );
+    assert_eq!(
+        version_of(&second.json().await.unwrap()),
+        2,
+        "a read that began after the write was served the older shared answer"
+    );
 }

@@ -9,7 +9,8 @@ use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{Options, Replica, TestApp, eventually, read_source, size, version_of};
-use crate::processes::{OwnPostgres, TcpProxy};
+use crate::processes::OwnPostgres;
+use crate::proxy::TcpProxy;
 
 /// Puts `body` until the new primary takes it (connections to the old one fail first).
 async fn put_after_failover(app: &TestApp, sku: &str, body: &Value) -> Response {

@@ -10,6 +10,7 @@ mod failover;
 mod helpers;
 mod operations;
 mod processes;
+mod proxy;
 mod redis_failures;
 mod repairs;
 mod shutdown;

@@ -6,7 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Options, TestApp, eventually, read_source};
-use crate::processes::{OwnRedis, TcpProxy};
+use crate::processes::OwnRedis;
+use crate::proxy::TcpProxy;
 
 const OWED: usize = 10_000;
 /// The most SKUs one lookup or sync takes.

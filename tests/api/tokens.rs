@@ -5,7 +5,8 @@ use reqwest::{Method, Response};
 use serde_json::Value;
 
 use crate::helpers::{Options, READ_TOKEN, TestApp, eventually, read_source, size, version_of};
-use crate::processes::{OwnRedis, TcpProxy};
+use crate::processes::OwnRedis;
+use crate::proxy::TcpProxy;
 
 fn token_of(written: &Response) -> String {
     written.headers()["x-consistency-token"]

@@ -10,7 +10,8 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 
 use crate::helpers::{Options, TestApp, eventually, read_source, size, version_of};
-use crate::processes::{OwnRedis, TcpProxy};
+use crate::processes::OwnRedis;
+use crate::proxy::TcpProxy;
 
 async fn client(redis: &OwnRedis) -> Client {
     let client = Builder::from_config(RedisConfig::from_url(&redis.url()).unwrap())
