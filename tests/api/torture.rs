@@ -1,6 +1,9 @@
 //! The torture test: writers and readers over a few dozen SKUs, a replica applying WAL 1 s
-//! late, and a chaos task that flushes Redis, deletes cache entries, pauses Redis and restarts
-//! it. A checker records every acknowledged write and every read with its start time.
+//! late, and a chaos task that flushes Redis, deletes cache entries, snapshots Redis and later
+//! restarts it from that older snapshot, pauses it, blackholes the service's connection to it
+//! (a TCP proxy: Redis keeps its data and never sees the commands) and restores it, and
+//! restarts the replica. A checker records every acknowledged write and every read with its
+//! start time.
 //!
 //! It fails on any read older than a write acknowledged before the read started, on any
 //! acknowledged write missing from the primary at the end, and on any 5xx (only Redis is made
@@ -18,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Options, Replica, TestApp, primary_url, size};
 use crate::processes::{OwnPostgres, OwnRedis};
+use crate::proxy::TcpProxy;
 
 const SKUS: usize = 36;
 
@@ -79,11 +83,12 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
         .parse()
         .unwrap();
     let replica = OwnPostgres::replica_of(primary_port, Some("1s")).await;
-    let mut redis = OwnRedis::start().await;
+    let mut redis = OwnRedis::start_with_snapshots().await;
+    let link = TcpProxy::to(redis.port).await;
     let app = Arc::new(
         TestApp::spawn_with(Options {
             replica: Replica::Url(replica.url()),
-            redis_url: Some(redis.url()),
+            redis_url: Some(link.url()),
             ..Options::default()
         })
         .await,
@@ -180,15 +185,15 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
         });
     }
 
-    // Chaos: flush, delete entries, pause, restart. (Fences are the service's own bookkeeping,
-    // like a WAL file: deleting single fences is not an outage Redis has.)
+    // Chaos. (Fences are the service's own bookkeeping, like a WAL file: deleting single fences
+    // is not an outage Redis has.)
     let chaos = {
         let (app, skus, checker) = (app.clone(), skus.clone(), checker.clone());
         tokio::spawn(async move {
             let mut round = 0;
             while Instant::now() + Duration::from_secs(2) < deadline {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                let event = match round % 4 {
+                let event = match round % 7 {
                     0 => {
                         let _: () = app.redis.flushall(false).await.unwrap_or(());
                         "flushall"
@@ -200,26 +205,43 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
                         "delete entries"
                     }
                     2 => {
+                        redis.snapshot().await;
+                        "snapshot"
+                    }
+                    3 => {
                         redis.pause().await;
                         tokio::time::sleep(Duration::from_millis(1200)).await;
                         redis.resume().await;
                         "pause"
                     }
-                    _ => {
+                    4 => {
+                        link.blackhole();
+                        tokio::time::sleep(Duration::from_millis(1200)).await;
+                        link.restore();
+                        "blackhole"
+                    }
+                    5 => {
+                        // Back with the data of the last snapshot: older entries and fences.
                         redis.restart().await;
-                        "restart"
+                        "restart from snapshot"
+                    }
+                    _ => {
+                        replica.stop().await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        replica.start().await;
+                        "replica restart"
                     }
                 };
                 checker.lock().unwrap().chaos.push(event);
                 round += 1;
             }
-            redis
+            (redis, link, replica)
         })
     };
     while let Some(task) = tasks.join_next().await {
         task.unwrap();
     }
-    let _redis = chaos.await.unwrap();
+    let _servers = chaos.await.unwrap();
 
     let checker = std::mem::take(&mut *checker.lock().unwrap());
     let mut lost = Vec::new();
@@ -253,7 +275,7 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
         checker.server_errors
     );
     assert!(
-        checker.writes >= 200 && checker.reads.len() >= 1000 && checker.chaos.len() >= 4,
+        checker.writes >= 200 && checker.reads.len() >= 1000 && checker.chaos.len() >= 7,
         "too little load"
     );
 }
