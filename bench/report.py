@@ -56,6 +56,8 @@ TARGETS = [
     ("miss GET / pgbench -S", "miss GET", 1, "pgbench -S", 1, 0.5),
     ("WMS sync rows/s / direct upsert rows/s", "WMS sync x1000", 1000, "direct upsert x1000", 1000, 0.7),
     ("warm-cache / redis-cli --pipe", "warm-cache", 1, "redis-cli --pipe", 1, 0.5),
+    ("warm-cache, lagging replica + writes / warm-cache", "warm-cache, lagging replica + writes", 1,
+     "warm-cache", 1, None),
 ]
 
 

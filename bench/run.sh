@@ -8,7 +8,8 @@
 # cached SKUs vs single GETs; miss GET (Redis up but holding none of the SKUs, an instance of
 # its own key prefix emptied before each round; fresh replica) vs pgbench -S; WMS
 # sync in batches of 1,000 vs the same set-based statement through pgbench; warm-cache vs
-# redis-cli --pipe. The load generator runs on CPU 0, the service and its datastores on CPU 1.
+# redis-cli --pipe, and again from a replica 2 s behind while writes go on. The load
+# generator runs on CPU 0, the service and its datastores on CPU 1.
 # Writes bench/RESULTS.md and bench/latency.svg (full mode) or bench/out/ (smoke).
 #
 # BENCH_ONLY="get miss" runs only those scenario groups (warm, get, lookup, miss, sync), with
@@ -49,6 +50,7 @@ eval "$(scripts/services.sh env)"
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 pg_port=${PSS_PG_PRIMARY_PORT:-55432}
 replica_port=${PSS_PG_REPLICA_PORT:-55433}
+lagging_port=${PSS_PG_LAGGING_PORT:-55434}
 db=product_sizes_bench
 psql_primary() { "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 psql_primary -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
@@ -82,6 +84,8 @@ until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d "$db" -q
 # A command prefix, not a function: a function run in the background is a subshell, and $!
 # would name the subshell instead of the server.
 servers=()
+loader=()
+[ "$(nproc)" -ge 2 ] && loader=(taskset -c 0)
 load() { if [ "$(nproc)" -ge 2 ]; then taskset -c 0 "$@"; else "$@"; fi; }
 if [ "$(nproc)" -ge 2 ]; then
   servers=(taskset -c 1)
@@ -154,6 +158,22 @@ for round in $(seq 1 "$rounds"); do
     "$bin" warm-cache --batch-size 1000 >"$out/warm-$round.txt" 2>/dev/null
   elapsed=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
   record warm-cache "$round" "$(python3 -c "print($rows / $elapsed)")" rows/s
+  if runs warm; then
+    # Again, from the replica that applies WAL 2 s late, while one connection writes through
+    # the service: every write raises the high-water mark the replica must have replayed.
+    redis-cli -p "$redis_port" flushall >/dev/null
+    BENCH_ROWS="$rows" BENCH_TOKEN=bench "${loader[@]}" wrk -t1 -c1 -d600s -s bench/put.lua \
+      "http://127.0.0.1:$port" >/dev/null 2>&1 &
+    writer=$!
+    start=$(date +%s.%N)
+    DATABASE_REPLICA_URL=postgres://postgres@127.0.0.1:$lagging_port/$db \
+      REDIS_URL="redis://127.0.0.1:$redis_port" CACHE_KEY_PREFIX=bench \
+      "$bin" warm-cache --batch-size 1000 >"$out/warm-lagging-$round.txt" 2>/dev/null
+    elapsed=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
+    kill "$writer" 2>/dev/null || true
+    wait "$writer" 2>/dev/null || true
+    record "warm-cache, lagging replica + writes" "$round" "$(python3 -c "print($rows / $elapsed)")" rows/s
+  fi
   psql_primary -d "$db" -c "COPY (SELECT sku, version, length_mm FROM product_sizes) TO STDOUT" \
     | python3 bench/report.py resp "$redis_port" >"$data/pipe.resp"
   start=$(date +%s.%N)

@@ -48,10 +48,6 @@ pub struct WarmProgress {
     pub elapsed_secs: f64,
 }
 
-/// How long a page waits for the replica to replay the high-water mark before it is read
-/// from the primary instead.
-const REPLICA_WAIT: Duration = Duration::from_secs(2);
-
 impl SizeService {
     /// Warms the cache with every row; `report` is called after each page.
     #[instrument(skip_all, fields(batch_size = options.batch_size))]
@@ -147,7 +143,10 @@ impl SizeService {
     }
 
     /// One page, from the replica if it had replayed `hwm` before the page's snapshot (it
-    /// reports that position with the rows); else, after a short wait, from the primary.
+    /// reports that position with the rows); else from the primary at once. Under steady
+    /// writes a lagging replica never catches up with a high-water mark read just before:
+    /// waiting for it would pace the warm-up by the lag, page after page. Rows installed from
+    /// the primary are as good, and the writes install their own versions anyway.
     async fn warm_page(
         &self,
         after: &str,
@@ -156,30 +155,27 @@ impl SizeService {
         from_primary: bool,
     ) -> Result<Page, sqlx::Error> {
         let size = i32::try_from(batch).unwrap_or(i32::MAX);
-        let mut fell_back = false;
-        if let Some(replica) = self.db.replica().filter(|_| !from_primary) {
-            fell_back = true;
-            let deadline = Instant::now() + REPLICA_WAIT;
-            while Instant::now() < deadline {
-                match fetch_page(replica, after, size).await {
-                    Ok(fetched) if fetched.replayed.is_some_and(|r| r >= hwm) => {
-                        return Ok(Page {
-                            fetched,
-                            fell_back: false,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "replica unavailable; warming from the primary");
-                        break;
-                    }
+        let replica = self.db.replica().filter(|_| !from_primary);
+        // The probe already knows a replica that is down or behind the mark: skip the query.
+        let behind = self
+            .replica_health
+            .as_ref()
+            .is_some_and(|health| !health.is_up() || health.replayed() < hwm);
+        if let Some(replica) = replica.filter(|_| !behind) {
+            match fetch_page(replica, after, size).await {
+                Ok(fetched) if fetched.replayed.is_some_and(|r| r >= hwm) => {
+                    return Ok(Page {
+                        fetched,
+                        fell_back: false,
+                    });
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "replica unavailable; warming from the primary"),
             }
         }
         Ok(Page {
             fetched: fetch_page(self.db.primary(), after, size).await?,
-            fell_back,
+            fell_back: replica.is_some(),
         })
     }
 }
