@@ -51,7 +51,10 @@ pub struct ReadResult {
 }
 
 impl SizeService {
-    /// Reads `skus` (distinct) as of at least every acknowledged write, and `token` if given.
+    /// Reads `skus` (distinct) as of at least every acknowledged write, and `token` if given,
+    /// in named steps: look the SKUs up in the cache and sort hits from misses; for the misses,
+    /// read their fences, then the replica where it is provably fresh, the primary for the
+    /// rest, and fill the cache with what was read.
     #[instrument(skip_all, fields(skus = skus.len()))]
     pub async fn read(
         &self,
@@ -60,8 +63,49 @@ impl SizeService {
         token: Option<Lsn>,
     ) -> Result<ReadResult, AppError> {
         let started = Instant::now();
+        let Sorted {
+            cache,
+            meta,
+            mut docs,
+            mut misses,
+        } = self.look_up(skus, token).await;
+        if misses.is_empty() {
+            self.metrics.count_read(ReadSource::Cache.as_str());
+            return Ok(ReadResult {
+                docs: docs.into_iter().flatten().collect(),
+                source: ReadSource::Cache,
+            });
+        }
         // The paths a cache hit does not take are boxed: built only when taken, they keep this
         // future (which every layer above moves) small.
+        let (loaded, source) = Box::pin(async {
+            if let Some(meta) = &meta {
+                self.read_fences(cache, &mut misses, &meta.epoch).await;
+            }
+            let load = Load {
+                cache,
+                misses: &misses,
+                meta: meta.as_ref(),
+                route,
+                token,
+                started,
+            };
+            self.load_misses(&load).await
+        })
+        .await?;
+        for (miss, doc) in misses.iter().zip(loaded) {
+            docs[miss.index] = Some(doc);
+        }
+        self.metrics.count_read(source.as_str());
+        Ok(ReadResult {
+            docs: docs.into_iter().flatten().collect(),
+            source,
+        })
+    }
+
+    /// Step 1: the cache. Every SKU becomes a hit (its document) or a miss, and the lookups
+    /// are counted by outcome.
+    async fn look_up(&self, skus: &[Sku], token: Option<Lsn>) -> Sorted<'_> {
         let (role, cache, cached) = self.read_caches(skus).await;
         // The secondary is read only while the primary cache fails: what it still owes comes
         // from the database, so that no instance serves it an update it missed.
@@ -80,7 +124,6 @@ impl SizeService {
             None => (None, vec![None; skus.len()]),
         };
         let epoch = meta.as_ref().map(|m| &m.epoch);
-
         let mut docs: Vec<Option<SizeDoc>> = Vec::with_capacity(skus.len());
         let mut misses = Vec::new();
         for (index, (sku, entry)) in skus.iter().zip(entries).enumerate() {
@@ -102,6 +145,7 @@ impl SizeService {
                     docs.push(None);
                     misses.push(Miss {
                         index,
+                        sku: sku.clone(),
                         fence: None,
                         primary_only: owed,
                     });
@@ -118,52 +162,23 @@ impl SizeService {
         self.metrics
             .count_cache(CacheOutcome::Miss, misses.len() - bypassed);
         self.metrics.count_cache(CacheOutcome::Bypass, bypassed);
-        if misses.is_empty() {
-            self.metrics.count_read(ReadSource::Cache.as_str());
-            return Ok(ReadResult {
-                docs: docs.into_iter().flatten().collect(),
-                source: ReadSource::Cache,
-            });
+        Sorted {
+            cache,
+            meta,
+            docs,
+            misses,
         }
-
-        let (loaded, source) = Box::pin(async {
-            if let Some(meta) = &meta {
-                self.read_fences(cache, skus, &mut misses, &meta.epoch)
-                    .await;
-            }
-            let miss_skus: Vec<&str> = misses.iter().map(|m| skus[m.index].as_str()).collect();
-            let load = Load {
-                cache,
-                requested: skus,
-                skus: &miss_skus,
-                misses: &misses,
-                meta: meta.as_ref(),
-                route,
-                token,
-                started,
-            };
-            self.load_misses(&load).await
-        })
-        .await?;
-        for (miss, doc) in misses.iter().zip(loaded) {
-            docs[miss.index] = Some(doc);
-        }
-        self.metrics.count_read(source.as_str());
-        Ok(ReadResult {
-            docs: docs.into_iter().flatten().collect(),
-            source,
-        })
     }
 
-    /// Notes the fences of the misses that may be read from the replica. A fence counts only
-    /// in the epoch it was written in. Read after the entries, a fence can only be newer,
-    /// which is stricter; without fences (Redis failing just now) the replica must reach the
-    /// high-water mark instead, which is stricter still.
-    async fn read_fences(&self, cache: &Cache, skus: &[Sku], misses: &mut [Miss], epoch: &Epoch) {
+    /// Step 2: notes the fences of the misses that may be read from the replica. A fence
+    /// counts only in the epoch it was written in. Read after the entries, a fence can only be
+    /// newer, which is stricter; without fences (Redis failing just now) the replica must
+    /// reach the high-water mark instead, which is stricter still.
+    async fn read_fences(&self, cache: &Cache, misses: &mut [Miss], epoch: &Epoch) {
         let wanted: Vec<&str> = misses
             .iter()
             .filter(|m| !m.primary_only)
-            .map(|m| skus[m.index].as_str())
+            .map(|m| m.sku.as_str())
             .collect();
         if wanted.is_empty() {
             return;
@@ -183,20 +198,19 @@ impl SizeService {
 
     /// Reads the misses, sharing a single SKU's read with concurrent misses of it.
     async fn load_misses(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
-        let (misses, miss_skus) = (load.misses, load.skus);
-        Ok(match (misses, load.meta, load.token) {
+        Ok(match (load.misses, load.meta, load.token) {
             // One SKU, Redis up, no token: share the read with concurrent misses. The shared
             // read may have begun before this request, so its answer must meet this request's
             // own requirement, else it reads again.
             ([miss], Some(meta), None) if !miss.primary_only => {
                 let shared = self
                     .flights
-                    .read(miss_skus[0], &meta.epoch, async {
-                        let (mut docs, source, proof) = self.load(load).await.ok()?;
+                    .read(miss.sku.as_str(), &meta.epoch, async {
+                        let read = self.load(load).await.ok()?;
                         Some(Answer {
-                            doc: docs.pop()?,
-                            source,
-                            proof,
+                            doc: read.docs.into_iter().next()?,
+                            source: read.source,
+                            proof: read.proof,
                         })
                     })
                     .await
@@ -204,14 +218,14 @@ impl SizeService {
                 match shared {
                     Some(answer) => (vec![answer.doc], answer.source),
                     None => {
-                        let (docs, source, _) = self.load(load).await?;
-                        (docs, source)
+                        let read = self.load(load).await?;
+                        (read.docs, read.source)
                     }
                 }
             }
             _ => {
-                let (docs, source, _) = self.load(load).await?;
-                (docs, source)
+                let read = self.load(load).await?;
+                (read.docs, read.source)
             }
         })
     }
@@ -247,153 +261,197 @@ impl SizeService {
         }
     }
 
-    /// Reads the misses from the databases and fills the cache with what it found.
-    async fn load(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource, Proof), AppError> {
+    /// Steps 3 to 5: the replica where it is provably fresh, the primary for the rest, then
+    /// the fill. One document per miss, in miss order.
+    async fn load(&self, load: &Load<'_>) -> Result<Loaded, AppError> {
         // sqlx's and fred's futures are tens of kilobytes: boxed here, they are copied once
         // instead of with every future that holds this one.
-        let (mut rows, source, proof, verified) = Box::pin(self.read_database(load)).await?;
+        let mut read = Box::pin(self.read_replica(load)).await;
+        if !read.pending.is_empty() {
+            Box::pin(self.read_primary(load, &mut read)).await?;
+        }
         let docs: Vec<SizeDoc> = load
             .misses
             .iter()
-            .map(|miss| {
-                let sku = load.requested[miss.index].clone();
-                match rows.remove(sku.as_str()) {
-                    Some(row) => SizeDoc {
-                        sku,
-                        version: row.version,
-                        body: row.to_body(),
-                    },
-                    None => SizeDoc {
-                        sku,
-                        version: 0,
-                        body: None,
-                    },
-                }
+            .map(|miss| match read.rows.remove(miss.sku.as_str()) {
+                Some(row) => SizeDoc {
+                    sku: miss.sku.clone(),
+                    version: row.version,
+                    body: row.to_body(),
+                },
+                None => SizeDoc {
+                    sku: miss.sku.clone(),
+                    version: 0,
+                    body: None,
+                },
             })
             .collect();
-
-        if let Some(meta) = load.meta
-            && load.started.elapsed() < FILL_MAX_AGE
-        {
-            let installs: Vec<Install<'_>> = docs
-                .iter()
-                .map(|doc| Install {
-                    sku: doc.sku.as_str(),
-                    version: doc.version,
-                    verified,
-                    body: doc.body.clone(),
-                })
-                .collect();
-            if let Err(error) = Box::pin(load.cache.fill(&installs, &meta.epoch)).await {
-                tracing::debug!(%error, "cache fill failed");
-            }
-        }
-        Ok((docs, source, proof))
+        Box::pin(self.fill(load, &docs, read.verified)).await;
+        Ok(Loaded {
+            docs,
+            source: read.source,
+            proof: read.proof,
+        })
     }
 
-    /// Reads from the replica what is provably fresh there, the rest from the primary: at
-    /// most one query on each. Also returns a position every token at or below which the
-    /// answer includes (the lower of the sources' when both were read).
-    async fn read_database(
-        &self,
-        load: &Load<'_>,
-    ) -> Result<(HashMap<String, StoredSize>, ReadSource, Proof, Lsn), AppError> {
-        let skus = load.skus;
-        let mut found = HashMap::with_capacity(skus.len());
-        let mut pending: Vec<usize> = (0..skus.len()).collect();
-        let mut replica_visible = None;
+    /// Step 3: the replica, for the misses it may serve, keeping the rows it proves fresh.
+    /// Everything else stays pending for the primary.
+    async fn read_replica(&self, load: &Load<'_>) -> DatabaseRead {
+        let mut read = DatabaseRead {
+            rows: HashMap::with_capacity(load.misses.len()),
+            pending: (0..load.misses.len()).collect(),
+            source: ReadSource::Primary,
+            proof: Proof::PrimaryAfter(Instant::now()),
+            verified: Lsn::ZERO,
+        };
         let replica = self
             .db
             .replica_reads()
             .filter(|_| load.route == DbRoute::ReplicaPreferred)
             .filter(|_| load.misses.iter().any(|m| !m.primary_only));
-        if let Some(replica) = replica {
-            let replica_skus: Vec<&str> = load
-                .misses
-                .iter()
-                .zip(skus)
-                .filter(|(m, _)| !m.primary_only)
-                .map(|(_, sku)| *sku)
-                .collect();
-            // Without Redis there is no high-water mark: the primary's position, read after
-            // this request began, is one.
-            let hwm = async {
-                match load.meta {
-                    Some(meta) => Some(meta.hwm),
-                    None => {
-                        self.primary_position
-                            .read_after(load.started, self.db.primary_reads())
-                            .await
-                    }
+        let Some(replica) = replica else {
+            return read;
+        };
+        let replica_skus: Vec<&str> = load
+            .misses
+            .iter()
+            .filter(|m| !m.primary_only)
+            .map(|m| m.sku.as_str())
+            .collect();
+        // Without Redis there is no high-water mark: the primary's position, read after
+        // this request began, is one.
+        let hwm = async {
+            match load.meta {
+                Some(meta) => Some(meta.hwm),
+                None => {
+                    self.primary_position
+                        .read_after(load.started, self.db.primary_reads())
+                        .await
                 }
-            };
-            let (fetched, hwm) = tokio::join!(fetch_leased(replica, &replica_skus), hwm);
-            self.metrics.count_database_read(Database::Replica);
-            let mut replayed = None;
-            match fetched {
-                Ok(fetched) => {
-                    replayed = fetched.replayed;
-                    replica_visible = Some(fetched.visible);
-                    let mut rows: HashMap<String, StoredSize> = fetched
-                        .rows
-                        .into_iter()
-                        .map(|r| (r.sku.clone(), r))
-                        .collect();
-                    pending.retain(|&i| {
-                        let miss = &load.misses[i];
-                        let version = rows.get(skus[i]).map_or(0, |r| r.version);
-                        let fresh = !miss.primary_only
-                            && fetched.replayed.is_some_and(|replayed| {
-                                is_fresh(replayed, version, miss.fence, hwm, load.token)
-                            });
-                        if fresh && let Some(row) = rows.remove(skus[i]) {
-                            found.insert(row.sku.clone(), row);
-                        }
-                        !fresh
-                    });
-                }
-                Err(error) => tracing::warn!(%error, "replica read failed; reading the primary"),
             }
-            if let Some(replayed) = replayed.filter(|_| pending.is_empty()) {
-                let visible = replica_visible.unwrap_or(Lsn::ZERO);
-                return Ok((
-                    found,
-                    ReadSource::Replica,
-                    Proof::Replayed(replayed),
-                    visible,
-                ));
+        };
+        let (fetched, hwm) = tokio::join!(fetch_leased(replica, &replica_skus), hwm);
+        self.metrics.count_database_read(Database::Replica);
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                tracing::warn!(%error, "replica read failed; reading the primary");
+                return read;
             }
+        };
+        let Some(replayed) = fetched.replayed else {
+            return read;
+        };
+        let mut rows: HashMap<String, StoredSize> = fetched
+            .rows
+            .into_iter()
+            .map(|r| (r.sku.clone(), r))
+            .collect();
+        read.pending.retain(|&i| {
+            let miss = &load.misses[i];
+            let version = rows.get(miss.sku.as_str()).map_or(0, |r| r.version);
+            let fresh = !miss.primary_only
+                && is_fresh(replayed, version, miss.fence, hwm, load.token);
+            if fresh && let Some(row) = rows.remove(miss.sku.as_str()) {
+                read.rows.insert(row.sku.clone(), row);
+            }
+            !fresh
+        });
+        if read.pending.len() < load.misses.len() {
+            read.verified = fetched.visible;
         }
-        let rest: Vec<&str> = pending.iter().map(|&i| skus[i]).collect();
+        if read.pending.is_empty() {
+            read.source = ReadSource::Replica;
+            read.proof = Proof::Replayed(replayed);
+        }
+        read
+    }
+
+    /// Step 4: the primary, for every miss still pending after the replica. Its answer is
+    /// proven from the instant its query was sent.
+    async fn read_primary(&self, load: &Load<'_>, read: &mut DatabaseRead) -> Result<(), AppError> {
+        let rest: Vec<&str> = read
+            .pending
+            .iter()
+            .map(|&i| load.misses[i].sku.as_str())
+            .collect();
         self.metrics.count_database_read(Database::Primary);
         let began = Instant::now();
         let fetched = fetch_leased(self.db.primary_reads(), &rest)
             .await
             .map_err(|e| self.database_error(e))?;
-        found.extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
-        // Rows the replica answered count only if it proved them fresh for this read; their
-        // proof for later tokens is the replica's position.
-        let visible = match replica_visible.filter(|_| pending.len() < skus.len()) {
-            Some(replica) => replica.min(fetched.visible),
-            None => fetched.visible,
+        read.rows
+            .extend(fetched.rows.into_iter().map(|r| (r.sku.clone(), r)));
+        // Rows the replica proved fresh keep the replica's, lower, position as their proof
+        // for later tokens.
+        read.verified = if read.pending.len() == load.misses.len() {
+            fetched.visible
+        } else {
+            read.verified.min(fetched.visible)
         };
-        Ok((
-            found,
-            ReadSource::Primary,
-            Proof::PrimaryAfter(began),
-            visible,
-        ))
+        read.pending.clear();
+        read.source = ReadSource::Primary;
+        read.proof = Proof::PrimaryAfter(began);
+        Ok(())
     }
+
+    /// Step 5: installs what was read with the compare-and-set, unless the read is too old
+    /// to be sure a write's fence would stop it.
+    async fn fill(&self, load: &Load<'_>, docs: &[SizeDoc], verified: Lsn) {
+        let Some(meta) = load.meta else { return };
+        if load.started.elapsed() >= FILL_MAX_AGE {
+            return;
+        }
+        let installs: Vec<Install<'_>> = docs
+            .iter()
+            .map(|doc| Install {
+                sku: doc.sku.as_str(),
+                version: doc.version,
+                verified,
+                body: doc.body.clone(),
+            })
+            .collect();
+        if let Err(error) = load.cache.fill(&installs, &meta.epoch).await {
+            tracing::debug!(%error, "cache fill failed");
+        }
+    }
+}
+
+/// A read's lookups sorted into hits (their documents) and misses.
+struct Sorted<'a> {
+    /// The cache that was read, and is filled.
+    cache: &'a Cache,
+    /// Its epoch with a known high-water mark; `None` when Redis cannot be trusted now.
+    meta: Option<Meta>,
+    /// One per requested SKU: the hit's document, or `None` for a miss.
+    docs: Vec<Option<SizeDoc>>,
+    misses: Vec<Miss>,
+}
+
+/// Where a database read of the misses stands.
+struct DatabaseRead {
+    /// Rows found, by SKU (absent: no such row).
+    rows: HashMap<String, StoredSize>,
+    /// Misses (by index) still to be read from the primary.
+    pending: Vec<usize>,
+    /// The farthest source read, and its proof: set by the source that completes the read.
+    source: ReadSource,
+    proof: Proof,
+    /// Every token at or below this is included in `rows` (for the fill's entries).
+    verified: Lsn,
+}
+
+/// The documents of a read's misses, in miss order, and where they came from.
+struct Loaded {
+    docs: Vec<SizeDoc>,
+    source: ReadSource,
+    proof: Proof,
 }
 
 /// The cache misses of one read, and what decides where they may be read from.
 struct Load<'a> {
     /// The cache that was read, and is filled.
     cache: &'a Cache,
-    /// Every SKU of the read; misses index into it.
-    requested: &'a [Sku],
-    /// The SKUs of the misses, in miss order.
-    skus: &'a [&'a str],
     misses: &'a [Miss],
     meta: Option<&'a Meta>,
     route: DbRoute,
@@ -401,9 +459,12 @@ struct Load<'a> {
     started: Instant,
 }
 
+/// One SKU the cache could not answer, and everything that decides where it may be read.
 #[derive(Debug)]
 struct Miss {
+    /// Its place among the requested SKUs.
     index: usize,
+    sku: Sku,
     /// The newest acknowledged version, from a fence of the current epoch.
     fence: Option<i64>,
     /// A cache repair is pending for this SKU: only the primary is known to be fresh.
