@@ -350,8 +350,8 @@ impl SizeService {
         read.pending.retain(|&i| {
             let miss = &load.misses[i];
             let version = rows.get(miss.sku.as_str()).map_or(0, |r| r.version);
-            let fresh = !miss.primary_only
-                && is_fresh(replayed, version, miss.fence, hwm, load.token);
+            let fresh =
+                !miss.primary_only && is_fresh(replayed, version, miss.fence, hwm, load.token);
             if fresh && let Some(row) = rows.remove(miss.sku.as_str()) {
                 read.rows.insert(row.sku.clone(), row);
             }

@@ -170,7 +170,9 @@ impl SizeService {
                     });
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "replica unavailable; warming from the primary"),
+                Err(error) => {
+                    tracing::warn!(%error, "replica unavailable; warming from the primary")
+                }
             }
         }
         Ok(Page {
