@@ -11,8 +11,12 @@
 //! recorded origin) before anything uses it. A server whose identity changes under an open link
 //! (a master demoted and resynchronised without a restart) is noticed by the periodic check.
 //!
-//! A Redis Cluster keeps fred's own reconnection (slots move between nodes); see the README for
-//! what that leaves out.
+//! In a Redis Cluster the link's connections reach every master, and its identity is that of
+//! every master together (each one's `run_id` and replication id, by address): a master that
+//! restarts from an older snapshot, or a replica promoted in its place, closes the link like a
+//! single server's restart, and the next link, checked against the epoch's origin, starts a
+//! new epoch before anything is read through it. A master whose slots move to a node the link
+//! did not check is noticed by the periodic check.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::clients::{Client, Pool};
 use fred::interfaces::ClientLike;
-use fred::prelude::{Builder, ReconnectPolicy};
+use fred::prelude::Builder;
 use fred::types::{ConnectHandle, CustomCommand};
 
 use super::{Cache, CacheError};
@@ -30,7 +34,8 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What names one Redis data set: the server process (`run_id`, new on every start) and its
 /// replication history (`master_replid`, new when a replica is promoted or a master is made a
-/// replica of another). Recorded with every epoch as its *origin*.
+/// replica of another). Recorded with every epoch as its *origin*. In a Cluster: every
+/// master's, each prefixed with its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerIdentity {
     pub run_id: String,
@@ -54,13 +59,26 @@ impl ServerIdentity {
         })
     }
 
-    /// For a Cluster, whose nodes are not checked one by one.
-    pub fn unchecked() -> Self {
-        Self {
-            run_id: "cluster".to_owned(),
-            replication_id: "-".to_owned(),
-            eviction_policy: String::new(),
-        }
+    /// A Cluster's: every master's identity, by address (in address order). Its eviction
+    /// policy is the first one that may evict fences, if any master has one.
+    fn of_masters(masters: &[(String, Self)]) -> Option<Self> {
+        let joined = |field: fn(&Self) -> &str| {
+            masters
+                .iter()
+                .map(|(address, server)| format!("{address}={}", field(server)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let policy = masters
+            .iter()
+            .map(|(_, server)| server)
+            .find(|server| server.may_evict_fences())
+            .or(masters.first().map(|(_, server)| server))?;
+        Some(Self {
+            run_id: joined(|server| &server.run_id),
+            replication_id: joined(|server| &server.replication_id),
+            eviction_policy: policy.eviction_policy.clone(),
+        })
     }
 
     /// The data set's name as the origin records it.
@@ -78,16 +96,16 @@ impl ServerIdentity {
 /// A pool whose connections all reach one checked server process.
 pub struct Link {
     pub pool: Pool,
-    /// `None` in a Cluster, where connections follow the slots.
-    pub server: Option<ServerIdentity>,
+    pub server: ServerIdentity,
+    clustered: bool,
     /// Each connection's task; it ends when its connection closes (fred's client state does
     /// not say so without a reconnection policy).
     tasks: Vec<ConnectHandle>,
 }
 
 impl Link {
-    /// Opens a pool of `settings.pool_size` connections and identifies the server behind them
-    /// (not in a Cluster); gives up after a few connection timeouts.
+    /// Opens a pool of `settings.pool_size` connections and identifies the server (or every
+    /// Cluster master) behind them; gives up after a few connection timeouts.
     pub async fn open(
         config: &fred::prelude::Config,
         settings: &crate::config::CacheSettings,
@@ -104,19 +122,13 @@ impl Link {
                 conn.internal_command_timeout = connect_timeout;
                 conn.max_command_attempts = 1;
             });
-        if clustered {
-            builder.set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
-        }
         let pool = builder.build_pool(settings.pool_size)?;
         let opened = async {
             let mut tasks = Vec::with_capacity(pool.size());
             for client in pool.clients() {
                 tasks.push(client.init().await?);
             }
-            let server = match clustered {
-                true => None,
-                false => Some(identify_all(&pool).await?),
-            };
+            let server = identify_all(&pool, clustered).await?;
             Ok((server, tasks))
         };
         let (server, tasks) = match tokio::time::timeout(connect_timeout * 4, opened).await {
@@ -136,6 +148,7 @@ impl Link {
         Ok(Self {
             pool,
             server,
+            clustered,
             tasks,
         })
     }
@@ -149,29 +162,23 @@ impl Link {
         self.pool.next()
     }
 
-    /// The server as it is now, if the link has one to check (not in a Cluster). An error if it
-    /// does not answer.
-    pub async fn identify_again(&self) -> Result<Option<ServerIdentity>, CacheError> {
-        match &self.server {
-            Some(_) => Ok(Some(identify(self.pool.next()).await?)),
-            None => Ok(None),
-        }
+    /// The server (or every Cluster master) as it is now. An error if it does not answer.
+    pub async fn identify_again(&self) -> Result<ServerIdentity, CacheError> {
+        identify_client(self.pool.next(), self.clustered).await
     }
 
     /// Whether `now` names the data set the link was checked against.
     pub fn same_data_set(&self, now: &ServerIdentity) -> bool {
-        self.server
-            .as_ref()
-            .is_some_and(|server| server.data_set() == now.data_set())
+        self.server.data_set() == now.data_set()
     }
 }
 
-/// Every connection of the pool must reach the same server: under Sentinel, two connections
+/// Every connection of the pool must reach the same servers: under Sentinel, two connections
 /// opened during a failover may reach different masters.
-async fn identify_all(pool: &Pool) -> Result<ServerIdentity, CacheError> {
+async fn identify_all(pool: &Pool, clustered: bool) -> Result<ServerIdentity, CacheError> {
     let mut seen: Option<ServerIdentity> = None;
     for client in pool.clients() {
-        let server = identify(client).await?;
+        let server = identify_client(client, clustered).await?;
         match &seen {
             Some(first) if first.run_id != server.run_id => {
                 return Err(CacheError::new(
@@ -186,7 +193,28 @@ async fn identify_all(pool: &Pool) -> Result<ServerIdentity, CacheError> {
     seen.ok_or_else(|| CacheError::new(fred::error::ErrorKind::Unknown, "empty Redis pool"))
 }
 
-async fn identify(client: &Client) -> Result<ServerIdentity, CacheError> {
+/// The server behind `client`, or in a Cluster every master it is connected to.
+async fn identify_client(client: &Client, clustered: bool) -> Result<ServerIdentity, CacheError> {
+    if !clustered {
+        return identify(client).await;
+    }
+    // A Cluster client holds one connection per master.
+    let mut masters = client.active_connections();
+    masters.sort_by_key(ToString::to_string);
+    let mut identities = Vec::with_capacity(masters.len());
+    for master in masters {
+        let address = master.to_string();
+        identities.push((address, identify(&client.with_cluster_node(master)).await?));
+    }
+    ServerIdentity::of_masters(&identities).ok_or_else(|| {
+        CacheError::new(
+            fred::error::ErrorKind::Cluster,
+            "the Cluster's routing table has no masters",
+        )
+    })
+}
+
+async fn identify(client: &impl ClientLike) -> Result<ServerIdentity, CacheError> {
     let info: Bytes = client
         .custom(
             CustomCommand::new_static("INFO", None, false),
@@ -246,6 +274,28 @@ mod tests {
         assert_eq!(server.data_set(), "abc/def");
         assert!(server.may_evict_fences());
         assert!(ServerIdentity::parse("# Server\r\nrun_id:abc\r\n").is_none());
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_every_master() {
+        let master = |run_id: &str, policy: &str| ServerIdentity {
+            run_id: run_id.into(),
+            replication_id: format!("repl-{run_id}"),
+            eviction_policy: policy.into(),
+        };
+        let masters = |second: &str, policy: &str| {
+            ServerIdentity::of_masters(&[
+                ("a:1".into(), master("r1", "noeviction")),
+                ("b:2".into(), master(second, policy)),
+            ])
+            .unwrap()
+        };
+        let cluster = masters("r2", "noeviction");
+        assert_eq!(cluster.data_set(), "a:1=r1,b:2=r2/a:1=repl-r1,b:2=repl-r2");
+        assert!(!cluster.may_evict_fences());
+        assert_ne!(cluster.data_set(), masters("r3", "noeviction").data_set());
+        assert!(masters("r2", "allkeys-lru").may_evict_fences());
+        assert!(ServerIdentity::of_masters(&[]).is_none());
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! - `ps:meta` — `<epoch>|<hwm>`: the epoch names this Redis data set (a FLUSHALL or restart
 //!   ends it), the high-water mark is the newest WAL position of any acknowledged write.
 //! - `{ps:meta}:origin` — `<epoch>|<run_id>/<master_replid>`: the server process and
-//!   replication history the epoch was started on. A link to Redis whose server does not match
-//!   starts a new epoch before anything is read through it ([`link`]). It shares the meta key's
-//!   slot, so both change in one script.
+//!   replication history the epoch was started on (in a Cluster, every master's, by address).
+//!   A link to Redis whose server does not match starts a new epoch before anything is read
+//!   through it ([`link`]). It shares the meta key's slot, so both change in one script.
 //! - `{ps:meta}:database` — `<epoch>|<system identifier>/<timeline>`: the PostgreSQL history
 //!   the epoch's versions and high-water mark come from. A write that commits on another
 //!   history (a promoted standby, a restored cluster) starts a new epoch before it installs,
@@ -154,7 +154,7 @@ impl Cache {
         result
     }
 
-    /// The server behind the current link (`None` while unlinked, or in a Cluster).
+    /// The server (or Cluster masters) behind the current link (`None` while unlinked).
     pub fn server(&self) -> Option<ServerIdentity> {
         self.server.load().as_deref().cloned()
     }
@@ -166,12 +166,12 @@ impl Cache {
         {
             match link.identify_again().await {
                 // A server that does not answer (paused, overloaded) is still the same one.
-                Ok(None) | Err(_) => return true,
-                Ok(Some(now)) if link.same_data_set(&now) => {
+                Err(_) => return true,
+                Ok(now) if link.same_data_set(&now) => {
                     self.server.store(Some(Arc::new(now)));
                     return true;
                 }
-                Ok(Some(_)) => tracing::warn!(
+                Ok(_) => tracing::warn!(
                     cache = self.prefix(),
                     "the Redis server changed under an open connection (failover or resync)"
                 ),
@@ -201,14 +201,14 @@ impl Cache {
                 false
             }
             Ok(()) => {
-                if let Some(server) = opened.server.as_ref().filter(|s| s.may_evict_fences()) {
+                if opened.server.may_evict_fences() {
                     tracing::warn!(
                         cache = self.prefix(),
-                        policy = %server.eviction_policy,
+                        policy = %opened.server.eviction_policy,
                         "Redis may evict fences under memory pressure, and then serve reads older than acknowledged writes; set maxmemory-policy noeviction"
                     );
                 }
-                self.server.store(opened.server.clone().map(Arc::new));
+                self.server.store(Some(Arc::new(opened.server.clone())));
                 self.link.store(Some(Arc::new(opened)));
                 true
             }
@@ -223,9 +223,7 @@ impl Cache {
     /// Trusts the link's data set only if the current epoch was started on it; otherwise
     /// starts a new epoch (its high-water mark still unknown) before the link is used.
     async fn adopt(&self, opened: &link::Link) -> Result<(), CacheError> {
-        let Some(server) = &opened.server else {
-            return Ok(());
-        };
+        let server = &opened.server;
         let client = opened.client();
         for _ in 0..5 {
             let mut values: Vec<Option<Bytes>> = client
@@ -534,12 +532,12 @@ impl Cache {
     /// `seen` was no longer current.
     pub async fn replace_epoch(&self, seen: &Meta) -> Result<bool, CacheError> {
         let link = self.link.load_full().ok_or_else(no_link)?;
-        let server = link
-            .server
-            .clone()
-            .unwrap_or_else(ServerIdentity::unchecked);
-        self.restart_epoch_on(link.client(), Some(Bytes::from(seen.encode())), &server)
-            .await
+        self.restart_epoch_on(
+            link.client(),
+            Some(Bytes::from(seen.encode())),
+            &link.server,
+        )
+        .await
     }
 
     /// Starts a new epoch if none exists (its high-water mark still unknown: zero), on the
@@ -548,11 +546,8 @@ impl Cache {
     /// acknowledged after it raise the mark themselves.
     pub async fn start_epoch(&self) -> Result<(), CacheError> {
         let link = self.link.load_full().ok_or_else(no_link)?;
-        let server = link
-            .server
-            .clone()
-            .unwrap_or_else(ServerIdentity::unchecked);
-        self.restart_epoch_on(link.client(), None, &server).await?;
+        self.restart_epoch_on(link.client(), None, &link.server)
+            .await?;
         Ok(())
     }
 

@@ -386,10 +386,12 @@ async fn eventually_output(port: u16, args: &[&str], expected: &str) {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas) on free ports, stopped when dropped.
+/// A Redis Cluster of three masters (no replicas) on free ports, stopped when dropped. Each
+/// master saves a snapshot of its own when told to ([`Self::snapshot_node`]) and loads it when
+/// restarted.
 pub struct OwnRedisCluster {
     ports: Vec<u16>,
-    _nodes: Vec<Child>,
+    nodes: Vec<Child>,
     dir: PathBuf,
 }
 
@@ -398,36 +400,23 @@ impl OwnRedisCluster {
         let dir = std::env::temp_dir().join(format!("pss-test-cluster-{:016x}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut nodes = Vec::new();
-        for port in &ports {
-            let port = port.to_string();
-            let conf = format!("nodes-{port}.conf");
-            nodes.push(
-                spawn_redis(&[
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    dir.to_str().unwrap(),
-                ])
-                .await,
-            );
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            ports,
+            dir,
+        };
+        for port in cluster.ports.clone() {
+            let node = cluster.spawn_node(port).await;
+            cluster.nodes.push(node);
         }
-        for port in &ports {
+        for port in &cluster.ports {
             wait_port(*port, true).await;
         }
-        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         run(Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -435,13 +424,40 @@ impl OwnRedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null()))
         .await;
-        for port in &ports {
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    async fn spawn_node(&self, port: u16) -> Child {
+        let conf = format!("nodes-{port}.conf");
+        let snapshot = format!("dump-{port}.rdb");
+        let port = port.to_string();
+        spawn_redis(&[
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &conf,
+            "--cluster-node-timeout",
+            "2000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            &snapshot,
+            "--dir",
+            self.dir.to_str().unwrap(),
+        ])
+        .await
+    }
+
+    async fn wait_healthy(&self) {
+        for port in &self.ports {
             eventually_output(*port, &["cluster", "info"], "cluster_state:ok").await;
-        }
-        Self {
-            ports,
-            _nodes: nodes,
-            dir,
         }
     }
 
@@ -450,6 +466,33 @@ impl OwnRedisCluster {
             "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
             self.ports[0], self.ports[1], self.ports[2]
         )
+    }
+
+    /// The port of the master that holds `key`'s slot.
+    pub async fn node_holding(&self, key: &str) -> u16 {
+        for port in &self.ports {
+            // Any other master answers with a MOVED redirection.
+            if !redis_cli(*port, &["EXISTS", key]).await.contains("MOVED") {
+                return *port;
+            }
+        }
+        panic!("no master holds {key}")
+    }
+
+    /// `SAVE` on one master: its next restart loads this snapshot.
+    pub async fn snapshot_node(&self, port: u16) {
+        run(Command::new("redis-cli").args(["-p", &port.to_string(), "SAVE"])).await;
+    }
+
+    /// SIGKILL one master and start it again on its port, with its cluster configuration and
+    /// its last snapshot; returns once the cluster is healthy again.
+    pub async fn restart_node(&mut self, port: u16) {
+        let index = self.ports.iter().position(|p| *p == port).unwrap();
+        let _ = self.nodes[index].kill().await;
+        wait_port(port, false).await;
+        self.nodes[index] = self.spawn_node(port).await;
+        wait_port(port, true).await;
+        self.wait_healthy().await;
     }
 }
 

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{Options, TestApp, eventually, read_source, size, version_of};
-use crate::processes::OwnRedis;
+use crate::processes::{OwnRedis, OwnRedisCluster};
 
 fn with_redis(redis: &OwnRedis) -> Options {
     Options {
@@ -45,6 +45,43 @@ async fn a_redis_restarted_from_an_older_snapshot_serves_no_version_older_than_a
     served_from_the_cache_at(&reader, &sku, acknowledged).await;
     // Back with the snapshot's data: version 1, its fence and the same epoch.
     redis.restart().await;
+
+    for app in [&reader, &writer] {
+        served_from_the_cache_at(app, &sku, acknowledged).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_master_restarted_from_an_older_snapshot_serves_no_version_older_than_acknowledged()
+ {
+    let mut cluster = OwnRedisCluster::start().await;
+    let options = || Options {
+        redis_url: Some(cluster.url()),
+        ..Options::default()
+    };
+    let writer = TestApp::spawn_with(options()).await;
+    let reader = writer.sibling(options()).await;
+    // A SKU on another master than the epoch's: that master alone goes back in time.
+    let epoch_node = cluster
+        .node_holding(&format!("{}:meta", writer.key_prefix))
+        .await;
+    let mut sku = String::new();
+    for i in 0.. {
+        sku = writer.sku(&format!("shard-{i}"));
+        if cluster.node_holding(&writer.entry_key(&sku)).await != epoch_node {
+            break;
+        }
+    }
+    let node = cluster.node_holding(&writer.entry_key(&sku)).await;
+    writer.put(&sku, &size(1)).await;
+    served_from_the_cache_at(&reader, &sku, 1).await;
+    cluster.snapshot_node(node).await;
+
+    let acknowledged = version_of(&writer.put(&sku, &size(2)).await.json().await.unwrap());
+    served_from_the_cache_at(&reader, &sku, acknowledged).await;
+    // That master is back with the snapshot's entry and fence (version 1); the epoch, on
+    // another master, never went away.
+    cluster.restart_node(node).await;
 
     for app in [&reader, &writer] {
         served_from_the_cache_at(app, &sku, acknowledged).await;
