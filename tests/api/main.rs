@@ -9,6 +9,7 @@ mod errors;
 mod failover;
 mod helpers;
 mod operations;
+mod outside_writes;
 mod processes;
 mod proxy;
 mod redis_failures;
