@@ -86,6 +86,7 @@ impl Application {
             Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
         }
         background.extend(sizes.spawn_repair_tasks());
+        background.push(tokio::spawn(sizes.clone().inspect_consistency()));
         let state = AppState {
             sizes: sizes.clone(),
             warm_job: Arc::default(),

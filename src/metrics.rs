@@ -115,6 +115,12 @@ pub struct Metrics {
     /// Cache updates this instance's repair worker applied.
     pub repairs_applied: Counter,
     pub repairs_oldest_seconds: Family<CacheClusterLabels, Gauge<f64, AtomicU64>>,
+    /// Sampled cache hits compared with the primary, and those the cache went on serving
+    /// older than committed ([`crate::service`]'s inspector).
+    pub consistency_checked: Counter,
+    pub consistency_divergent: Counter,
+    /// The share of agreeing checks over the last minute.
+    pub consistency_ratio: Gauge<f64, AtomicU64>,
     /// 1 while Redis answers, 0 while the breaker is open.
     pub cache_up: Gauge,
     /// 1 while Redis's `maxmemory-policy` may evict fences (anything but `noeviction`).
@@ -169,6 +175,24 @@ impl Default for Metrics {
             "cache_repairs_applied",
             "Cache updates applied by this instance's repair worker",
             repairs_applied.clone(),
+        );
+        let consistency_checked = Counter::default();
+        registry.register(
+            "consistency_checked",
+            "Sampled cache hits compared with what the primary committed",
+            consistency_checked.clone(),
+        );
+        let consistency_divergent = Counter::default();
+        registry.register(
+            "consistency_divergent",
+            "Sampled cache hits the cache still served older than committed a second later",
+            consistency_divergent.clone(),
+        );
+        let consistency_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "consistency_ratio",
+            "Share of sampled cache hits that agreed with the primary over the last minute",
+            consistency_ratio.clone(),
         );
         let repairs_oldest_seconds = Family::<CacheClusterLabels, Gauge<f64, AtomicU64>>::default();
         registry.register_with_unit(
@@ -269,6 +293,9 @@ impl Default for Metrics {
             repairs_backlog,
             repairs_applied,
             repairs_oldest_seconds,
+            consistency_checked,
+            consistency_divergent,
+            consistency_ratio,
             cache_up,
             cache_fences_evictable,
             replica_usable,

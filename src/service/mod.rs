@@ -18,6 +18,7 @@
 
 pub mod audit;
 mod flight;
+mod inspect;
 mod position;
 mod read;
 pub mod repair;
@@ -57,6 +58,7 @@ pub struct SizeService {
     metrics: Arc<Metrics>,
     repairs: repair::Repairs,
     flights: flight::Flights,
+    inspector: inspect::Inspector,
     primary_position: position::PrimaryPosition,
     replica_health: Option<Arc<ReplicaHealth>>,
     secondary: Option<Secondary>,
@@ -75,7 +77,7 @@ pub struct Readiness {
     pub primary: bool,
     pub replica: Option<bool>,
     pub cache: bool,
-    /// Redis's `maxmemory-policy`, when linked to a single server.
+    /// Redis's `maxmemory-policy` (in a Cluster, the first master's that may evict fences).
     pub cache_eviction_policy: Option<String>,
     pub cache_fences_evictable: bool,
 }
@@ -94,6 +96,7 @@ impl SizeService {
             replica_health,
             repairs: repair::Repairs::default(),
             flights: flight::Flights::default(),
+            inspector: inspect::Inspector::default(),
             primary_position: position::PrimaryPosition::default(),
             secondary: None,
         }

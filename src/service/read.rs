@@ -131,16 +131,15 @@ impl SizeService {
             // instance acknowledged: neither its entry nor its fence can be trusted.
             let owed = self.repairs.is_pending(role, sku.as_str())
                 || owed_by_secondary.contains(sku.as_str());
-            // A client's token may name a write this cache never saw (another instance's
-            // failed update, another deployment's write): only an entry verified at or past
-            // the token proves it includes that write.
-            let proven = |e: &Entry| token.is_none_or(|token| e.verified >= token);
-            match entry.filter(|e| Some(&e.epoch) == epoch && !owed && proven(e)) {
-                Some(entry) => docs.push(Some(SizeDoc {
-                    sku: sku.clone(),
-                    version: entry.version,
-                    body: entry.body,
-                })),
+            match entry.filter(|e| servable(e, epoch, owed, token)) {
+                Some(entry) => {
+                    self.inspector.served(sku, entry.version);
+                    docs.push(Some(SizeDoc {
+                        sku: sku.clone(),
+                        version: entry.version,
+                        body: entry.body,
+                    }));
+                }
                 None => {
                     docs.push(None);
                     misses.push(Miss {
@@ -168,6 +167,31 @@ impl SizeService {
             docs,
             misses,
         }
+    }
+
+    /// The version a read without a token would be served from the cache for each of `skus`
+    /// (`None` for a miss); `None` if the primary cache does not answer.
+    pub(super) async fn servable_versions(&self, skus: &[Sku]) -> Option<Vec<Option<i64>>> {
+        let (role, _, cached) = self.read_caches(skus).await;
+        // While the primary cache fails, the secondary's owed SKUs are decided by the
+        // database: not judged here.
+        if role == CacheRole::Secondary {
+            return None;
+        }
+        let cached = cached?;
+        let meta = cached.meta.filter(Meta::is_complete);
+        let epoch = meta.as_ref().map(|m| &m.epoch);
+        let versions = skus
+            .iter()
+            .zip(cached.entries)
+            .map(|(sku, entry)| {
+                let owed = self.repairs.is_pending(role, sku.as_str());
+                entry
+                    .filter(|e| servable(e, epoch, owed, None))
+                    .map(|e| e.version)
+            })
+            .collect();
+        Some(versions)
     }
 
     /// Step 2: notes the fences of the misses that may be read from the replica. A fence
@@ -499,6 +523,14 @@ impl Answer {
             (None, Proof::PrimaryAfter(began)) => began >= started,
         }
     }
+}
+
+/// Whether a cached `entry` may be served as a hit: stamped in the current `epoch`, not
+/// `owed` a repair, and verified at or past the client's `token`. A token may name a write
+/// this cache never saw (another instance's failed update, another deployment's write): only
+/// an entry verified at or past it proves it includes that write.
+fn servable(entry: &Entry, epoch: Option<&Epoch>, owed: bool, token: Option<Lsn>) -> bool {
+    Some(&entry.epoch) == epoch && !owed && token.is_none_or(|token| entry.verified >= token)
 }
 
 /// Whether a replica row of `version`, read from a snapshot that includes everything up to

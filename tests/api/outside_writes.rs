@@ -1,11 +1,12 @@
 //! Writers other than the service (a data fix in psql, a backfill, another program): the table
 //! keeps versions monotonic for them, so a version always names one content and the cache's
-//! compare-and-set can replace what they changed.
+//! compare-and-set can replace what they changed; the consistency inspector notices a cache
+//! that goes on serving what they replaced.
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{READ_TOKEN, TestApp, read_source, size, version_of};
+use crate::helpers::{READ_TOKEN, TestApp, eventually, read_source, size, version_of};
 
 /// The stored version, content and tombstone flag of `sku`, straight from the primary.
 async fn stored(app: &TestApp, sku: &str) -> (i64, i32, bool) {
@@ -149,4 +150,36 @@ async fn an_insert_from_outside_needs_no_version_and_no_sku_is_renamed() {
         "{renamed}"
     );
     assert_eq!(stored(&app, &sku).await, (1, 40, false));
+}
+
+#[tokio::test]
+async fn the_inspector_counts_hits_the_cache_keeps_serving_older_than_committed() {
+    let app = TestApp::spawn().await;
+    let sku = app.sku("inspected");
+    app.put(&sku, &size(1)).await;
+    assert_eq!(read_source(&app.get(&sku).await), "cache");
+    eventually(10, "the sampled hit is checked", || async {
+        app.metric("product_size_consistency_checked_total").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        app.metric("product_size_consistency_divergent_total").await,
+        0.0
+    );
+    assert_eq!(app.metric("product_size_consistency_ratio").await, 1.0);
+
+    // A change the cache does not learn of: it goes on serving version 1.
+    outside(
+        &app,
+        "UPDATE product_sizes SET weight_g = 999 WHERE sku = $1",
+        &sku,
+    )
+    .await;
+    eventually(10, "the divergence is counted", || async {
+        let read = app.get(&sku).await;
+        assert_eq!(read_source(&read), "cache");
+        app.metric("product_size_consistency_divergent_total").await >= 1.0
+    })
+    .await;
+    assert!(app.metric("product_size_consistency_ratio").await < 1.0);
 }
