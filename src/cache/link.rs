@@ -93,7 +93,8 @@ impl ServerIdentity {
     }
 }
 
-/// A pool whose connections all reach one checked server process.
+/// A pool whose connections all reach one checked server process (in a Cluster, one checked
+/// process per master).
 pub struct Link {
     pub pool: Pool,
     pub server: ServerIdentity,
@@ -209,7 +210,7 @@ async fn identify_client(client: &Client, clustered: bool) -> Result<ServerIdent
     ServerIdentity::of_masters(&identities).ok_or_else(|| {
         CacheError::new(
             fred::error::ErrorKind::Cluster,
-            "the Cluster's routing table has no masters",
+            "the Cluster client is connected to no master",
         )
     })
 }
