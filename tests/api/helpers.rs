@@ -233,6 +233,19 @@ impl TestApp {
         .unwrap()
     }
 
+    /// A GET that sends `X-Consistency-Token: token`.
+    pub async fn get_with_token(&self, sku: &str, token: &str) -> Response {
+        self.request(
+            Method::GET,
+            &format!("/v1/products/{sku}/size"),
+            Some(READ_TOKEN),
+        )
+        .header("X-Consistency-Token", token)
+        .send()
+        .await
+        .unwrap()
+    }
+
     pub async fn put(&self, sku: &str, body: &Value) -> Response {
         self.request(
             Method::PUT,

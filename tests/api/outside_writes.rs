@@ -3,10 +3,10 @@
 //! compare-and-set can replace what they changed; the consistency inspector notices a cache
 //! that goes on serving what they replaced.
 
-use reqwest::{Method, Response, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{READ_TOKEN, TestApp, eventually, read_source, size, version_of};
+use crate::helpers::{TestApp, eventually, read_source, size, version_of};
 
 /// The stored version, content and tombstone flag of `sku`, straight from the primary.
 async fn stored(app: &TestApp, sku: &str) -> (i64, i32, bool) {
@@ -31,18 +31,6 @@ async fn outside(app: &TestApp, statement: &'static str, sku: &str) -> String {
         .unwrap()
 }
 
-async fn read_at_least(app: &TestApp, sku: &str, token: &str) -> Response {
-    app.request(
-        Method::GET,
-        &format!("/v1/products/{sku}/size"),
-        Some(READ_TOKEN),
-    )
-    .header("X-Consistency-Token", token)
-    .send()
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn an_update_that_leaves_the_version_alone_gets_a_higher_one() {
     let app = TestApp::spawn().await;
@@ -60,11 +48,7 @@ async fn an_update_that_leaves_the_version_alone_gets_a_higher_one() {
 
     // The cache held version 1 with the old weight; a read that must see the fix gets it,
     // and no version is served with two contents.
-    let read: Value = read_at_least(&app, &sku, &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let read: Value = app.get_with_token(&sku, &token).await.json().await.unwrap();
     assert_eq!(
         (version_of(&read), read["weight_g"].as_i64()),
         (2, Some(777))
@@ -104,7 +88,7 @@ async fn a_delete_keeps_a_tombstone_that_a_re_create_continues() {
     let token = outside(&app, "DELETE FROM product_sizes WHERE sku = $1", &sku).await;
     assert_eq!(stored(&app, &sku).await, (3, 400, true));
     assert_eq!(
-        read_at_least(&app, &sku, &token).await.status(),
+        app.get_with_token(&sku, &token).await.status(),
         StatusCode::NOT_FOUND
     );
     // Deleting a tombstone changes nothing.
@@ -136,7 +120,7 @@ async fn an_insert_from_outside_needs_no_version_and_no_sku_is_renamed() {
         &sku,
     )
     .await;
-    let read = read_at_least(&app, &sku, &token).await;
+    let read = app.get_with_token(&sku, &token).await;
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(version_of(&read.json().await.unwrap()), 1);
 

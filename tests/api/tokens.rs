@@ -1,10 +1,10 @@
 //! `X-Consistency-Token` on cache hits: a read carrying a token gets data at least that new
 //! even when the cache it reads holds an older version it has no other way to doubt.
 
-use reqwest::{Method, Response};
+use reqwest::Response;
 use serde_json::Value;
 
-use crate::helpers::{Options, READ_TOKEN, TestApp, eventually, read_source, size, version_of};
+use crate::helpers::{Options, TestApp, eventually, read_source, size, version_of};
 use crate::processes::OwnRedis;
 use crate::proxy::TcpProxy;
 
@@ -13,18 +13,6 @@ fn token_of(written: &Response) -> String {
         .to_str()
         .unwrap()
         .to_owned()
-}
-
-async fn get_with_token(app: &TestApp, sku: &str, token: &str) -> Response {
-    app.request(
-        Method::GET,
-        &format!("/v1/products/{sku}/size"),
-        Some(READ_TOKEN),
-    )
-    .header("X-Consistency-Token", token)
-    .send()
-    .await
-    .unwrap()
 }
 
 /// Reads `sku` on `app` until the cache serves it, at `version`.
@@ -48,7 +36,7 @@ async fn a_token_from_another_deployment_is_honoured_on_a_cache_hit() {
     cached_at(&other, &sku, 1).await;
 
     let written = writer.put(&sku, &size(2)).await;
-    let read = get_with_token(&other, &sku, &token_of(&written)).await;
+    let read = other.get_with_token(&sku, &token_of(&written)).await;
     let source = read_source(&read);
     assert_eq!(
         version_of(&read.json().await.unwrap()),
@@ -56,7 +44,7 @@ async fn a_token_from_another_deployment_is_honoured_on_a_cache_hit() {
         "served from {source} older than the token"
     );
     // The fill stamped the new version: the next read with the token is a hit.
-    let again = get_with_token(&other, &sku, &token_of(&written)).await;
+    let again = other.get_with_token(&sku, &token_of(&written)).await;
     assert_eq!(read_source(&again), "cache");
     assert_eq!(version_of(&again.json().await.unwrap()), 2);
 }
@@ -84,7 +72,7 @@ async fn a_token_is_honoured_by_an_instance_that_never_saw_the_failed_cache_upda
     writer_link.blackhole();
     let written = writer.put(&sku, &size(2)).await;
     assert!(written.status().is_success());
-    let read = get_with_token(&reader, &sku, &token_of(&written)).await;
+    let read = reader.get_with_token(&sku, &token_of(&written)).await;
     let source = read_source(&read);
     assert_eq!(
         version_of(&read.json().await.unwrap()),
