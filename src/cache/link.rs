@@ -15,8 +15,8 @@
 //! every master together (each one's `run_id` and replication id, by address): a master that
 //! restarts from an older snapshot, or a replica promoted in its place, closes the link like a
 //! single server's restart, and the next link, checked against the epoch's origin, starts a
-//! new epoch before anything is read through it. A master whose slots move to a node the link
-//! did not check is noticed by the periodic check.
+//! new epoch before anything is read through it. A master the link did not check (slots moved
+//! to a new node) is noticed only by the periodic check; no test moves slots.
 
 use std::sync::Weak;
 use std::time::Duration;
