@@ -1,6 +1,7 @@
 -- The service's set-based batch write, run directly: 1,000 random SKUs per transaction, locked
--- in SKU order (as the service does), updated with one statement that also records the cache
--- repairs, as the service's statement does.
+-- in SKU order (as the service does), updated with one statement; the capture trigger records
+-- the cache repairs, as it does for the service's statement (run with
+-- PGOPTIONS="-c product_size.ledgers=pgbench").
 WITH n AS MATERIALIZED (
     SELECT DISTINCT ON (sku) sku, (1 + floor(random() * 100000))::int AS length_mm
       FROM (SELECT 'B' || lpad((1 + floor(random() * :rows))::int::text, 7, '0') AS sku
@@ -14,9 +15,5 @@ WITH n AS MATERIALIZED (
       FROM n
      WHERE p.sku = n.sku AND EXISTS (SELECT 1 FROM locked)
     RETURNING p.sku, p.version
-), owed AS (
-    INSERT INTO cache_repairs AS r (cache_prefix, sku, version)
-    SELECT 'pgbench', sku, version FROM stored
-    ON CONFLICT (cache_prefix, sku) DO UPDATE SET version = EXCLUDED.version, created_at = now()
 )
 SELECT count(*) FROM stored;

@@ -17,7 +17,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheRole};
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::replica::{ReplicaHealth, spawn_probe};
@@ -29,7 +29,7 @@ use crate::middleware::request_id::MakeRandomRequestId;
 use crate::middleware::route::DbRouteLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
 use crate::server;
-use crate::service::{Secondary, SizeService};
+use crate::service::{Secondary, SizeService, ledger};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -85,7 +85,12 @@ impl Application {
             ),
             Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
         }
+        if let Err(error) = sizes.follow_changes().await {
+            tracing::warn!(%error, "cannot follow the table's changes yet; retrying in the background");
+        }
         background.extend(sizes.spawn_repair_tasks());
+        background.push(tokio::spawn(sizes.clone().keep_following()));
+        background.push(tokio::spawn(sizes.clone().listen_for_changes()));
         background.push(tokio::spawn(sizes.clone().inspect_consistency()));
         let state = AppState {
             sizes: sizes.clone(),
@@ -148,10 +153,15 @@ impl Application {
 /// Pools and the Redis client, connecting lazily: nothing here fails because a dependency is
 /// down, only because the configuration is wrong.
 pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondary>), StartupError> {
+    let mut ledgers = vec![ledger(&config.cache.key_prefix, CacheRole::Primary)];
+    if config.secondary_cache.is_some() {
+        ledgers.push(ledger(&config.cache.key_prefix, CacheRole::Secondary));
+    }
     let db = Db::connect_lazy(
         &config.database_url,
         config.replica_url.as_ref(),
         &config.database,
+        &ledgers,
     )?;
     let cache = Cache::connect(&config.redis_url, config.cache.clone())?;
     let secondary = match &config.secondary_cache {

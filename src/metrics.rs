@@ -114,6 +114,11 @@ pub struct Metrics {
     pub repairs_backlog: Family<CacheClusterLabels, Gauge>,
     /// Cache updates this instance's repair worker applied.
     pub repairs_applied: Counter,
+    /// Changes other writers made, applied to a cache by this instance.
+    pub changes_applied: Counter,
+    /// Times a cache's registration as a follower of the table had lapsed (or was new), so
+    /// its epoch was replaced.
+    pub follow_lapses: Counter,
     pub repairs_oldest_seconds: Family<CacheClusterLabels, Gauge<f64, AtomicU64>>,
     /// Sampled cache hits compared with the primary, and those the cache went on serving
     /// older than committed ([`crate::service`]'s inspector).
@@ -175,6 +180,18 @@ impl Default for Metrics {
             "cache_repairs_applied",
             "Cache updates applied by this instance's repair worker",
             repairs_applied.clone(),
+        );
+        let changes_applied = Counter::default();
+        registry.register(
+            "changes_applied",
+            "Changes made by other writers (psql, other deployments) applied to a cache by this instance",
+            changes_applied.clone(),
+        );
+        let follow_lapses = Counter::default();
+        registry.register(
+            "change_follow_lapses",
+            "Times a cache had stopped following the table's changes, so its epoch was replaced",
+            follow_lapses.clone(),
         );
         let consistency_checked = Counter::default();
         registry.register(
@@ -292,6 +309,8 @@ impl Default for Metrics {
             repairs_pending,
             repairs_backlog,
             repairs_applied,
+            changes_applied,
+            follow_lapses,
             repairs_oldest_seconds,
             consistency_checked,
             consistency_divergent,

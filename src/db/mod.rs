@@ -1,5 +1,6 @@
 //! PostgreSQL: the primary (all writes, fresh reads) and an optional streaming replica.
 
+pub mod changes;
 pub mod lease;
 pub mod replica;
 pub mod sizes;
@@ -14,6 +15,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 use lease::Leases;
+
+/// The `application_name` of the service's connections.
+const APPLICATION: &str = "product-size-service";
 
 /// Which database a request's reads go to, decided once per request by
 /// [`DbRouteLayer`](crate::middleware::route::DbRouteLayer).
@@ -34,37 +38,65 @@ pub struct Db {
     /// The read path's connections (see [`lease`]).
     primary_reads: Arc<Leases>,
     replica_reads: Option<Arc<Leases>>,
+    /// One connection that listens for changes made by other writers (see [`changes`]).
+    changes: PgPool,
 }
 
 impl Db {
     /// Builds lazy pools: nothing connects until first use, so the service starts (and serves
-    /// what it can) while a database is down.
+    /// what it can) while a database is down. Connections to the primary name `ledgers`, the
+    /// caches this instance updates itself, so that the change-capture trigger can leave the
+    /// records of its writes to it (see the migration `capture_every_change`).
     pub fn connect_lazy(
         primary_url: &SecretString,
         replica_url: Option<&SecretString>,
         settings: &DatabaseSettings,
+        ledgers: &[String],
     ) -> Result<Self, sqlx::Error> {
-        let pool = |url: &SecretString| -> Result<PgPool, sqlx::Error> {
-            let options = PgConnectOptions::from_str(url.expose_secret())?
-                .application_name("product-size-service")
+        let options = |url: &SecretString, name: &str| -> Result<PgConnectOptions, sqlx::Error> {
+            Ok(PgConnectOptions::from_str(url.expose_secret())?
+                .application_name(name)
                 .options([(
                     "statement_timeout",
                     format!("{}", settings.statement_timeout.as_millis()),
-                )]);
-            Ok(PgPoolOptions::new()
+                )]))
+        };
+        let pool = || {
+            PgPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .min_connections(0)
                 .acquire_timeout(settings.acquire_timeout)
                 .idle_timeout(Some(Duration::from_secs(300)))
-                .connect_lazy_with(options))
         };
-        let primary = pool(primary_url)?;
-        let replica = replica_url.map(pool).transpose()?;
+        let primary_options = options(primary_url, APPLICATION)?;
+        let listener = changes::listener_application(ledgers);
+        let ledgers = Arc::new(ledgers.join(" "));
+        let primary = pool()
+            .after_connect(move |conn, _| {
+                let ledgers = ledgers.clone();
+                Box::pin(async move {
+                    sqlx::query("SELECT set_config('product_size.ledgers', $1, false)")
+                        .bind(ledgers.as_str())
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect_lazy_with(primary_options);
+        let changes = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options(primary_url, &listener)?);
+        let replica = replica_url
+            .map(|url| options(url, APPLICATION).map(|o| pool().connect_lazy_with(o)))
+            .transpose()?;
         Ok(Self {
             primary_reads: Arc::new(Leases::new(primary.clone())),
             replica_reads: replica.clone().map(|r| Arc::new(Leases::new(r))),
             primary,
             replica,
+            changes,
         })
     }
 
@@ -74,6 +106,11 @@ impl Db {
 
     pub fn replica(&self) -> Option<&PgPool> {
         self.replica.as_ref()
+    }
+
+    /// The pool the change listener takes its one connection from.
+    pub fn changes(&self) -> &PgPool {
+        &self.changes
     }
 
     pub fn primary_reads(&self) -> &Leases {
@@ -89,6 +126,7 @@ impl Db {
         if let Some(reads) = &self.replica_reads {
             reads.release_all();
         }
+        self.changes.close().await;
         self.primary.close().await;
         if let Some(replica) = &self.replica {
             replica.close().await;

@@ -182,7 +182,6 @@ const MAX_ATTEMPTS: usize = 5;
 /// the insert skips it, and the whole transaction is retried against the new row.
 pub async fn write_transaction<T>(
     pool: &PgPool,
-    ledgers: &[&str],
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
 ) -> Result<Committed<T>, sqlx::Error> {
@@ -196,7 +195,7 @@ pub async fn write_transaction<T>(
             tx.commit().await?;
         } else {
             let stored;
-            (stored, visible) = store(&mut tx, &rows, &current, ledgers).await?;
+            (stored, visible) = store(&mut tx, &rows, &current).await?;
             if stored < rows.len() {
                 tx.rollback().await?;
                 continue;
@@ -232,14 +231,14 @@ async fn lock_rows(
 }
 
 /// Stores `rows`: rows that were locked are updated, the others inserted unless a concurrent
-/// transaction created them first. Every stored version is also recorded in `cache_repairs`,
-/// once for each cache in `ledgers`, in the same statement. Returns how many rows were stored,
-/// and the WAL insert position during the statement (see [`Committed::visible`]).
+/// transaction created them first. The capture trigger records every stored version in
+/// `cache_repairs` for each cache that follows the table, this instance's caches included (see
+/// [`super::changes`]). Returns how many rows were stored, and the WAL insert position during
+/// the statement (see [`Committed::visible`]).
 async fn store(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[StoredSize],
     locked: &HashMap<String, StoredSize>,
-    ledgers: &[&str],
 ) -> Result<(usize, Lsn), sqlx::Error> {
     let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
     let (stored, visible): (i64, String) = sqlx::query_as(
@@ -265,11 +264,6 @@ async fn store(
              RETURNING sku, version \
          ), stored AS ( \
              SELECT sku, version FROM updated UNION ALL SELECT sku, version FROM inserted \
-         ), owed AS ( \
-             INSERT INTO cache_repairs AS r (cache_prefix, sku, version) \
-             SELECT ledger, sku, version FROM stored CROSS JOIN UNNEST($12::text[]) AS l(ledger) \
-             ON CONFLICT (cache_prefix, sku) DO UPDATE \
-                 SET version = GREATEST(r.version, EXCLUDED.version), created_at = now() \
          ) \
          SELECT count(*), pg_current_wal_insert_lsn()::text FROM stored",
     )
@@ -284,7 +278,6 @@ async fn store(
     .bind(rows.iter().map(|r| r.deleted).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| !locked.contains_key(&r.sku)).collect::<Vec<_>>())
-    .bind(ledgers)
     .fetch_one(&mut **tx)
     .await?;
     let visible = visible
@@ -310,20 +303,33 @@ pub async fn owed_repairs(
     .await
 }
 
-/// Claims up to `limit` repairs owed to the cache `ledger`, oldest first: those of `pending`
-/// SKUs, and any older than `min_age` (a write whose instance died before updating Redis, or
-/// before clearing its record). The rows stay locked until `tx` ends; other instances skip
-/// them (`SKIP LOCKED`), so no repair is done twice at once.
+/// A record of what a cache is owed, as claimed.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Owed {
+    pub sku: String,
+    pub version: i64,
+    /// Recorded for a write of the service's own, which its instance installs itself: a
+    /// repair if it is still here. Otherwise a change another writer (or deployment) made.
+    pub own_write: bool,
+}
+
+/// Claims up to `limit` records owed to the cache `ledger`, oldest first: changes made by other
+/// writers, those of `pending` SKUs, and own writes' records older than `min_age` (a write
+/// whose instance died before updating Redis, or before clearing its record). The rows stay
+/// locked until `tx` ends; other instances skip them (`SKIP LOCKED`), so no record is applied
+/// twice at once.
 pub async fn claim_repairs(
     tx: &mut Transaction<'_, Postgres>,
     ledger: &str,
     pending: &[&str],
     min_age: std::time::Duration,
     limit: i64,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+) -> Result<Vec<Owed>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT sku, version FROM cache_repairs \
-         WHERE cache_prefix = $4 AND (sku = ANY($1) OR created_at < now() - make_interval(secs => $2)) \
+        "SELECT sku, version, own_write FROM cache_repairs \
+         WHERE cache_prefix = $4 \
+           AND (NOT own_write OR sku = ANY($1) \
+                OR created_at < now() - make_interval(secs => $2)) \
          ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED",
     )
     .bind(pending)

@@ -18,6 +18,7 @@
 
 pub mod audit;
 mod flight;
+mod follow;
 mod inspect;
 mod position;
 mod read;
@@ -47,6 +48,17 @@ pub enum CacheJobError {
     Cache(#[from] fred::error::Error),
     #[error("Redis has no usable epoch (is it reachable?)")]
     NoEpoch,
+}
+
+/// The name under which `cache_repairs` records what the cache `role` of the deployment with
+/// key prefix `prefix` is owed. The secondary shares the primary's key prefix, so its ledger
+/// gets a suffix that no prefix can hold (the configuration refuses braces and spaces in
+/// `CACHE_KEY_PREFIX`; the capture trigger reads a connection's ledgers space-separated).
+pub fn ledger(prefix: &str, role: CacheRole) -> String {
+    match role {
+        CacheRole::Primary => prefix.to_owned(),
+        CacheRole::Secondary => format!("{prefix}{{secondary}}"),
+    }
 }
 
 /// A fill whose database read is older than this is dropped rather than installed.
@@ -121,14 +133,8 @@ impl SizeService {
             .zip(self.caches())
     }
 
-    /// The name under which `cache_repairs` records what a cache is owed. The secondary
-    /// shares the primary's key prefix, so its ledger gets a suffix that no prefix can hold
-    /// (the configuration refuses braces in `CACHE_KEY_PREFIX`).
     fn ledger(&self, role: CacheRole) -> String {
-        match role {
-            CacheRole::Primary => self.cache.prefix().to_owned(),
-            CacheRole::Secondary => format!("{}{{secondary}}", self.cache.prefix()),
-        }
+        ledger(self.cache.prefix(), role)
     }
 
     /// The metrics, as they are (no gauge refresh): for recording on the hot path.

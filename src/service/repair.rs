@@ -1,15 +1,22 @@
-//! Durable cache repair. Every write records what each cache owes it in `cache_repairs`, in
-//! the write's own transaction: one record per cache cluster (its *ledger*). When a cache's
-//! update succeeds, its record is cleared in the background; when it fails, the SKU is also
-//! marked pending here, and until a repair worker has put the committed version into that
-//! cache this instance does not serve the SKU from it. Records older than [`ORPHAN_AGE`]
-//! (their writer died, or handed them over) are repaired by any instance.
+//! Durable cache records: what each cache is owed, applied from the database. Every committed
+//! change to `product_sizes` is recorded in `cache_repairs` in its own transaction by a
+//! trigger, once per cache that follows the table (its *ledger*; see [`crate::db::changes`]):
+//!
+//! - **This instance's writes** are recorded as its own. When a cache's update succeeds, the
+//!   record is cleared in the background; when it fails, the SKU is also marked pending here,
+//!   and until a repair worker has put the committed version into that cache this instance
+//!   does not serve the SKU from it. Records older than [`ORPHAN_AGE`] (their writer died, or
+//!   handed them over) are repaired by any instance.
+//! - **Everyone else's changes** (psql, a backfill, another deployment's writes) are due at
+//!   once: the primary notifies the instances, whose workers apply them within milliseconds;
+//!   the pass every [`REPAIR_INTERVAL`] picks up whatever a lost notification left.
 //!
 //! Each cache is repaired on its own: a secondary cluster that missed a write is repaired
-//! while the primary cache is down, and the other way round. Repairs are claimed with
-//! `FOR UPDATE SKIP LOCKED`, so instances share a backlog without doing a repair twice, and
-//! an instance protects every SKU it owes, however many: it forgets one only when its record
-//! is gone from the database.
+//! while the primary cache is down, and the other way round. Records are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so instances share a backlog without applying one twice at once,
+//! and applied with the compare-and-set of every install, so applying one again installs
+//! nothing older. An instance protects every SKU it owes, however many: it forgets one only
+//! when its record is gone from the database.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -52,6 +59,8 @@ pub struct Repairs {
     /// Fast path: reads skip the lock while nothing is pending.
     pending_count: AtomicUsize,
     wake: Notify,
+    /// Another writer's change was recorded (a notification from the primary).
+    changed: Notify,
     settled_tx: mpsc::Sender<Settled>,
     settled_rx: Mutex<Option<mpsc::Receiver<Settled>>>,
 }
@@ -63,6 +72,7 @@ impl Default for Repairs {
             pending: Mutex::new([HashMap::new(), HashMap::new()]),
             pending_count: AtomicUsize::new(0),
             wake: Notify::new(),
+            changed: Notify::new(),
             settled_tx,
             settled_rx: Mutex::new(Some(settled_rx)),
         }
@@ -139,6 +149,11 @@ impl Repairs {
         }
     }
 
+    /// Another writer's change was recorded: apply it now rather than at the next pass.
+    pub fn change_announced(&self) {
+        self.changed.notify_one();
+    }
+
     /// The update of these rows in `cache` succeeded: clear their records in the background.
     /// A record that is not cleared (full queue, crash) is re-applied later, which is harmless.
     pub fn settled(&self, cache: CacheRole, rows: &[StoredSize]) {
@@ -177,10 +192,10 @@ impl SizeService {
                         // Let Redis settle (or time out) before the first attempt.
                         tokio::time::sleep(REPAIR_INTERVAL).await;
                     }
+                    () = service.repairs.changed.notified() => {}
                 }
                 match service.repair_once().await {
-                    Ok(0) => {}
-                    Ok(repaired) => tracing::info!(repaired, "cache repaired"),
+                    Ok(applied) => tracing::trace!(applied, "cache records applied"),
                     Err(error) => tracing::debug!(%error, "cache repair postponed"),
                 }
                 service
@@ -328,11 +343,11 @@ impl SizeService {
         if owed.is_empty() {
             return Ok((0, 0));
         }
-        // Orphans (their writer died or could not clear them) are not served from the cache
-        // here either until they are repaired.
+        // Orphans (their writer died or could not clear them) and other writers' changes are
+        // not served from the cache here either until they are applied.
         self.repairs.mark_owed(
             role,
-            owed.iter().map(|(sku, version)| (sku.as_str(), *version)),
+            owed.iter().map(|owed| (owed.sku.as_str(), owed.version)),
         );
         // The epoch is captured before the rows are read, like a write's.
         let seen = cache.read_meta().await?;
@@ -340,7 +355,7 @@ impl SizeService {
             .current_meta(cache, seen)
             .await
             .ok_or("no cache epoch")?;
-        let skus: Vec<&str> = owed.iter().map(|(sku, _)| sku.as_str()).collect();
+        let skus: Vec<&str> = owed.iter().map(|owed| owed.sku.as_str()).collect();
         let fetched = fetch_on(&mut tx, &skus).await?;
         let rows = fetched.rows;
         let lsn = current_wal_lsn(&mut tx).await?;
@@ -353,7 +368,14 @@ impl SizeService {
         settle_repairs(&mut *tx, ledger, &done).await?;
         tx.commit().await?;
         self.repairs.clear(role, &done);
-        self.metrics.repairs_applied.inc_by(done.len() as u64);
+        let repairs = owed.iter().filter(|owed| owed.own_write).count();
+        if repairs > 0 {
+            tracing::info!(repaired = repairs, cache = cache.prefix(), "cache repaired");
+        }
+        self.metrics.repairs_applied.inc_by(repairs as u64);
+        self.metrics
+            .changes_applied
+            .inc_by((owed.len() - repairs) as u64);
         Ok((owed.len(), done.len()))
     }
 }

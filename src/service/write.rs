@@ -87,9 +87,7 @@ impl SizeService {
         skus.sort_unstable();
         skus.dedup();
         let now = Utc::now();
-        let ledgers: Vec<String> = self.ledgers().map(|(role, _)| self.ledger(role)).collect();
-        let ledgers: Vec<&str> = ledgers.iter().map(String::as_str).collect();
-        let committed = write_transaction(self.db.primary(), &ledgers, &skus, |current| {
+        let committed = write_transaction(self.db.primary(), &skus, |current| {
             let mut state = current.clone();
             let mut written: Vec<&str> = Vec::new();
             let decisions: Vec<Decision> = changes

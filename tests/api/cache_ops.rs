@@ -24,15 +24,23 @@ async fn app_on(primary: &OwnPostgres, replica: Option<&OwnPostgres>) -> TestApp
     .await
 }
 
+/// Loads `rows` rows as a restore would (`pg_restore` turns triggers off): nothing is
+/// captured, so the cache starts cold and only the warm-up fills it.
 async fn seed(app: &TestApp, rows: i64) {
+    let mut tx = app.primary.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO product_sizes SELECT 'W' || lpad(i::text, 7, '0'), 100, 100, 100, 1000, NULL, 1, NULL, false, now() \
          FROM generate_series(1, $1) AS i",
     )
     .bind(rows)
-    .execute(&app.primary)
+    .execute(&mut *tx)
     .await
     .unwrap();
+    tx.commit().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use product_size_service::cache::Cache;
+use product_size_service::cache::{Cache, CacheRole};
 use product_size_service::config::DatabaseSettings;
 use product_size_service::db::{Db, DbRoute};
 use product_size_service::domain::{Lsn, Sku};
 use product_size_service::metrics::{Database, DatabaseLabels, Metrics};
-use product_size_service::service::SizeService;
+use product_size_service::service::{SizeService, ledger};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -302,7 +302,14 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
         acquire_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),
     };
-    let db = Db::connect_lazy(&SecretString::from(primary_url()), None, &db_settings).unwrap();
+    let ledgers = [ledger(&prefix, CacheRole::Primary)];
+    let db = Db::connect_lazy(
+        &SecretString::from(primary_url()),
+        None,
+        &db_settings,
+        &ledgers,
+    )
+    .unwrap();
     let metrics = Arc::new(Metrics::default());
     let service = Arc::new(SizeService::new(db, cache, metrics.clone(), None));
     let sku = Sku::parse(&format!("SF-{:08x}", fastrand::u32(..))).unwrap();

@@ -6,14 +6,16 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
 use product_size_service::Application;
+use product_size_service::cache::CacheRole;
 use product_size_service::config::{
     AuthSettings, CacheSettings, Config, DatabaseSettings, SecondaryCache,
 };
 use product_size_service::db;
+use product_size_service::service::ledger;
 use reqwest::{Method, RequestBuilder, Response};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 pub const READ_TOKEN: &str = "test-read-token";
 pub const WRITE_TOKEN: &str = "test-write-token";
@@ -374,6 +376,39 @@ pub fn cache_settings(key_prefix: &str) -> CacheSettings {
         fence_ttl: Duration::from_secs(600),
         command_timeout: Duration::from_millis(500),
         pool_size: 2,
+    }
+}
+
+impl Drop for TestApp {
+    /// The test's deployment stops following the table's changes, and what was recorded for
+    /// it goes. A deployment that really went away would lapse within a minute, and keep
+    /// receiving records until then: with dozens of tests a minute, every write of the suite
+    /// would be recorded dozens of times.
+    fn drop(&mut self) {
+        let url = self.config.database_url.expose_secret().to_owned();
+        let ledgers = [
+            ledger(&self.key_prefix, CacheRole::Primary),
+            ledger(&self.key_prefix, CacheRole::Secondary),
+        ];
+        let forget = async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(
+                "WITH gone AS (DELETE FROM cache_ledgers WHERE ledger = ANY($1)) \
+                 DELETE FROM cache_repairs WHERE cache_prefix = ANY($1)",
+            )
+            .bind(&ledgers[..])
+            .execute(&mut conn)
+            .await
+        };
+        // Drop cannot wait on the test's runtime: a thread with its own runs the query.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), forget).await })
+        })
+        .join();
     }
 }
 

@@ -1,12 +1,12 @@
-//! Writers other than the service (a data fix in psql, a backfill, another program): the table
-//! keeps versions monotonic for them, so a version always names one content and the cache's
-//! compare-and-set can replace what they changed; the consistency inspector notices a cache
-//! that goes on serving what they replaced.
+//! Writers other than the service (a data fix in psql, a backfill, another program, another
+//! deployment): the table keeps versions monotonic for them, every change they commit reaches
+//! every instance's cache through the records the primary keeps (SPEC.md C7), and the
+//! consistency inspector notices a cache that goes on serving what they replaced.
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, eventually, read_source, size, version_of};
+use crate::helpers::{Options, TestApp, eventually, read_source, size, version_of};
 
 /// The stored version, content and tombstone flag of `sku`, straight from the primary.
 async fn stored(app: &TestApp, sku: &str) -> (i64, i32, bool) {
@@ -136,6 +136,228 @@ async fn an_insert_from_outside_needs_no_version_and_no_sku_is_renamed() {
     assert_eq!(stored(&app, &sku).await, (1, 40, false));
 }
 
+/// Waits until `app` serves `sku` at `version` from its cache (`None`: serves no such SKU).
+/// The cache entries live an hour: only the captured change can bring the new version.
+async fn serves_from_cache(app: &TestApp, sku: &str, version: Option<i64>) {
+    let what = format!("{sku} is served from the cache at {version:?}");
+    eventually(10, &what, || async {
+        let read = app.get(sku).await;
+        if read_source(&read) != "cache" {
+            return false;
+        }
+        match version {
+            Some(version) => {
+                read.status() == StatusCode::OK
+                    && version_of(&read.json().await.unwrap()) == version
+            }
+            None => read.status() == StatusCode::NOT_FOUND,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_instance_serves_an_outside_update_insert_and_delete() {
+    let app = TestApp::spawn().await;
+    let sibling = app.sibling(Options::default()).await;
+    let updated = app.sku("captured-update");
+    let inserted = app.sku("captured-insert");
+    app.put(&updated, &size(1)).await;
+    for instance in [&app, &sibling] {
+        serves_from_cache(instance, &updated, Some(1)).await;
+        serves_from_cache(instance, &inserted, None).await;
+    }
+
+    outside(
+        &app,
+        "UPDATE product_sizes SET weight_g = 501 WHERE sku = $1",
+        &updated,
+    )
+    .await;
+    outside(
+        &app,
+        "INSERT INTO product_sizes (sku, length_mm, width_mm, height_mm, weight_g) \
+         VALUES ($1, 10, 20, 30, 40)",
+        &inserted,
+    )
+    .await;
+    for instance in [&app, &sibling] {
+        serves_from_cache(instance, &updated, Some(2)).await;
+        serves_from_cache(instance, &inserted, Some(1)).await;
+    }
+    let read: Value = sibling.get(&updated).await.json().await.unwrap();
+    assert_eq!(read["weight_g"], 501);
+
+    outside(&app, "DELETE FROM product_sizes WHERE sku = $1", &updated).await;
+    for instance in [&app, &sibling] {
+        serves_from_cache(instance, &updated, None).await;
+    }
+    let applied = app.metric("product_size_changes_applied").await
+        + sibling.metric("product_size_changes_applied").await;
+    assert!(applied >= 3.0, "{applied} changes applied");
+    assert_eq!(
+        app.metric("product_size_cache_repairs_applied").await
+            + sibling.metric("product_size_cache_repairs_applied").await,
+        0.0,
+        "the service's own write was installed by its handler, not repaired"
+    );
+}
+
+#[tokio::test]
+async fn deployments_with_their_own_prefix_follow_each_other_and_outside_writers() {
+    let first = TestApp::spawn().await;
+    let second = TestApp::spawn().await;
+    assert_ne!(first.key_prefix, second.key_prefix);
+    let sku = first.sku("two-deployments");
+    first.put(&sku, &size(1)).await;
+    serves_from_cache(&second, &sku, Some(1)).await;
+
+    // The first deployment's write reaches the second's cache, and an outside one both.
+    first.put(&sku, &size(2)).await;
+    serves_from_cache(&second, &sku, Some(2)).await;
+    outside(
+        &first,
+        "UPDATE product_sizes SET length_mm = 3 WHERE sku = $1",
+        &sku,
+    )
+    .await;
+    for deployment in [&first, &second] {
+        serves_from_cache(deployment, &sku, Some(3)).await;
+    }
+}
+
+/// Stops a PostgreSQL backend (as a connection that hangs without closing would) and lets it
+/// go on when dropped, whatever the test did in between.
+struct Paused(i32);
+
+impl Paused {
+    fn pause(pid: i32) -> Self {
+        signal("-STOP", pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// The backend of `app`'s change listener, once it listens.
+async fn listener_backend(app: &TestApp) -> i32 {
+    let name = format!("product-size-service changes {}", app.key_prefix);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+        )
+        .bind(&name)
+        .fetch_optional(&app.primary)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change listener never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_notifications_lost_the_durable_record_still_brings_the_change() {
+    let app = TestApp::spawn().await;
+    let sku = app.sku("unannounced");
+    app.put(&sku, &size(1)).await;
+    serves_from_cache(&app, &sku, Some(1)).await;
+
+    // The listener's connection hangs: no notification reaches this instance.
+    let backend = listener_backend(&app).await;
+    let paused = Paused::pause(backend);
+    outside(
+        &app,
+        "UPDATE product_sizes SET weight_g = 502 WHERE sku = $1",
+        &sku,
+    )
+    .await;
+    serves_from_cache(&app, &sku, Some(2)).await;
+
+    // Killed, it reconnects and listens again.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(backend)
+        .execute(&app.primary)
+        .await
+        .unwrap();
+    drop(paused);
+    eventually(10, "the listener is back", || async {
+        listener_backend(&app).await != backend
+    })
+    .await;
+    outside(
+        &app,
+        "UPDATE product_sizes SET weight_g = 503 WHERE sku = $1",
+        &sku,
+    )
+    .await;
+    serves_from_cache(&app, &sku, Some(3)).await;
+}
+
+#[tokio::test]
+async fn replaying_a_change_installs_nothing_older() {
+    let app = TestApp::spawn().await;
+    let sku = app.sku("replayed");
+    app.put(&sku, &size(1)).await;
+    for weight in [601, 602] {
+        sqlx::query("UPDATE product_sizes SET weight_g = $2 WHERE sku = $1")
+            .bind(&sku)
+            .bind(weight)
+            .execute(&app.primary)
+            .await
+            .unwrap();
+    }
+    serves_from_cache(&app, &sku, Some(3)).await;
+
+    // The records of versions 2 and 3 again, as a redelivery would bring them, twice. No
+    // notification: the regular pass finds them.
+    for _ in 0..2 {
+        for version in [2, 3] {
+            let applied = app.metric("product_size_changes_applied").await;
+            sqlx::query(
+                "INSERT INTO cache_repairs (cache_prefix, sku, version, own_write) \
+                 VALUES ($1, $2, $3, false)",
+            )
+            .bind(&app.key_prefix)
+            .bind(&sku)
+            .bind(version)
+            .execute(&app.primary)
+            .await
+            .unwrap();
+            eventually(10, "the replayed record is applied", || async {
+                app.metric("product_size_changes_applied").await > applied
+            })
+            .await;
+        }
+        let read = app.get(&sku).await;
+        assert_eq!(read_source(&read), "cache");
+        let read: Value = read.json().await.unwrap();
+        assert_eq!(
+            (version_of(&read), read["weight_g"].as_i64()),
+            (3, Some(602))
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_inspector_counts_hits_the_cache_keeps_serving_older_than_committed() {
     let app = TestApp::spawn().await;
@@ -152,13 +374,20 @@ async fn the_inspector_counts_hits_the_cache_keeps_serving_older_than_committed(
     );
     assert_eq!(app.metric("product_size_consistency_ratio").await, 1.0);
 
-    // A change the cache does not learn of: it goes on serving version 1.
-    outside(
-        &app,
+    // A change whose record is lost (its writer removed it in the same transaction): the
+    // cache does not learn of it and goes on serving version 1.
+    let mut tx = app.primary.begin().await.unwrap();
+    for statement in [
         "UPDATE product_sizes SET weight_g = 999 WHERE sku = $1",
-        &sku,
-    )
-    .await;
+        "DELETE FROM cache_repairs WHERE sku = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(&sku)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
     eventually(10, "the divergence is counted", || async {
         let read = app.get(&sku).await;
         assert_eq!(read_source(&read), "cache");

@@ -1,0 +1,126 @@
+//! Following every change to the table, whoever makes it (SPEC.md C7).
+//!
+//! The primary records each committed change for every cache registered as a follower (see
+//! [`crate::db::changes`]); the repair worker applies the records ([`super::repair`]). This
+//! module keeps this instance's caches registered, and listens for the primary's notification
+//! that another writer's change was recorded, so the worker applies it at once rather than
+//! at its next pass.
+//!
+//! A cache whose registration lapsed (no instance renewed it for 45 s: all were down, or cut
+//! off from the primary) may have missed changes, and nothing tells which: its epoch is
+//! replaced, in the same database transaction as the renewal that finds the lapse, so that a
+//! renewal is never committed before the stale entries are disowned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+
+use super::SizeService;
+use crate::cache::Cache;
+use crate::db::changes;
+
+/// How often the registration is renewed. Well under the 45 s after which it lapses.
+const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+/// Renewals between two clean-ups of ledgers nobody follows any more.
+const RENEWALS_PER_CLEANUP: u32 = 12;
+/// How long the listener waits before reconnecting after an error.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+type FollowError = Box<dyn std::error::Error + Send + Sync>;
+
+impl SizeService {
+    /// Registers (or renews) this instance's caches as followers of the table; a cache whose
+    /// registration had lapsed gets a new epoch first. Called before the service serves, and
+    /// then every few seconds.
+    pub async fn follow_changes(&self) -> Result<(), FollowError> {
+        let ledgers: Vec<String> = self.ledgers().map(|(role, _)| self.ledger(role)).collect();
+        let mut tx = self.db.primary().begin().await?;
+        let lapsed = changes::follow(&mut *tx, &ledgers).await?;
+        for (role, cache) in self.ledgers() {
+            if lapsed.contains(&self.ledger(role)) {
+                self.disown_epoch(cache).await?;
+                self.metrics.follow_lapses.inc();
+            }
+        }
+        // Not committed unless every lapsed cache's epoch was replaced: the next renewal
+        // finds the lapse again.
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the epoch of `cache`, if it has one: entries stamped with it may be older than
+    /// changes nobody recorded for it.
+    async fn disown_epoch(&self, cache: &Cache) -> Result<(), FollowError> {
+        if let Some(meta) = cache.read_meta().await? {
+            if cache.replace_epoch(&meta).await? {
+                tracing::warn!(
+                    cache = cache.prefix(),
+                    "this cache was not following the table's changes; new cache epoch"
+                );
+            }
+            self.complete_epoch(cache).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews the registration for as long as the service runs, and now and then forgets the
+    /// ledgers nobody follows any more.
+    pub async fn keep_following(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewals = 0_u32;
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.follow_changes().await {
+                tracing::warn!(%error, "could not renew following the table's changes");
+                continue;
+            }
+            renewals += 1;
+            if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
+                match changes::forget_lapsed(self.db.primary()).await {
+                    Ok(0) => {}
+                    Ok(forgotten) => {
+                        tracing::info!(forgotten, "forgot ledgers nobody follows any more");
+                    }
+                    Err(error) => tracing::debug!(%error, "could not forget lapsed ledgers"),
+                }
+            }
+        }
+    }
+
+    /// Wakes the repair worker whenever the primary announces another writer's change, and
+    /// after the listening connection was lost (announcements may have been missed; the
+    /// worker's regular pass would find their records anyway).
+    pub async fn listen_for_changes(self: Arc<Self>) {
+        loop {
+            let mut listener = match PgListener::connect_with(self.db.changes()).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot listen for changes yet");
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            };
+            if let Err(error) = listener.listen(changes::CHANNEL).await {
+                tracing::debug!(%error, "cannot listen for changes yet");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => self.repairs.change_announced(),
+                    Ok(None) => {
+                        tracing::debug!("the change listener reconnected");
+                        self.repairs.change_announced();
+                    }
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(error) => {
+                        tracing::debug!(%error, "the change listener lost its connection");
+                        tokio::time::sleep(RECONNECT_DELAY).await;
+                    }
+                }
+            }
+        }
+    }
+}
