@@ -8,11 +8,12 @@
 # cached SKUs vs single GETs; miss GET (Redis up but holding none of the SKUs, an instance of
 # its own key prefix emptied before each round; fresh replica) vs pgbench -S; WMS
 # sync in batches of 1,000 vs the same set-based statement through pgbench; warm-cache vs
-# redis-cli --pipe, and again from a replica 2 s behind while writes go on. The load
+# redis-cli --pipe, and again from a replica 2 s behind while writes go on; outside UPDATEs
+# at 500/s (smoke: 50/s), each timed from before its commit until the service serves it. The load
 # generator runs on CPU 0, the service and its datastores on CPU 1.
 # Writes bench/RESULTS.md and bench/latency.svg (full mode) or bench/out/ (smoke).
 #
-# BENCH_ONLY="get miss" runs only those scenario groups (warm, get, lookup, miss, sync), with
+# BENCH_ONLY="get miss" runs only those scenario groups (warm, get, lookup, change, miss, sync), with
 # their ceilings, and writes to bench/out/ instead: for trying a change quickly. BENCH_ROUNDS
 # overrides the number of rounds. BENCH_PERF=1 also records a CPU profile of the service under
 # each of its scenarios (perf, into bench/out/.../perf-*.data; `perf report -i FILE`).
@@ -22,9 +23,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode=full
 [ "${1:-}" = --smoke ] && mode=smoke
 if [ "$mode" = smoke ]; then
-  rows=20000 duration=3 rounds=1 profile=debug out=bench/out/smoke
+  rows=20000 duration=3 rounds=1 profile=debug out=bench/out/smoke change_rate=50
 else
-  rows=1000000 duration=10 rounds=3 profile=release out=bench/out/full
+  rows=1000000 duration=10 rounds=3 profile=release out=bench/out/full change_rate=500
 fi
 rounds=${BENCH_ROUNDS:-$rounds}
 only=${BENCH_ONLY:-}
@@ -61,11 +62,13 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/$db
 export DATABASE_REPLICA_URL=postgres://postgres@127.0.0.1:$replica_port/$db
 
 if [ "$profile" = release ]; then
-  cargo build --locked --release --bin product-size
+  cargo build --locked --release --bin product-size --example change_latency
 else
-  cargo build --locked --tests # the features cargo test builds with: usually nothing to do
+  # The features cargo test builds with (it builds the examples too): usually nothing to do.
+  cargo build --locked --tests --examples
 fi
 bin=${CARGO_TARGET_DIR:-target}/$profile/product-size
+change_latency=${CARGO_TARGET_DIR:-target}/$profile/examples/change_latency
 "$bin" migrate
 
 echo "== loading $rows SKUs"
@@ -76,6 +79,11 @@ psql_primary -d "$db" -c "TRUNCATE product_sizes, cache_repairs, cache_ledgers" 
   SELECT 'B' || lpad(i::text, 7, '0'), 100 + i % 900, 200, 100, 900 + i % 5000,
          CASE WHEN i % 3 = 0 THEN 'M' END, 1, 1, false, now()
   FROM generate_series(1, $rows) AS i" -c "VACUUM ANALYZE product_sizes"
+# The direct upsert's copy of the table: no cache follows it, so nothing but the statement
+# itself (and the records the trigger keeps for the writer's own cache) is measured.
+direct_db=${db}_direct
+psql_primary -d postgres -c "DROP DATABASE IF EXISTS $direct_db" \
+  -c "CREATE DATABASE $direct_db TEMPLATE $db STRATEGY file_copy"
 target=$(psql_primary -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
 until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d "$db" -qAt \
           -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ]; do sleep 0.2; done
@@ -124,7 +132,6 @@ start_service() { # port key_prefix
 }
 start_service "$port" bench
 service_pid=${pids[-1]}
-start_service "$miss_port" benchmiss # its cache starts empty: every read is a miss
 "${servers[@]}" webdis "$data/webdis.json" >/dev/null 2>&1 &
 pids+=($!)
 
@@ -194,10 +201,27 @@ for round in $(seq 1 "$rounds"); do
   if runs lookup; then
     wrk_run "lookup 100 cached" "$round" "http://127.0.0.1:$port" lookup.lua 32
   fi
+  if runs change; then
+    # Outside UPDATEs on cached SKUs at a steady rate, each read through the service until it
+    # is served (C7: within 1 s of its commit).
+    text=$(load "$change_latency" "$DATABASE_URL" "http://127.0.0.1:$port" bench "$rows" "$change_rate" "$duration")
+    echo "$text" >"$out/change-$round.json"
+    record "outside update → served" "$round" \
+      "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["rate_per_s"])' "$text")" changes/s \
+      "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["p50_ms"])' "$text")" \
+      "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["p99_ms"])' "$text")"
+  fi
   if runs miss; then
-    # Misses only: forget what the previous round filled (1% of the SKUs).
+    # Misses only: an instance of its own key prefix, its cache emptied (1% of the SKUs were
+    # filled by the previous round). It runs only here, and is then deregistered, so that no
+    # other scenario's writes are also applied to its cache (a second deployment's cost).
     redis-cli -p "$redis_port" --scan --pattern 'benchmiss:*' | xargs -r -n 1000 redis-cli -p "$redis_port" del >/dev/null
+    start_service "$miss_port" benchmiss
+    miss_pid=${pids[-1]}
     wrk_run "miss GET" "$round" "http://127.0.0.1:$miss_port" get.lua 32
+    kill "$miss_pid" && wait "$miss_pid" || true
+    psql_primary -d "$db" -c "DELETE FROM cache_ledgers WHERE ledger = 'benchmiss'" \
+      -c "DELETE FROM cache_repairs WHERE cache_prefix = 'benchmiss'"
     text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -S -c 32 -j 1 -T "$duration" pgbench_bench 2>&1)
     record "pgbench -S" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
   fi
@@ -207,7 +231,7 @@ for round in $(seq 1 "$rounds"); do
     # the writer's own cache, as it does for the service's statement.
     text=$(PGOPTIONS="-c product_size.ledgers=pgbench" \
       load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$duration" \
-      --max-tries 10 -D rows="$rows" -f bench/upsert.sql "$db" 2>&1)
+      --max-tries 10 -D rows="$rows" -f bench/upsert.sql "$direct_db" 2>&1)
     record "direct upsert x1000" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
   fi
 done
