@@ -15,10 +15,12 @@ bin=${CARGO_TARGET_DIR:-target}/debug/product-size
 
 export API_READ_TOKENS=${API_READ_TOKENS:-dev-read-token}
 export API_WRITE_TOKENS=${API_WRITE_TOKENS:-dev-write-token}
+export API_ADMIN_TOKENS=${API_ADMIN_TOKENS:-dev-admin-token}
 export BIND_ADDR=${BIND_ADDR:-127.0.0.1:8080}
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
 read_token=${API_READ_TOKENS%%,*}
 write_token=${API_WRITE_TOKENS%%,*}
+admin_token=${API_ADMIN_TOKENS%%,*}
 base=http://$BIND_ADDR
 
 "$bin" serve &
@@ -38,7 +40,7 @@ cat <<MSG
 
   product-size-service is running on $base with demo data.
 
-  Docs (try it out):  $base/docs      read token: $read_token   write token: $write_token
+  Docs (try it out):  $base/docs      read token: $read_token   write token: $write_token   admin token: $admin_token
   Try:
     curl -s -H 'Authorization: Bearer $read_token' $base/v1/products/SHOE-42-BLK/size
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, header};
+use axum::http::{HeaderName, Method, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -23,6 +23,7 @@ use crate::db::Db;
 use crate::db::replica::{ReplicaHealth, spawn_probe};
 use crate::error::AppError;
 use crate::metrics::Metrics;
+use crate::middleware::Access;
 use crate::middleware::auth::{AuthLayer, Authenticator};
 use crate::middleware::metrics::RequestMetricsLayer;
 use crate::middleware::request_id::MakeRandomRequestId;
@@ -98,9 +99,9 @@ impl Application {
         };
         let router = router(
             state,
-            AuthLayer::new(Authenticator::new(&config.auth)),
+            Authenticator::new(&config.auth),
             RequestMetricsLayer::new(metrics),
-            DbRouteLayer::new(replica_health),
+            replica_health,
         );
         let listener = TcpListener::bind(config.bind_addr)
             .await
@@ -194,12 +195,19 @@ pub async fn service(config: &Config) -> Result<Arc<SizeService>, StartupError> 
 /// The full router: the documented API, docs, and the middleware stack.
 pub fn router(
     state: AppState,
-    auth: AuthLayer,
+    authenticator: Authenticator,
     metrics: RequestMetricsLayer,
-    db_route: DbRouteLayer,
+    replica_health: Option<Arc<ReplicaHealth>>,
 ) -> Router {
-    let (api, _) = routes::api().split_for_parts();
+    let (api, mut policies) = routes::api();
+    let (api, _) = api.split_for_parts();
     let openapi = routes::openapi_json();
+    for documentation in ["/openapi.json", "/docs", "/docs/{*file}"] {
+        policies.insert(Method::GET, documentation, Access::Public);
+    }
+    let policies = Arc::new(policies);
+    let auth = AuthLayer::new(authenticator, policies.clone());
+    let db_route = DbRouteLayer::new(replica_health, policies);
     api.route(
         "/openapi.json",
         get(move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }),

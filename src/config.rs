@@ -36,6 +36,16 @@ pub struct ServeArgs {
     )]
     pub api_write_tokens: Vec<String>,
 
+    /// Comma-separated bearer tokens for the operator endpoints under `/v1/admin/` (and only
+    /// those). None: every admin request is refused.
+    #[arg(
+        long,
+        env = "API_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_admin_tokens: Vec<String>,
+
     /// Serve without authentication (development only).
     #[arg(long, env = "AUTH_DISABLED")]
     pub auth_disabled: bool,
@@ -67,6 +77,11 @@ pub struct ConnectionArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// PEM bundle of the CA(s) that sign the Redis servers' certificates, for `rediss://` URLs
+    /// (default: the system's roots). The certificate is always verified.
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 
     /// Cache entry lifetime in seconds (jittered by ±10%).
     #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 3600)]
@@ -148,6 +163,7 @@ pub struct Config {
 pub struct AuthSettings {
     pub read_tokens: Vec<SecretString>,
     pub write_tokens: Vec<SecretString>,
+    pub admin_tokens: Vec<SecretString>,
     pub disabled: bool,
 }
 
@@ -169,6 +185,8 @@ pub struct CacheSettings {
     pub fence_ttl: Duration,
     pub command_timeout: Duration,
     pub pool_size: usize,
+    /// The CA bundle `rediss://` connections verify the server against (system roots if none).
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +228,7 @@ impl Config {
         config.auth = AuthSettings {
             read_tokens: tokens(args.api_read_tokens),
             write_tokens: tokens(args.api_write_tokens),
+            admin_tokens: tokens(args.api_admin_tokens),
             disabled: args.auth_disabled,
         };
         if !config.auth.disabled
@@ -228,8 +247,13 @@ impl Config {
             check_pg_url("DATABASE_REPLICA_URL", url)?;
         }
         for url in std::iter::once(&args.redis_url).chain(&args.redis_secondary_url) {
-            fred::prelude::Config::from_url(url)
+            let redis = fred::prelude::Config::from_url(url)
                 .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
+            // A CA bundle that cannot be used stops the start, not the first connection.
+            if redis.uses_tls() {
+                crate::cache::tls::config(args.redis_tls_ca_file.as_deref())
+                    .map_err(ConfigError::Invalid)?;
+            }
         }
         if args.cache_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
@@ -257,6 +281,7 @@ impl Config {
             auth: AuthSettings {
                 read_tokens: Vec::new(),
                 write_tokens: Vec::new(),
+                admin_tokens: Vec::new(),
                 disabled: true,
             },
             database: DatabaseSettings::from_args(&args.database),
@@ -267,6 +292,7 @@ impl Config {
                 fence_ttl: Duration::from_secs(600),
                 command_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
                 pool_size: args.redis_pool_size.clamp(1, 64),
+                tls_ca_file: args.redis_tls_ca_file,
             },
         })
     }

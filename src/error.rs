@@ -18,7 +18,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
-    #[error("this token may only read; writes need a write token")]
+    #[error(
+        "this token's scope does not cover this endpoint (reads: a read or write token; writes: a write token; /v1/admin/: an admin token)"
+    )]
     Forbidden,
     #[error("no product size for SKU {0}")]
     NotFound(String),

@@ -25,6 +25,7 @@ pub mod entry;
 mod install;
 pub mod link;
 mod scripts;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,7 +103,13 @@ impl Cache {
     /// Starts linking to Redis in the background: the service starts, and serves from the
     /// database, while Redis is down. The link is kept until [`Cache::quit`].
     pub fn connect(url: &SecretString, settings: CacheSettings) -> Result<Arc<Self>, CacheError> {
-        let config = RedisConfig::from_url(url.expose_secret())?;
+        let mut config = RedisConfig::from_url(url.expose_secret())?;
+        if config.uses_tls() {
+            config.tls = Some(
+                tls::config(settings.tls_ca_file.as_deref())
+                    .map_err(|e| CacheError::new(fred::error::ErrorKind::Tls, e))?,
+            );
+        }
         let cache = Arc::new(Self {
             link: ArcSwapOption::empty(),
             server: ArcSwapOption::empty(),

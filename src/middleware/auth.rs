@@ -1,4 +1,5 @@
-//! Bearer-token authentication with read and write scopes.
+//! Bearer-token authentication with read, write and admin scopes. The access a request needs
+//! comes from the router group its route was registered in ([`Policies`]).
 //!
 //! Tokens are kept as SHA-256 digests and compared in constant time against every configured
 //! digest, so neither the token's content nor its length leaks through timing. Tokens are
@@ -17,16 +18,30 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use super::{Access, classify};
+use super::{Access, Policies};
 use crate::config::AuthSettings;
 use crate::error::AppError;
 
 type TokenDigest = [u8; 32];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What a token was configured as. Scopes do not nest beyond read < write: an admin token
+/// opens the operator endpoints only, and no read or write token opens them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
     Read,
     Write,
+    Admin,
+}
+
+impl Scope {
+    fn grants(self, access: Access) -> bool {
+        match access {
+            Access::Public => true,
+            Access::Read => matches!(self, Scope::Read | Scope::Write),
+            Access::Write => self == Scope::Write,
+            Access::Admin => self == Scope::Admin,
+        }
+    }
 }
 
 pub struct Authenticator {
@@ -44,20 +59,25 @@ impl Authenticator {
         };
         let mut tokens = scoped(&settings.read_tokens, Scope::Read);
         tokens.extend(scoped(&settings.write_tokens, Scope::Write));
+        tokens.extend(scoped(&settings.admin_tokens, Scope::Admin));
         Self {
             tokens,
             disabled: settings.disabled,
         }
     }
 
-    /// The widest scope `token` grants; every configured token is compared.
-    fn scope_of(&self, token: &str) -> Option<Scope> {
+    /// Whether `token` is configured with a scope that grants `access`; every configured token
+    /// is compared, so the time taken says nothing about which matched. `None`: no such token.
+    fn grants(&self, token: &str, access: Access) -> Option<bool> {
         let presented = digest(token);
-        self.tokens
-            .iter()
-            .filter(|(known, _)| bool::from(known.ct_eq(&presented)))
-            .map(|(_, scope)| *scope)
-            .max()
+        let mut known = false;
+        let mut granted = false;
+        for (digest, scope) in &self.tokens {
+            let matches = bool::from(digest.ct_eq(&presented));
+            known |= matches;
+            granted |= matches && scope.grants(access);
+        }
+        known.then_some(granted)
     }
 
     fn check(&self, access: Access, authorization: Option<&str>) -> Result<(), AppError> {
@@ -72,10 +92,10 @@ impl Authenticator {
             })
             .map(str::trim)
             .ok_or(AppError::Unauthorized)?;
-        match (self.scope_of(token), access) {
-            (None, _) => Err(AppError::Unauthorized),
-            (Some(Scope::Read), Access::Write) => Err(AppError::Forbidden),
-            _ => Ok(()),
+        match self.grants(token, access) {
+            None => Err(AppError::Unauthorized),
+            Some(false) => Err(AppError::Forbidden),
+            Some(true) => Ok(()),
         }
     }
 }
@@ -89,12 +109,15 @@ fn digest(token: &str) -> TokenDigest {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    policies: Arc<Policies>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Authenticator) -> Self {
+    /// Checks each request against the access `policies` record for its route.
+    pub fn new(auth: Authenticator, policies: Arc<Policies>) -> Self {
         Self {
             auth: Arc::new(auth),
+            policies,
         }
     }
 }
@@ -106,6 +129,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -114,6 +138,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    policies: Arc<Policies>,
 }
 
 impl<S> Service<Request> for AuthService<S>
@@ -129,7 +154,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let access = classify(request.method(), request.uri().path());
+        let access = self.policies.of(&request);
         let authorization = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -150,6 +175,7 @@ mod tests {
         Authenticator::new(&AuthSettings {
             read_tokens: vec![SecretString::from("reader")],
             write_tokens: vec![SecretString::from("writer")],
+            admin_tokens: vec![SecretString::from("operator")],
             disabled: false,
         })
     }
@@ -177,5 +203,18 @@ mod tests {
             Err(AppError::Unauthorized)
         ));
         assert!(auth.check(Access::Public, None).is_ok());
+        assert!(auth.check(Access::Admin, Some("Bearer operator")).is_ok());
+        for token in ["Bearer reader", "Bearer writer"] {
+            assert!(matches!(
+                auth.check(Access::Admin, Some(token)),
+                Err(AppError::Forbidden)
+            ));
+        }
+        for access in [Access::Read, Access::Write] {
+            assert!(matches!(
+                auth.check(access, Some("Bearer operator")),
+                Err(AppError::Forbidden)
+            ));
+        }
     }
 }

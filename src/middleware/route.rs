@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use axum::http::Request;
 use tower::{Layer, Service};
 
-use super::{Access, classify};
+use super::{Access, Policies};
 use crate::db::DbRoute;
 use crate::db::replica::ReplicaHealth;
 use crate::domain::Lsn;
@@ -19,12 +19,14 @@ pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
 #[derive(Clone)]
 pub struct DbRouteLayer {
     replica: Option<Arc<ReplicaHealth>>,
+    policies: Arc<Policies>,
 }
 
 impl DbRouteLayer {
-    /// `None` when no replica is configured: everything goes to the primary.
-    pub fn new(replica: Option<Arc<ReplicaHealth>>) -> Self {
-        Self { replica }
+    /// `replica` is `None` when no replica is configured: everything goes to the primary.
+    /// Reads are the routes `policies` give [`Access::Read`].
+    pub fn new(replica: Option<Arc<ReplicaHealth>>, policies: Arc<Policies>) -> Self {
+        Self { replica, policies }
     }
 }
 
@@ -35,6 +37,7 @@ impl<S> Layer<S> for DbRouteLayer {
         DbRouteService {
             inner,
             replica: self.replica.clone(),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -43,11 +46,12 @@ impl<S> Layer<S> for DbRouteLayer {
 pub struct DbRouteService<S> {
     inner: S,
     replica: Option<Arc<ReplicaHealth>>,
+    policies: Arc<Policies>,
 }
 
 impl<S> DbRouteService<S> {
     fn route<B>(&self, request: &Request<B>) -> DbRoute {
-        if classify(request.method(), request.uri().path()) != Access::Read {
+        if self.policies.of(request) != Access::Read {
             return DbRoute::Primary;
         }
         let Some(replica) = self.replica.as_ref().filter(|r| r.is_up()) else {

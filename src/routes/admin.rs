@@ -1,17 +1,34 @@
 //! `/v1/admin/cache/warm`: start a cache warm-up in this instance and watch its progress.
+//! Admin tokens only (`API_ADMIN_TOKENS`; see [`crate::routes::api`]). A warm-up started here
+//! is throttled unless the request asks for another rate: it shares the primary (or the
+//! replica) and Redis with live traffic.
 
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::error::{AppError, Problem};
+use crate::service::CacheJobError;
 use crate::service::warm::{WarmOptions, WarmProgress};
+
+/// Rows per second a warm-up started over HTTP installs at most, unless the request says.
+pub const DEFAULT_RATE_LIMIT: u32 = 20_000;
+const MAX_RATE_LIMIT: u32 = 1_000_000;
+
+/// How fast to warm.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WarmParams {
+    /// Rows per second at most (1 to 1,000,000; default 20,000).
+    #[param(minimum = 1, maximum = 1_000_000)]
+    rate_limit: Option<u32>,
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -73,15 +90,36 @@ impl WarmJob {
     post,
     path = "/v1/admin/cache/warm",
     tag = "operations",
+    params(WarmParams),
     responses(
         (status = 202, description = "Warm-up started", body = WarmStatus),
+        (status = 400, description = "A rate limit out of range", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A warm-up is already running", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = ["write"]))
+    security(("bearer" = ["admin"]))
 )]
-pub async fn start_warm(State(state): State<AppState>) -> Response {
+pub async fn start_warm(
+    State(state): State<AppState>,
+    params: Result<Query<WarmParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let rate_limit = match params {
+        Ok(Query(WarmParams { rate_limit: None })) => DEFAULT_RATE_LIMIT,
+        Ok(Query(WarmParams {
+            rate_limit: Some(rate @ 1..=MAX_RATE_LIMIT),
+        })) => rate,
+        _ => {
+            return AppError::BadRequest(format!(
+                "rate_limit must be a whole number of rows per second from 1 to {MAX_RATE_LIMIT}"
+            ))
+            .into_response();
+        }
+    };
+    let options = WarmOptions {
+        rate_limit: Some(rate_limit),
+        ..WarmOptions::default()
+    };
     let status = match state.warm_job.try_start() {
         Ok(status) => status,
         Err(running) => {
@@ -95,7 +133,7 @@ pub async fn start_warm(State(state): State<AppState>) -> Response {
     let (sizes, job) = (state.sizes.clone(), Arc::clone(&state.warm_job));
     tokio::spawn(async move {
         let result = sizes
-            .warm_cache(&WarmOptions::default(), |progress| {
+            .warm_cache(&options, |progress| {
                 job.update(|s| s.progress = progress.clone())
             })
             .await;
@@ -109,7 +147,7 @@ pub async fn start_warm(State(state): State<AppState>) -> Response {
                 Err(error) => {
                     tracing::warn!(%error, "cache warm-up failed");
                     status.state = JobState::Failed;
-                    status.error = Some(error.to_string());
+                    status.error = Some(public_reason(&error).to_owned());
                 }
             }
         });
@@ -124,9 +162,20 @@ pub async fn start_warm(State(state): State<AppState>) -> Response {
     responses(
         (status = 200, description = "The last or current warm-up", body = WarmStatus),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = ["read"]))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn warm_status(State(state): State<AppState>) -> Json<WarmStatus> {
     Json(state.warm_job.status())
+}
+
+/// Why a job failed, for its HTTP status: which dependency, never its error text (which can
+/// name hosts, users or queries); the log has the whole error.
+fn public_reason(error: &CacheJobError) -> &'static str {
+    match error {
+        CacheJobError::Database(_) => "the database failed; see the service's log",
+        CacheJobError::Cache(_) => "Redis failed; see the service's log",
+        CacheJobError::NoEpoch => "Redis has no usable epoch (is it reachable?)",
+    }
 }

@@ -10,12 +10,13 @@ pub mod sync;
 
 use std::sync::Arc;
 
-use axum::http::HeaderName;
+use axum::http::{HeaderName, Method};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::middleware::{Access, Policies};
 use crate::service::SizeService;
 
 pub const X_READ_SOURCE: HeaderName = HeaderName::from_static("x-read-source");
@@ -56,7 +57,8 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "Bearer token. Scope `read` (GET, lookup): a read or a write token. \
-                         Scope `write` (PUT, DELETE, sync, admin): a write token.",
+                         Scope `write` (PUT, DELETE, sync): a write token. \
+                         Scope `admin` (`/v1/admin/`): an admin token (`API_ADMIN_TOKENS`).",
                     ))
                     .build(),
             ),
@@ -64,25 +66,67 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every documented route; the OpenAPI document is generated from the same registrations.
-pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(
-            sizes::get_size,
-            sizes::put_size,
-            sizes::delete_size
-        ))
-        .routes(routes!(lookup::lookup))
-        .routes(routes!(sync::sync_sizes))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
-        .routes(routes!(admin::start_warm, admin::warm_status))
+/// Every documented route, and the access each needs. A route's access (its token scope and
+/// its database) is decided by the group it is registered in here, nowhere else; the OpenAPI
+/// document is generated from the same registrations.
+pub fn api() -> (OpenApiRouter<AppState>, Policies) {
+    let mut policies = Policies::default();
+    let mut group = |access, router: OpenApiRouter<AppState>| {
+        record(&mut policies, access, router.get_openapi());
+        router
+    };
+    let read = group(
+        Access::Read,
+        OpenApiRouter::new()
+            .routes(routes!(sizes::get_size))
+            .routes(routes!(lookup::lookup)),
+    );
+    let write = group(
+        Access::Write,
+        OpenApiRouter::new()
+            .routes(routes!(sizes::put_size, sizes::delete_size))
+            .routes(routes!(sync::sync_sizes)),
+    );
+    let admin = group(
+        Access::Admin,
+        OpenApiRouter::new().routes(routes!(admin::start_warm, admin::warm_status)),
+    );
+    let public = group(
+        Access::Public,
+        OpenApiRouter::new()
+            .routes(routes!(health::healthz))
+            .routes(routes!(health::readyz))
+            .routes(routes!(health::metrics)),
+    );
+    let router = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(read)
+        .merge(write)
+        .merge(admin)
+        .merge(public);
+    (router, policies)
+}
+
+/// Records `access` for every operation `group` documents.
+fn record(policies: &mut Policies, access: Access, group: &utoipa::openapi::OpenApi) {
+    for (path, item) in &group.paths.paths {
+        let operations = [
+            (Method::GET, &item.get),
+            (Method::PUT, &item.put),
+            (Method::POST, &item.post),
+            (Method::DELETE, &item.delete),
+            (Method::PATCH, &item.patch),
+        ];
+        for (method, operation) in operations {
+            if operation.is_some() {
+                policies.insert(method, path, access);
+            }
+        }
+    }
 }
 
 /// The OpenAPI document, as committed in `openapi/openapi.json`.
 pub fn openapi_json() -> String {
-    let (_, mut openapi) = api().split_for_parts();
+    let (_, mut openapi) = api().0.split_for_parts();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let mut json = openapi.to_pretty_json().unwrap_or_default();
     json.push('\n');

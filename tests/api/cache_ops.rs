@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::helpers::{Options, Replica, TestApp, WRITE_TOKEN, size};
+use crate::helpers::{ADMIN_TOKEN, Options, Replica, TestApp, WRITE_TOKEN, size};
 use crate::processes::OwnPostgres;
 
 async fn app_on(primary: &OwnPostgres, replica: Option<&OwnPostgres>) -> TestApp {
@@ -265,29 +265,62 @@ async fn the_admin_endpoint_warms_the_cache_and_reports_progress() {
     seed(&app, 2_500).await;
 
     let started = app
-        .request(Method::POST, "/v1/admin/cache/warm", Some(WRITE_TOKEN))
+        .request(Method::POST, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
         .send()
         .await
         .unwrap();
     assert_eq!(started.status(), StatusCode::ACCEPTED);
-    let forbidden = app
+    // Operator endpoints take admin tokens only, and an admin token opens nothing else.
+    for token in [crate::helpers::READ_TOKEN, WRITE_TOKEN] {
+        for method in [Method::POST, Method::GET] {
+            let forbidden = app
+                .request(method, "/v1/admin/cache/warm", Some(token))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        }
+    }
+    let sku = app.sku("admin-token");
+    assert_eq!(
+        app.request(
+            Method::GET,
+            &format!("/v1/products/{sku}/size"),
+            Some(ADMIN_TOKEN)
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.request(
+            Method::PUT,
+            &format!("/v1/products/{sku}/size"),
+            Some(ADMIN_TOKEN)
+        )
+        .json(&crate::helpers::size(1))
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::FORBIDDEN
+    );
+    let out_of_range = app
         .request(
             Method::POST,
-            "/v1/admin/cache/warm",
-            Some(crate::helpers::READ_TOKEN),
+            "/v1/admin/cache/warm?rate_limit=0",
+            Some(ADMIN_TOKEN),
         )
         .send()
         .await
         .unwrap();
-    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(out_of_range.status(), StatusCode::BAD_REQUEST);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
         let status: Value = app
-            .request(
-                Method::GET,
-                "/v1/admin/cache/warm",
-                Some(crate::helpers::READ_TOKEN),
-            )
+            .request(Method::GET, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
             .send()
             .await
             .unwrap()
@@ -308,4 +341,40 @@ async fn the_admin_endpoint_warms_the_cache_and_reports_progress() {
     assert_eq!(status["progress"]["installed"], 2_500);
     let read = app.get("W0001234").await;
     assert_eq!(crate::helpers::read_source(&read), "cache");
+}
+
+#[tokio::test]
+async fn a_failed_warm_up_over_http_names_the_dependency_and_nothing_more() {
+    let primary = OwnPostgres::primary().await;
+    let app = app_on(&primary, None).await;
+    seed(&app, 10).await;
+    primary.stop().await;
+
+    let started = app
+        .request(Method::POST, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status: Value = app
+            .request(Method::GET, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] == "failed" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // The log has the driver's error (host, port, user); the response only says which.
+    assert_eq!(
+        status["error"], "the database failed; see the service's log",
+        "{status}"
+    );
 }

@@ -19,6 +19,7 @@ use sqlx::{Connection, PgPool};
 
 pub const READ_TOKEN: &str = "test-read-token";
 pub const WRITE_TOKEN: &str = "test-write-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -64,6 +65,8 @@ pub struct Options {
     /// Names the deployment (SKU and key prefix); random unless given.
     pub id: Option<String>,
     pub secondary_cache: Option<SecondaryCache>,
+    /// `REDIS_TLS_CA_FILE`.
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             replica_max_lag: Duration::from_secs(10),
             id: None,
             secondary_cache: None,
+            redis_tls_ca_file: None,
         }
     }
 }
@@ -146,6 +150,7 @@ impl TestApp {
             auth: AuthSettings {
                 read_tokens: vec![SecretString::from(READ_TOKEN)],
                 write_tokens: vec![SecretString::from(WRITE_TOKEN)],
+                admin_tokens: vec![SecretString::from(ADMIN_TOKEN)],
                 disabled: false,
             },
             database: DatabaseSettings {
@@ -153,7 +158,10 @@ impl TestApp {
                 acquire_timeout: Duration::from_secs(2),
                 statement_timeout: Duration::from_secs(5),
             },
-            cache: cache_settings(&key_prefix),
+            cache: CacheSettings {
+                tls_ca_file: options.redis_tls_ca_file.clone(),
+                ..cache_settings(&key_prefix)
+            },
         };
         let app = Application::build(config.clone())
             .await
@@ -376,6 +384,7 @@ pub fn cache_settings(key_prefix: &str) -> CacheSettings {
         fence_ttl: Duration::from_secs(600),
         command_timeout: Duration::from_millis(500),
         pool_size: 2,
+        tls_ca_file: None,
     }
 }
 

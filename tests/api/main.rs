@@ -18,6 +18,7 @@ mod repairs;
 mod shutdown;
 mod sizes;
 mod sync;
+mod tls;
 mod tokens;
 mod torture;
 mod two_clusters;

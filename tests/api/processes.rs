@@ -17,7 +17,7 @@ async fn run(command: &mut Command) {
     );
 }
 
-async fn wait_port(port: u16, up: bool) {
+pub async fn wait_port(port: u16, up: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -77,4 +77,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     secretKeyRef:
       name: {{ include "pss.secretName" . }}
       key: API_WRITE_TOKENS
+- name: API_ADMIN_TOKENS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "pss.secretName" . }}
+      key: API_ADMIN_TOKENS
+      optional: true
 {{- end -}}
