@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseSettings;
 use lease::Leases;
@@ -69,6 +69,7 @@ impl Db {
                 .idle_timeout(Some(Duration::from_secs(300)))
         };
         let primary_options = options(primary_url, APPLICATION)?;
+        warn_if_unverified("DATABASE_URL", &primary_options);
         let listener = changes::listener_application(ledgers);
         let ledgers = Arc::new(ledgers.join(" "));
         let primary = pool()
@@ -89,7 +90,11 @@ impl Db {
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options(primary_url, &listener)?);
         let replica = replica_url
-            .map(|url| options(url, APPLICATION).map(|o| pool().connect_lazy_with(o)))
+            .map(|url| {
+                let replica = options(url, APPLICATION)?;
+                warn_if_unverified("DATABASE_REPLICA_URL", &replica);
+                Ok::<_, sqlx::Error>(pool().connect_lazy_with(replica))
+            })
             .transpose()?;
         Ok(Self {
             primary_reads: Arc::new(Leases::new(primary.clone())),
@@ -131,6 +136,26 @@ impl Db {
         if let Some(replica) = &self.replica {
             replica.close().await;
         }
+    }
+}
+
+/// Warns when a connection that leaves this host would not verify the server's certificate
+/// (`sslmode` other than `verify-full` or `verify-ca`): its traffic, password included, could
+/// be read or redirected by anyone in between.
+fn warn_if_unverified(setting: &str, options: &PgConnectOptions) {
+    let local = options.get_socket().is_some()
+        || matches!(options.get_host(), "localhost" | "127.0.0.1" | "::1")
+        || options.get_host().starts_with('/');
+    let verified = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyFull | PgSslMode::VerifyCa
+    );
+    if !local && !verified {
+        tracing::warn!(
+            setting,
+            host = options.get_host(),
+            "PostgreSQL's certificate is not verified; add sslmode=verify-full (and sslrootcert=CA bundle) to the URL"
+        );
     }
 }
 

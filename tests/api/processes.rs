@@ -1,6 +1,7 @@
 //! Servers of a test's own, for tests that stop, pause or restart them: never the shared ones.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,11 @@ pub struct OwnPostgres {
 impl OwnPostgres {
     /// A new primary with the `product_sizes` database.
     pub async fn primary() -> Self {
+        Self::primary_with_tls(None).await
+    }
+
+    /// A new primary that also takes TLS (`ssl = on`) with this certificate and key.
+    pub async fn primary_with_tls(certificate: Option<(&Path, &Path)>) -> Self {
         let cluster = Self::new();
         run(as_postgres("initdb")
             .args([
@@ -220,6 +226,23 @@ impl OwnPostgres {
             ])
             .stdout(Stdio::null()))
         .await;
+        if let Some((cert, key)) = certificate {
+            for (from, to) in [(cert, "server.pem"), (key, "server.key")] {
+                let to = cluster.dir.join(to);
+                std::fs::copy(from, &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+                // The server runs as `postgres` and refuses a key others can read.
+                run(Command::new("chown")
+                    .arg("--reference")
+                    .arg(&cluster.dir)
+                    .arg(&to))
+                .await;
+            }
+            let conf = cluster.dir.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str("ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n");
+            std::fs::write(&conf, text).unwrap();
+        }
         cluster.start().await;
         run(Command::new(postgres_bin("psql"))
             .args([

@@ -1,5 +1,5 @@
-//! Connections that cross a network: TLS to Redis is real TLS, with the server's certificate
-//! verified against the CA the deployment names.
+//! Connections that cross a network: TLS to Redis and to PostgreSQL is real TLS, with the
+//! server's certificate verified against the CA the deployment names.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -7,7 +7,8 @@ use std::process::Stdio;
 use reqwest::StatusCode;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Options, TestApp, free_port, read_source, size};
+use crate::helpers::{Options, Replica, TestApp, free_port, read_source, size};
+use crate::processes::OwnPostgres;
 
 /// A CA, a server certificate it signed for 127.0.0.1, and a second CA that signed nothing.
 struct Certificates {
@@ -163,4 +164,41 @@ async fn a_rediss_url_is_served_over_tls_verified_against_the_configured_ca() {
         assert_ne!(read_source(&read), "cache");
     }
     assert_eq!(distrusting.readiness().await["cache"], "down");
+}
+
+#[tokio::test]
+async fn a_primary_url_with_sslmode_verify_full_is_served_over_verified_tls() {
+    let certificates = Certificates::make();
+    let (cert, key) = (
+        certificates.path("server.pem"),
+        certificates.path("server.key"),
+    );
+    let primary = OwnPostgres::primary_with_tls(Some((&cert, &key))).await;
+    let verified = |ca: &str| Options {
+        database_url: format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            primary.url(),
+            certificates.path(ca).display()
+        ),
+        replica: Replica::None,
+        ..Options::default()
+    };
+
+    let app = TestApp::spawn_with(verified("ca.pem")).await;
+    let sku = app.sku("pg-tls");
+    assert_eq!(app.put(&sku, &size(1)).await.status(), StatusCode::CREATED);
+    let (connections, all_tls): (i64, Option<bool>) = sqlx::query_as(
+        "SELECT count(*), bool_and(s.ssl) FROM pg_stat_activity AS a \
+         JOIN pg_stat_ssl AS s USING (pid) WHERE a.application_name = 'product-size-service'",
+    )
+    .fetch_one(&app.primary)
+    .await
+    .unwrap();
+    assert!(connections > 0);
+    assert_eq!(all_tls, Some(true), "every service connection uses TLS");
+
+    // A server certificate the named root did not sign: nothing connects, writes are 503.
+    let distrusting = TestApp::spawn_with(verified("other-ca.pem")).await;
+    let refused = distrusting.put(&distrusting.sku("pg-tls"), &size(1)).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
