@@ -86,6 +86,15 @@ impl Application {
             ),
             Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
         }
+        // `/readyz` answers from the probes: the first round completes before serving.
+        sizes.probe_dependencies().await;
+        background.push(tokio::spawn(sizes.clone().keep_probing()));
+        if let Some(health) = &replica_health {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while !health.probed() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         if let Err(error) = sizes.follow_changes().await {
             tracing::warn!(%error, "cannot follow the table's changes yet; retrying in the background");
         }
@@ -243,9 +252,11 @@ pub fn router(
                 tracing::error!("handler panicked");
                 axum::response::IntoResponse::into_response(AppError::Internal)
             }))
+            // Outside authentication: requests refused before a handler (401, 403, 413) are
+            // counted too.
+            .layer(metrics)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(auth)
-            .layer(db_route)
-            .layer(metrics),
+            .layer(db_route),
     )
 }

@@ -15,6 +15,10 @@ use crate::domain::Lsn;
 
 #[derive(Debug, Default)]
 pub struct ReplicaHealth {
+    /// Answered the last probe (whether or not it may be read).
+    reachable: AtomicBool,
+    /// Probes completed since start.
+    probes: AtomicU64,
     usable: AtomicBool,
     replayed: AtomicU64,
     lag_bytes: AtomicU64,
@@ -22,6 +26,16 @@ pub struct ReplicaHealth {
 }
 
 impl ReplicaHealth {
+    /// Whether the replica answered the last probe (`/readyz`).
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Whether a probe has completed since start.
+    pub fn probed(&self) -> bool {
+        self.probes.load(Ordering::Relaxed) > 0
+    }
+
     /// Reachable, replaying, and no further behind the primary than the configured bound.
     pub fn is_up(&self) -> bool {
         self.usable.load(Ordering::Relaxed)
@@ -112,15 +126,16 @@ pub fn spawn_probe(
         loop {
             ticker.tick().await;
             // The replica first: the primary, read after, has written at least as much.
-            let replay = match tokio::time::timeout(timeout, replay_of(&replica)).await {
-                Ok(Ok(replay)) => replay,
+            let (replay, reachable) = match tokio::time::timeout(timeout, replay_of(&replica)).await
+            {
+                Ok(Ok(replay)) => (replay, true),
                 Ok(Err(error)) => {
                     if was_usable {
                         tracing::warn!(%error, "replica probe failed; reading from the primary");
                     }
-                    None
+                    (None, false)
                 }
-                Err(_) => None,
+                Err(_) => (None, false),
             };
             let now = Instant::now();
             let primary = match tokio::time::timeout(timeout, position_of(&primary)).await {
@@ -162,6 +177,8 @@ pub fn spawn_probe(
             }
             was_usable = usable;
             health.usable.store(usable, Ordering::Relaxed);
+            health.reachable.store(reachable, Ordering::Relaxed);
+            health.probes.fetch_add(1, Ordering::Relaxed);
         }
     })
 }

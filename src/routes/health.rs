@@ -53,7 +53,7 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "Can serve nothing", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let ready = state.sizes.readiness().await;
+    let ready = state.sizes.readiness();
     let up = |ok: bool| {
         if ok {
             DependencyState::Up

@@ -27,6 +27,7 @@ pub mod warm;
 mod write;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use read::{ReadResult, ReadSource, SizeDoc};
@@ -74,7 +75,18 @@ pub struct SizeService {
     primary_position: position::PrimaryPosition,
     replica_health: Option<Arc<ReplicaHealth>>,
     secondary: Option<Secondary>,
+    probed: Probed,
 }
+
+/// Whether the primary and Redis answered the last probe.
+#[derive(Default)]
+struct Probed {
+    primary: AtomicBool,
+    cache: AtomicBool,
+}
+
+/// How often `/readyz`'s view of the primary and Redis is refreshed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The second cache cluster and what writes do to it when the primary cache misses one.
 pub struct Secondary {
@@ -111,6 +123,7 @@ impl SizeService {
             inspector: inspect::Inspector::default(),
             primary_position: position::PrimaryPosition::default(),
             secondary: None,
+            probed: Probed::default(),
         }
     }
 
@@ -184,33 +197,45 @@ impl SizeService {
         &self.cache
     }
 
-    pub async fn readiness(&self) -> Readiness {
+    /// What the background probes last saw (see [`SizeService::keep_probing`]): answering
+    /// `/readyz` costs no query, however often a load balancer asks.
+    pub fn readiness(&self) -> Readiness {
+        let server = self.cache.server();
+        Readiness {
+            primary: self.probed.primary.load(Ordering::Relaxed),
+            replica: self.replica_health.as_ref().map(|h| h.is_reachable()),
+            cache: self.probed.cache.load(Ordering::Relaxed),
+            cache_eviction_policy: server.as_ref().map(|s| s.eviction_policy.clone()),
+            cache_fences_evictable: server.is_some_and(|s| s.may_evict_fences()),
+        }
+    }
+
+    /// Pings the primary and Redis once (1 s at most each) and records whether they answered.
+    pub async fn probe_dependencies(&self) {
         let timeout = Duration::from_secs(1);
-        let ping = |pool: sqlx::PgPool| async move {
-            tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool))
+        let primary = async {
+            tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(self.db.primary()))
                 .await
                 .is_ok_and(|r| r.is_ok())
-        };
-        let replica = async {
-            match self.db.replica() {
-                Some(pool) => Some(ping(pool.clone()).await),
-                None => None,
-            }
         };
         let cache = async {
             tokio::time::timeout(timeout, self.cache.ping())
                 .await
                 .is_ok_and(|r| r.is_ok())
         };
-        let (primary, replica, cache) =
-            tokio::join!(ping(self.db.primary().clone()), replica, cache);
-        let server = self.cache.server();
-        Readiness {
-            primary,
-            replica,
-            cache,
-            cache_eviction_policy: server.as_ref().map(|s| s.eviction_policy.clone()),
-            cache_fences_evictable: server.is_some_and(|s| s.may_evict_fences()),
+        let (primary, cache) = tokio::join!(primary, cache);
+        self.probed.primary.store(primary, Ordering::Relaxed);
+        self.probed.cache.store(cache, Ordering::Relaxed);
+    }
+
+    /// Probes the primary and Redis every [`PROBE_INTERVAL`] for as long as the service runs
+    /// (the replica has its own probe).
+    pub async fn keep_probing(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.probe_dependencies().await;
         }
     }
 

@@ -260,11 +260,12 @@ async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
         (from_replica.status(), read_source(&from_replica)),
         (StatusCode::OK, "replica".to_owned())
     );
-    let ready = app.readiness().await;
-    assert_eq!(
-        (ready["status"].as_str(), ready["primary"].as_str()),
-        (Some("degraded"), Some("down"))
-    );
+    // `/readyz` reports what the probes saw: within a probe interval or so.
+    eventually(10, "readyz reports the primary down", || async {
+        let ready = app.readiness().await;
+        (ready["status"].as_str(), ready["primary"].as_str()) == (Some("degraded"), Some("down"))
+    })
+    .await;
 
     primary.start().await;
     eventually(15, "writes succeed again", || async {

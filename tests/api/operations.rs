@@ -4,6 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{Options, Replica, TestApp, free_port};
+use crate::processes::OwnRedis;
 
 #[tokio::test]
 async fn healthz_and_readyz_report_each_dependency() {
@@ -145,9 +146,32 @@ async fn metrics_export_each_family_with_plausible_values() {
     app.evict(&sku).await;
     app.get(&sku).await;
     app.lookup(&[&sku]).await;
+    // Refused before a handler: counted all the same.
+    let path = format!("/v1/products/{sku}/size");
+    let unauthenticated = app.request(Method::GET, &path, None).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let forbidden = app
+        .request(Method::PUT, &path, Some(crate::helpers::READ_TOKEN))
+        .json(&crate::helpers::size(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
 
     let metrics = app.scrape_metrics().await;
     let route = r#"route="/v1/products/{sku}/size""#;
+    for (method, status) in [("GET", 401), ("PUT", 403)] {
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!(
+                    r#"product_size_http_requests_total{{method="{method}",{route},status="{status}"}}"#
+                )
+            ),
+            Some(1.0),
+            "{method} {status}: {metrics}"
+        );
+    }
     let gets = sample(
         &metrics,
         &format!(r#"product_size_http_requests_total{{method="GET",{route},status="200"}}"#),
@@ -164,7 +188,7 @@ async fn metrics_export_each_family_with_plausible_values() {
         &metrics,
         &format!(r#"product_size_http_request_duration_seconds_count{{method="GET",{route}}}"#),
     );
-    assert_eq!(count, Some(2.0));
+    assert_eq!(count, Some(3.0), "two served GETs and the refused one");
     let sum = sample(
         &metrics,
         &format!(r#"product_size_http_request_duration_seconds_sum{{method="GET",{route}}}"#),
@@ -279,4 +303,34 @@ async fn every_dashboard_query_names_an_exported_metric() {
         }
     }
     assert!(queries >= 7);
+}
+
+#[tokio::test]
+async fn readyz_answers_from_the_probes_without_a_query_per_call() {
+    let redis = OwnRedis::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let pings = || async {
+        let stats = redis.info("commandstats").await;
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_ping:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse::<u64>().unwrap())
+    };
+    let before = pings().await;
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        assert_eq!(app.readiness().await["cache"], "up");
+    }
+    let probes = started.elapsed().as_millis() as u64 / 250 + 2;
+    let after = pings().await;
+    assert!(
+        after - before <= probes,
+        "{} PINGs for 40 calls of /readyz (the probes account for {probes})",
+        after - before
+    );
 }

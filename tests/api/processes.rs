@@ -130,6 +130,16 @@ impl OwnRedis {
         run(Command::new("redis-cli").args(["-p", &self.port.to_string(), "SAVE"])).await;
     }
 
+    /// `INFO section`, as text.
+    pub async fn info(&self, section: &str) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", section])
+            .output()
+            .await
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// `CONFIG SET name value`.
     pub async fn configure(&self, name: &str, value: &str) {
         run(Command::new("redis-cli").args([
