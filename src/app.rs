@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, Method, header};
+use axum::http::{Method, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,15 +24,15 @@ use crate::db::replica::{ReplicaHealth, spawn_probe};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::middleware::Access;
+use crate::middleware::access_log::AccessLog;
 use crate::middleware::auth::{AuthLayer, Authenticator};
-use crate::middleware::metrics::RequestMetricsLayer;
+use crate::middleware::metrics::{RequestMetricsLayer, X_REQUEST_ID};
 use crate::middleware::request_id::MakeRandomRequestId;
 use crate::middleware::route::DbRouteLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
 use crate::server;
 use crate::service::{Secondary, SizeService, ledger};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ impl Application {
         let router = router(
             state,
             Authenticator::new(&config.auth),
-            RequestMetricsLayer::new(metrics),
+            RequestMetricsLayer::new(metrics, AccessLog::start(config.access_log_hit_sample)),
             replica_health,
         );
         let listener = TcpListener::bind(config.bind_addr)

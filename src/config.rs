@@ -50,6 +50,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTH_DISABLED")]
     pub auth_disabled: bool,
 
+    /// Access log lines for cache hits: 1 every hit, N one in N, 0 none (other requests are
+    /// always logged, at `info`, target `access`).
+    #[arg(long, env = "ACCESS_LOG_HIT_SAMPLE", default_value_t = 1)]
+    pub access_log_hit_sample: u32,
+
     /// On SIGTERM, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -154,6 +159,8 @@ pub struct Config {
     pub secondary_cache: Option<SecondaryCache>,
     pub bind_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// See `ACCESS_LOG_HIT_SAMPLE`.
+    pub access_log_hit_sample: u32,
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
     pub cache: CacheSettings,
@@ -225,6 +232,7 @@ impl Config {
         };
         config.bind_addr = args.bind_addr;
         config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
+        config.access_log_hit_sample = args.access_log_hit_sample;
         config.auth = AuthSettings {
             read_tokens: tokens(args.api_read_tokens),
             write_tokens: tokens(args.api_write_tokens),
@@ -278,6 +286,7 @@ impl Config {
             }),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace: Duration::from_secs(20),
+            access_log_hit_sample: 1,
             auth: AuthSettings {
                 read_tokens: Vec::new(),
                 write_tokens: Vec::new(),

@@ -1,4 +1,5 @@
-//! Counts every request and its latency by method, matched route and status.
+//! Counts every request and its latency by method, matched route and status, and hands it to
+//! the access log ([`super::access_log`]).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -8,22 +9,30 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
+use axum::http::{HeaderValue, Method};
 use axum::response::Response;
 use tower::{Layer, Service};
 
+use super::access_log::{AccessLog, AccessRecord};
 use crate::metrics::Metrics;
+use crate::routes::X_READ_SOURCE;
+
+/// The request id header (set, if the client sent none, by a layer outside this one).
+pub const X_REQUEST_ID: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-request-id");
 
 /// Goes inside the router's matching (it reads the matched route), as a plain tower layer: no
 /// boxed future or cloned service per request.
 #[derive(Clone)]
 pub struct RequestMetricsLayer {
     metrics: Arc<Metrics>,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl RequestMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// `access`: the access log, if one is written.
+    pub fn new(metrics: Arc<Metrics>, access: Option<Arc<AccessLog>>) -> Self {
+        Self { metrics, access }
     }
 }
 
@@ -34,6 +43,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
         RequestMetrics {
             inner,
             metrics: self.metrics.clone(),
+            access: self.access.clone(),
         }
     }
 }
@@ -42,6 +52,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
 pub struct RequestMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl<S, E> Service<Request> for RequestMetrics<S>
@@ -62,9 +73,14 @@ where
             .extensions()
             .get::<MatchedPath>()
             .map_or("unmatched", |path| interned(path.as_str()));
+        let access = self.access.clone().map(|log| {
+            let request_id = request.headers().get(&X_REQUEST_ID).cloned();
+            (log, request_id)
+        });
         Observed {
             inner: self.inner.call(request),
             metrics: self.metrics.clone(),
+            access,
             method,
             route,
             started: Instant::now(),
@@ -78,6 +94,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         metrics: Arc<Metrics>,
+        access: Option<(Arc<AccessLog>, Option<HeaderValue>)>,
         method: &'static str,
         route: &'static str,
         started: Instant,
@@ -94,12 +111,23 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
-            this.metrics.observe_request(
-                this.method,
-                this.route,
-                response.status().as_u16(),
-                this.started.elapsed().as_secs_f64(),
-            );
+            let latency = this.started.elapsed();
+            let status = response.status().as_u16();
+            this.metrics
+                .observe_request(this.method, this.route, status, latency.as_secs_f64());
+            if let Some((log, request_id)) = this.access.take() {
+                let read_source = response.headers().get(&X_READ_SOURCE);
+                if log.wants(read_source) {
+                    log.record(AccessRecord {
+                        method: this.method,
+                        route: this.route,
+                        status,
+                        latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                        read_source: read_source.cloned(),
+                        request_id,
+                    });
+                }
+            }
         }
         Poll::Ready(result)
     }

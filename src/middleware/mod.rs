@@ -1,5 +1,6 @@
 //! Tower layers: request classification, database routing, authentication and request ids.
 
+pub mod access_log;
 pub mod auth;
 pub mod metrics;
 pub mod request_id;

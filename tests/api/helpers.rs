@@ -147,6 +147,7 @@ impl TestApp {
             secondary_cache: options.secondary_cache.clone(),
             bind_addr: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace: Duration::from_secs(5),
+            access_log_hit_sample: 1,
             auth: AuthSettings {
                 read_tokens: vec![SecretString::from(READ_TOKEN)],
                 write_tokens: vec![SecretString::from(WRITE_TOKEN)],

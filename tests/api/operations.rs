@@ -334,3 +334,109 @@ async fn readyz_answers_from_the_probes_without_a_query_per_call() {
         after - before
     );
 }
+
+/// Access log lines (JSON) the real binary writes, by request id, until `last` appears.
+async fn access_lines(
+    stderr: tokio::process::ChildStderr,
+    last: &str,
+) -> std::collections::HashMap<String, Value> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut seen = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seen.contains_key(last) {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = tokio::time::timeout(remaining, lines.next_line())
+            .await
+            .expect("the access line of the last request is written")
+            .unwrap()
+            .expect("the server is still running");
+        let Ok(record) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if record["target"] == "access" {
+            let id = record["request_id"].as_str().unwrap_or_default().to_owned();
+            seen.insert(id, record);
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn every_request_leaves_an_access_line_with_its_request_id_and_hits_can_be_silenced() {
+    use crate::helpers::{READ_TOKEN, WRITE_TOKEN, primary_url, shared_redis_url};
+    let primary = sqlx::PgPool::connect(&primary_url()).await.unwrap();
+    product_size_service::db::migrate(&primary).await.unwrap();
+    primary.close().await;
+    let port = free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_product-size"))
+        .arg("serve")
+        .env("DATABASE_URL", primary_url())
+        .env_remove("DATABASE_REPLICA_URL")
+        .env("REDIS_URL", shared_redis_url())
+        .env("CACHE_KEY_PREFIX", format!("access{port}"))
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_READ_TOKENS", READ_TOKEN)
+        .env("API_WRITE_TOKENS", WRITE_TOKEN)
+        .env("ACCESS_LOG_HIT_SAMPLE", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let lines = tokio::spawn(async move { access_lines(stderr, "last-request").await });
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sku = format!("ACCESS-{port}");
+    let url = format!("{base}/v1/products/{sku}/size");
+    let send = |request: reqwest::RequestBuilder, id: &'static str| async move {
+        request
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let write = client
+        .put(&url)
+        .bearer_auth(WRITE_TOKEN)
+        .json(&crate::helpers::size(1));
+    assert_eq!(send(write, "the-write").await, StatusCode::CREATED);
+    assert_eq!(
+        send(client.get(&url).bearer_auth(READ_TOKEN), "the-hit").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(client.get(&url), "refused").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let missing = format!("{base}/v1/products/{sku}-MISSING/size");
+    assert_eq!(
+        send(client.get(&missing).bearer_auth(READ_TOKEN), "last-request").await,
+        StatusCode::NOT_FOUND
+    );
+
+    let seen = lines.await.unwrap();
+    let write = &seen["the-write"];
+    assert_eq!(
+        (
+            write["method"].as_str(),
+            write["route"].as_str(),
+            write["status"].as_u64()
+        ),
+        (Some("PUT"), Some("/v1/products/{sku}/size"), Some(201))
+    );
+    assert!(write["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(seen["refused"]["status"], 401);
+    assert_eq!(seen["last-request"]["read_source"], "primary");
+    // Lines are written in order: the hit came before the last request and was left out.
+    assert!(!seen.contains_key("the-hit"), "{seen:?}");
+}
