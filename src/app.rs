@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
@@ -47,6 +49,9 @@ pub enum StartupError {
         source: std::io::Error,
     },
 }
+
+/// Responses at least this large are compressed when the client accepts gzip.
+const COMPRESS_ABOVE: u64 = 2048;
 
 /// A bound, ready-to-serve instance.
 pub struct Application {
@@ -229,6 +234,13 @@ pub fn router(
     // per `layer` call, and a request pays for every box and clone on its way in.
     .layer(
         ServiceBuilder::new()
+            // Large answers (lookups, syncs) only: a single size is a few hundred bytes, and
+            // compressing it would cost more than it saves.
+            .layer(
+                CompressionLayer::new()
+                    .gzip(true)
+                    .compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_ABOVE))),
+            )
             .layer(SetSensitiveRequestHeadersLayer::new([
                 header::AUTHORIZATION,
             ]))

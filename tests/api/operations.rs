@@ -440,3 +440,60 @@ async fn every_request_leaves_an_access_line_with_its_request_id_and_hits_can_be
     // Lines are written in order: the hit came before the last request and was left out.
     assert!(!seen.contains_key("the-hit"), "{seen:?}");
 }
+
+#[tokio::test]
+async fn large_answers_are_gzipped_for_clients_that_accept_it_and_small_ones_are_not() {
+    let app = TestApp::spawn().await;
+    let skus: Vec<String> = (0..200).map(|i| app.sku(&format!("gzip-{i}"))).collect();
+    let updates: Vec<Value> = skus
+        .iter()
+        .map(|sku| {
+            serde_json::json!({"sku": sku, "length_mm": 1, "width_mm": 2, "height_mm": 3,
+                               "weight_g": 4, "source_version": 1})
+        })
+        .collect();
+    assert_eq!(app.sync(&updates).await.status(), StatusCode::OK);
+    let asked: Vec<&str> = skus.iter().map(String::as_str).collect();
+    let lookup = |gzip: bool| {
+        let request = app
+            .request(
+                Method::POST,
+                "/v1/product-sizes/lookup",
+                Some(crate::helpers::READ_TOKEN),
+            )
+            .json(&serde_json::json!({ "skus": asked }));
+        if gzip {
+            request.header("accept-encoding", "gzip")
+        } else {
+            request
+        }
+    };
+
+    let plain = lookup(false).send().await.unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    let plain = plain.bytes().await.unwrap();
+    let gzipped = lookup(true).send().await.unwrap();
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let gzipped = gzipped.bytes().await.unwrap();
+    assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "a gzip stream");
+    assert!(
+        gzipped.len() * 4 < plain.len(),
+        "{} bytes gzipped, {} plain",
+        gzipped.len(),
+        plain.len()
+    );
+
+    let single = app
+        .request(
+            Method::GET,
+            &format!("/v1/products/{}/size", skus[0]),
+            Some(crate::helpers::READ_TOKEN),
+        )
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(single.status(), StatusCode::OK);
+    assert_eq!(single.headers().get("content-encoding"), None);
+}
