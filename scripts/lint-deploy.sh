@@ -29,9 +29,19 @@ echo "== hadolint"
 chart=helm/product-size-service
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for variant in default full; do
-  values=()
-  [ "$variant" = full ] && values=(--values helm/ci/full-values.yaml)
+# The chart fails closed: with its defaults (no tokens) or placeholder tokens, it must not render.
+for bad in "" "--set secrets.apiReadTokens=change-me-read --set secrets.apiWriteTokens=real-write"; do
+  # shellcheck disable=SC2086 # the options are meant to split
+  if "$helm" template pss "$chart" $bad >/dev/null 2>"$out/refused.txt"; then
+    echo "helm template rendered without real tokens (${bad:-default values})" >&2
+    exit 1
+  fi
+  grep -q "secrets.apiReadTokens" "$out/refused.txt" \
+    || { cat "$out/refused.txt" >&2; echo "refused for another reason than the tokens" >&2; exit 1; }
+done
+echo "== helm template refuses empty and placeholder tokens"
+for variant in minimal full; do
+  values=(--values "helm/ci/$variant-values.yaml")
   echo "== helm lint ($variant values)"
   "$helm" lint --strict "$chart" "${values[@]}"
   echo "== helm template ($variant values) | kubernetes-validate"

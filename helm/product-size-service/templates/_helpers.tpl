@@ -84,3 +84,47 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       key: API_ADMIN_TOKENS
       optional: true
 {{- end -}}
+
+{{/* Refuses to render with tokens that are empty or placeholders (the chart fails closed). */}}
+{{- define "pss.checkSecrets" -}}
+{{- if not .Values.secrets.existingSecret -}}
+{{- range $name, $tokens := dict "apiReadTokens" .Values.secrets.apiReadTokens "apiWriteTokens" .Values.secrets.apiWriteTokens -}}
+{{- if not $tokens -}}
+{{- fail (printf "secrets.%s is empty: set real tokens, or secrets.existingSecret" $name) -}}
+{{- end -}}
+{{- range splitList "," $tokens -}}
+{{- if or (not (trim .)) (hasPrefix "change-me" (trim .)) -}}
+{{- fail (printf "secrets.%s holds an empty token or a placeholder (change-me...): set real tokens" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.secrets.apiAdminTokens -}}
+{{- range splitList "," . -}}
+{{- if or (not (trim .)) (hasPrefix "change-me" (trim .)) -}}
+{{- fail "secrets.apiAdminTokens holds an empty token or a placeholder (change-me...)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret the migration Job reads DATABASE_URL from. */}}
+{{- define "pss.migrationSecretName" -}}
+{{- if .Values.migrations.existingSecret -}}
+{{- .Values.migrations.existingSecret -}}
+{{- else if and .Values.secrets.existingSecret (not .Values.migrations.databaseUrl) -}}
+{{- .Values.secrets.existingSecret -}}
+{{- else -}}
+{{- printf "%s-migrate" (include "pss.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of one-off pods (migrations, warm-up, audit, tests): no Service, PDB or HPA
+selects them, since they lack the service's name label. */}}
+{{- define "pss.jobLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .context.Chart.Name .context.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "pss.name" .context }}-{{ .component }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/managed-by: {{ .context.Release.Service }}
+{{- end -}}
