@@ -12,9 +12,17 @@
 //!
 //! `keep` is half the pool: the other half always serves writes, probes and jobs. The pool's
 //! metrics count kept connections as open and busy.
+//!
+//! **Load shedding.** When the database is saturated (a slow primary, a lock, more misses than
+//! it can answer), waiting longer for a connection helps nobody: the queue only grows until
+//! requests time out together. While every connection is busy, at most twice as many reads as
+//! the pool has connections wait for one; any further read is refused at once
+//! ([`sqlx::Error::PoolTimedOut`], a 503 with `Retry-After`), while cache hits, which need no
+//! connection, go on as before.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -28,15 +36,21 @@ pub struct Leases {
     pool: PgPool,
     kept: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     keep: usize,
+    /// Reads waiting for a connection from the pool now, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
 }
 
 impl Leases {
     pub fn new(pool: PgPool) -> Self {
-        let keep = (pool.options().get_max_connections() / 2) as usize;
+        let size = pool.options().get_max_connections() as usize;
+        let keep = size / 2;
         Self {
             pool,
             kept: Mutex::new(Vec::with_capacity(keep)),
             keep,
+            waiting: AtomicUsize::new(0),
+            max_waiting: 2 * size.max(1),
         }
     }
 
@@ -49,13 +63,34 @@ impl Leases {
         });
         Ok(match kept {
             Some((conn, _)) => self.lease(conn, true),
-            None => self.lease(self.pool.acquire().await?, false),
+            None => self.lease(self.wait_for_pool().await?, false),
         })
     }
 
     /// A connection from the pool, which sqlx tests before handing it out.
     pub async fn acquire_tested(&self) -> Result<Lease<'_>, sqlx::Error> {
-        Ok(self.lease(self.pool.acquire().await?, false))
+        Ok(self.lease(self.wait_for_pool().await?, false))
+    }
+
+    /// Waits for a connection from the pool, unless too many reads wait already (see the
+    /// module's "Load shedding").
+    async fn wait_for_pool(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
+        let queued = waiting.0.fetch_add(1, Ordering::Relaxed);
+        let saturated = self.pool.num_idle() == 0
+            && self.pool.size() >= self.pool.options().get_max_connections();
+        if saturated && queued >= self.max_waiting {
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        let conn = self.pool.acquire().await;
+        drop(waiting);
+        conn
     }
 
     fn lease(&self, conn: PoolConnection<Postgres>, kept: bool) -> Lease<'_> {

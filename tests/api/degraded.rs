@@ -389,3 +389,72 @@ async fn installs_survive_redis_forgetting_its_scripts() {
     );
     assert_eq!(cache.fill(&installs(2), &epoch).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_served() {
+    let primary = OwnPostgres::primary().await;
+    let app = TestApp::spawn_with(Options {
+        database_url: primary.url(),
+        replica: Replica::None,
+        // Two connections, and waits long enough that only shedding can answer 503 while
+        // the test holds the table.
+        database: Some(DatabaseSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(60),
+            statement_timeout: Duration::from_secs(60),
+        }),
+        ..Options::default()
+    })
+    .await;
+    let cached = app.sku("saturated-hit");
+    app.put(&cached, &size(1)).await;
+    assert_eq!(read_source(&app.get(&cached).await), "cache");
+
+    // Every query on the table waits behind this lock: the pool's connections fill up.
+    let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&primary.url())
+        .await
+        .unwrap();
+    let mut lock = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE product_sizes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut misses = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let request = app.request(
+            reqwest::Method::GET,
+            &format!("/v1/products/{}/size", app.sku(&format!("saturated-{i}"))),
+            Some(crate::helpers::READ_TOKEN),
+        );
+        misses.spawn(async move { request.send().await.unwrap() });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let shed = loop {
+        let answered = tokio::time::timeout_at(deadline.into(), misses.join_next())
+            .await
+            .expect("a miss is refused while the table is held, not after")
+            .expect("misses still waiting")
+            .unwrap();
+        if answered.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break answered;
+        }
+    };
+    assert!(shed.headers().contains_key("retry-after"));
+    // Hits need no connection.
+    let hit = app.get(&cached).await;
+    assert_eq!(
+        (hit.status(), read_source(&hit)),
+        (StatusCode::OK, "cache".to_owned())
+    );
+
+    lock.rollback().await.unwrap();
+    while let Some(answered) = misses.join_next().await {
+        let status = answered.unwrap().status();
+        assert!(
+            [StatusCode::NOT_FOUND, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
+            "{status}"
+        );
+    }
+    let after = app.get(&app.sku("saturated-0")).await;
+    assert_eq!(after.status(), StatusCode::NOT_FOUND);
+}

@@ -67,6 +67,8 @@ pub struct Options {
     pub secondary_cache: Option<SecondaryCache>,
     /// `REDIS_TLS_CA_FILE`.
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// Pool size and timeouts (the tests' defaults if `None`).
+    pub database: Option<DatabaseSettings>,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             id: None,
             secondary_cache: None,
             redis_tls_ca_file: None,
+            database: None,
         }
     }
 }
@@ -154,11 +157,11 @@ impl TestApp {
                 admin_tokens: vec![SecretString::from(ADMIN_TOKEN)],
                 disabled: false,
             },
-            database: DatabaseSettings {
+            database: options.database.clone().unwrap_or(DatabaseSettings {
                 max_connections: 10,
                 acquire_timeout: Duration::from_secs(2),
                 statement_timeout: Duration::from_secs(5),
-            },
+            }),
             cache: CacheSettings {
                 tls_ca_file: options.redis_tls_ca_file.clone(),
                 ..cache_settings(&key_prefix)
