@@ -91,6 +91,8 @@ impl Application {
             ),
             Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
         }
+        // The backlog gauges have their first values before the first scrape.
+        sizes.read_backlog().await;
         // `/readyz` answers from the probes: the first round completes before serving.
         sizes.probe_dependencies().await;
         background.push(tokio::spawn(sizes.clone().keep_probing()));

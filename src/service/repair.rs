@@ -235,7 +235,7 @@ impl SizeService {
     }
 
     /// Refreshes the backlog gauges: records owed to each cache, and the oldest one's age.
-    async fn read_backlog(&self) {
+    pub async fn read_backlog(&self) {
         for (role, _) in self.ledgers() {
             match repair_backlog(self.db.primary(), &self.ledger(role)).await {
                 Ok((count, oldest)) => self.metrics.set_repair_backlog(role, count, oldest),
