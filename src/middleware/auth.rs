@@ -40,6 +40,7 @@ impl Scope {
             Access::Read => matches!(self, Scope::Read | Scope::Write),
             Access::Write => self == Scope::Write,
             Access::Admin => self == Scope::Admin,
+            Access::NotAllowed => false,
         }
     }
 }
@@ -155,6 +156,11 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let access = self.policies.of(&request);
+        if access == Access::NotAllowed {
+            return Either::Left(ready(Ok(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED.into_response()
+            )));
+        }
         let authorization = request
             .headers()
             .get(header::AUTHORIZATION)

@@ -25,6 +25,9 @@ pub enum Access {
     Write,
     /// An admin token (operator endpoints); the primary.
     Admin,
+    /// A method the matched route has no handler for: answered 405 before anything else, so
+    /// no handler can run without a recorded policy.
+    NotAllowed,
 }
 
 /// Each route's [`Access`], by method and route template, recorded from the router group the
@@ -53,7 +56,8 @@ impl Policies {
 
     /// The access `request` needs. A request that matched no route is public (it gets the
     /// 404); a matched route without a recorded policy is refused as if it were an operator
-    /// endpoint, so a route registered outside every group fails closed.
+    /// endpoint, so a route registered outside every group fails closed; a method the route
+    /// records nothing for gets the 405.
     pub fn of<B>(&self, request: &Request<B>) -> Access {
         let Some(path) = request.extensions().get::<MatchedPath>() else {
             return Access::Public;
@@ -63,10 +67,13 @@ impl Policies {
             &Method::HEAD => &Method::GET,
             method => method,
         };
-        self.routes
-            .get(path.as_str())
-            .and_then(|methods| methods.iter().find(|(m, _)| m == method))
-            .map_or(Access::Admin, |(_, access)| *access)
+        let Some(methods) = self.routes.get(path.as_str()) else {
+            return Access::Admin;
+        };
+        methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(Access::NotAllowed, |(_, access)| *access)
     }
 }
 
@@ -115,8 +122,10 @@ mod tests {
         assert_eq!(access(&policies, Method::GET, size).await, "Read");
         assert_eq!(access(&policies, Method::HEAD, size).await, "Read");
         assert_eq!(access(&policies, Method::PUT, size).await, "Write");
-        // A route nobody recorded a policy for needs the narrowest scope there is.
-        assert_eq!(access(&policies, Method::POST, size).await, "Admin");
+        // A method the route records nothing for is refused with 405, whatever the router
+        // holds; a route nobody recorded a policy for needs the narrowest scope there is.
+        assert_eq!(access(&policies, Method::POST, size).await, "NotAllowed");
+        assert_eq!(access(&policies, Method::TRACE, size).await, "NotAllowed");
         assert_eq!(
             access(&policies, Method::GET, "/v1/unrecorded").await,
             "Admin"
