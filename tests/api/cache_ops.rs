@@ -258,6 +258,26 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     );
 }
 
+/// Polls `GET /v1/admin/cache/warm` until its status satisfies `done` (30 s at most).
+async fn warm_status_once(app: &TestApp, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status: Value = app
+            .request(Method::GET, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_admin_endpoint_warms_the_cache_and_reports_progress() {
     let primary = OwnPostgres::primary().await;
@@ -317,25 +337,7 @@ async fn the_admin_endpoint_warms_the_cache_and_reports_progress() {
         .await
         .unwrap();
     assert_eq!(out_of_range.status(), StatusCode::BAD_REQUEST);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        let status: Value = app
-            .request(Method::GET, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["state"] != "running" {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "warm-up did not finish"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let status = warm_status_once(&app, |status| status["state"] != "running").await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["progress"]["rows"], 2_500);
     assert_eq!(status["progress"]["installed"], 2_500);
@@ -356,22 +358,7 @@ async fn a_failed_warm_up_over_http_names_the_dependency_and_nothing_more() {
         .await
         .unwrap();
     assert_eq!(started.status(), StatusCode::ACCEPTED);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        let status: Value = app
-            .request(Method::GET, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["state"] == "failed" {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let status = warm_status_once(&app, |status| status["state"] == "failed").await;
     // The log has the driver's error (host, port, user); the response only says which.
     assert_eq!(
         status["error"], "the database failed; see the service's log",
