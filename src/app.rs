@@ -31,6 +31,7 @@ use crate::middleware::auth::{AuthLayer, Authenticator};
 use crate::middleware::metrics::{RequestMetricsLayer, X_REQUEST_ID};
 use crate::middleware::request_id::MakeRandomRequestId;
 use crate::middleware::route::DbRouteLayer;
+use crate::middleware::timeout::RequestTimeoutLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
 use crate::server;
 use crate::service::{Secondary, SizeService, ledger};
@@ -60,6 +61,7 @@ pub struct Application {
     sizes: Arc<SizeService>,
     background: Vec<JoinHandle<()>>,
     grace: Duration,
+    limits: server::Limits,
 }
 
 impl Application {
@@ -117,6 +119,7 @@ impl Application {
             state,
             Authenticator::new(&config.auth),
             RequestMetricsLayer::new(metrics, AccessLog::start(config.access_log_hit_sample)),
+            RequestTimeoutLayer::new(config.request_timeout),
             replica_health,
         );
         let listener = TcpListener::bind(config.bind_addr)
@@ -131,6 +134,7 @@ impl Application {
             sizes,
             background,
             grace: config.shutdown_grace,
+            limits: config.http,
         })
     }
 
@@ -144,7 +148,7 @@ impl Application {
     /// finish within the grace period, applies pending cache repairs if Redis answers, and
     /// closes the pools.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let draining = server::serve(self.listener, self.router, shutdown).await;
+        let draining = server::serve(self.listener, self.router, self.limits, shutdown).await;
         tracing::info!(
             connections = draining.count(),
             "shutting down: listener closed, finishing requests in flight"
@@ -213,6 +217,7 @@ pub fn router(
     state: AppState,
     authenticator: Authenticator,
     metrics: RequestMetricsLayer,
+    timeout: RequestTimeoutLayer,
     replica_health: Option<Arc<ReplicaHealth>>,
 ) -> Router {
     let (api, mut policies) = routes::api();
@@ -267,8 +272,9 @@ pub fn router(
                 axum::response::IntoResponse::into_response(AppError::Internal)
             }))
             // Outside authentication: requests refused before a handler (401, 403, 413) are
-            // counted too.
+            // counted too, and so are those that time out.
             .layer(metrics)
+            .layer(timeout)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .layer(auth)
             .layer(db_route),

@@ -58,6 +58,20 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+
+    /// Open connections at most; further ones wait in the listen backlog until one closes.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+
+    /// How long a connection may take to send its first bytes, and a request its headers
+    /// (idle keep-alive connections close after it too), in milliseconds.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_read_timeout_ms: u64,
+
+    /// Longest a request may take, reading its body included, before it is answered 503 with
+    /// `Retry-After`, in milliseconds.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_request_timeout_ms: u64,
 }
 
 /// How to reach the databases and Redis: shared by `serve` and the cache commands.
@@ -159,6 +173,10 @@ pub struct Config {
     pub secondary_cache: Option<SecondaryCache>,
     pub bind_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// See `HTTP_MAX_CONNECTIONS` and `HTTP_HEADER_READ_TIMEOUT_MS`.
+    pub http: crate::server::Limits,
+    /// See `HTTP_REQUEST_TIMEOUT_MS`.
+    pub request_timeout: Duration,
     /// See `ACCESS_LOG_HIT_SAMPLE`.
     pub access_log_hit_sample: u32,
     pub auth: AuthSettings,
@@ -232,6 +250,19 @@ impl Config {
         };
         config.bind_addr = args.bind_addr;
         config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
+        if args.http_max_connections == 0
+            || args.http_header_read_timeout_ms == 0
+            || args.http_request_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "HTTP_MAX_CONNECTIONS, HTTP_HEADER_READ_TIMEOUT_MS and HTTP_REQUEST_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
+        config.http = crate::server::Limits {
+            max_connections: args.http_max_connections,
+            header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms),
+        };
+        config.request_timeout = Duration::from_millis(args.http_request_timeout_ms);
         config.access_log_hit_sample = args.access_log_hit_sample;
         config.auth = AuthSettings {
             read_tokens: tokens(args.api_read_tokens),
@@ -286,6 +317,8 @@ impl Config {
             }),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace: Duration::from_secs(20),
+            http: crate::server::Limits::default(),
+            request_timeout: Duration::from_secs(10),
             access_log_hit_sample: 1,
             auth: AuthSettings {
                 read_tokens: Vec::new(),

@@ -36,6 +36,8 @@ pub enum AppError {
     Validation(FieldErrors),
     #[error("{dependency} is unavailable; try again shortly")]
     Unavailable { dependency: &'static str },
+    #[error("the request took longer than {limit_ms} ms; try again shortly")]
+    TimedOut { limit_ms: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -73,7 +75,7 @@ impl AppError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,7 +117,7 @@ impl IntoResponse for AppError {
                     ),
                 );
             }
-            Self::Unavailable { .. } => {
+            Self::Unavailable { .. } | Self::TimedOut { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -1,29 +1,68 @@
-//! The HTTP/1.1 accept loop, written out so that shutdown loses no accepted connection.
+//! The accept loop, written out so that shutdown loses no accepted connection and slow or
+//! idle clients cannot take the service down.
 //!
-//! `axum::serve` closes its listener with whatever the kernel had already queued in the
-//! backlog (those clients get a reset), and both it and hyper close a connection at once on
-//! shutdown when they have not read from it yet, although its request may be on the wire.
-//! Here, once `shutdown` resolves, every connection whose TCP handshake had completed is
-//! still served: each new connection's first request is read and answered (with keep-alive
-//! off) before the connection closes. An idle keep-alive connection is closed at once, as
-//! HTTP/1.1 allows; clients retry a request that raced that close.
+//! **Why not `axum::serve` or hyper-util's `auto` builder.** `axum::serve` closes its listener
+//! with whatever the kernel had already queued in the backlog (those clients get a reset),
+//! and both it and hyper close a connection at once on shutdown when they have not read from
+//! it yet, although its request may be on the wire; neither caps connections. hyper-util's
+//! `auto` builder, which tells HTTP/2's preface from HTTP/1.1, cancels a connection whose
+//! preface is half read when shutdown begins, and waits for that preface without a deadline.
+//! `tests/api/shutdown.rs` and `tests/api/slow_clients.rs` fail with either.
+//!
+//! **Shutdown.** Once `shutdown` resolves, every connection whose TCP handshake had completed
+//! is still served: a connection's first request is read and answered (HTTP/1.1 with
+//! keep-alive off; HTTP/2 with a GOAWAY that lets its open streams finish) before it closes.
+//! An idle HTTP/1.1 keep-alive connection is closed at once, as HTTP/1.1 allows; clients
+//! retry a request that raced that close.
+//!
+//! **Protocols.** HTTP/1.1, and HTTP/2 over cleartext with prior knowledge (as a mesh sidecar
+//! speaks it), told apart by the first bytes.
+//!
+//! **Slow and idle clients.** At most [`Limits::max_connections`] connections are open; at
+//! the cap, new ones wait in the kernel's backlog until one closes. A connection must send its
+//! first bytes, and each HTTP/1.1 request its headers, within [`Limits::header_read_timeout`]
+//! (which also closes idle keep-alive connections); bodies and handlers are bounded by the
+//! per-request timeout of [`crate::middleware::timeout`].
 
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use axum::extract::Request;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tower::ServiceExt;
 
-/// How long a connection may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the client starts an HTTP/2 connection with (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bounds on what one client may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more wait in the backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send its first bytes, and an HTTP/1.1 request its
+    /// headers (an idle keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Connections still finishing their requests after the listener closed.
 pub struct Draining {
@@ -48,30 +87,58 @@ impl Draining {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Draining {
     let connections = Connections {
         router,
+        limits,
         stop: watch::Sender::new(()),
         open: watch::Sender::new(()),
     };
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut at_cap = false;
     let mut shutdown = pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                at_cap = false;
+                slot
+            }
+            Err(_) => {
+                if !at_cap {
+                    at_cap = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection cap reached; new connections wait in the backlog"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connections.spawn(stream),
+                Ok((stream, _)) => connections.spawn(stream, Some(slot)),
                 Err(error) => pause_after(error).await,
             },
         }
     }
     // The reactor may not have reported the last handshakes yet; ask the kernel directly.
+    // These are served whatever the cap: they are owed an answer, and no more will come.
     let backlog = socket2::SockRef::from(&listener);
     loop {
         match backlog.accept() {
             Ok((socket, _)) => match adopt(socket) {
-                Ok(stream) => connections.spawn(stream),
+                Ok(stream) => connections.spawn(stream, None),
                 Err(error) => tracing::warn!(%error, "cannot serve a queued connection"),
             },
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
@@ -91,61 +158,146 @@ pub async fn serve(
 
 struct Connections {
     router: Router,
+    limits: Limits,
     /// Marked once the listener stops.
     stop: watch::Sender<()>,
     open: watch::Sender<()>,
 }
 
 impl Connections {
-    fn spawn(&self, stream: TcpStream) {
+    fn spawn(&self, stream: TcpStream, slot: Option<OwnedSemaphorePermit>) {
         // Responses are written whole; waiting for more to coalesce only adds latency.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let (first_read, read_begun) = oneshot::channel();
-        let stream = FirstRead {
-            stream,
-            first_read: Some(first_read),
-        };
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(self.router.clone()),
-            );
+        let router = self.router.clone();
+        let limits = self.limits;
         let mut stop = self.stop.subscribe();
         stop.mark_unchanged();
         let open = self.open.subscribe();
         tokio::spawn(async move {
+            if let Err(error) = serve_connection(stream, router, limits, stop).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+            drop(open);
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    router: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<()>,
+) -> Result<(), BoxError> {
+    // Shutdown does not interrupt this wait: the client completed its handshake before the
+    // listener closed, and is owed an answer if its request comes within the deadline.
+    let mut preface = BytesMut::with_capacity(1024);
+    let protocol = match tokio::time::timeout(
+        limits.header_read_timeout,
+        read_preface(&mut stream, &mut preface),
+    )
+    .await
+    {
+        Ok(Ok(Some(protocol))) => protocol,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(error)) => return Err(error.into()),
+        Err(_) => return Err("no request within the header read timeout".into()),
+    };
+    let io = TokioIo::new(Prefixed {
+        prefix: preface.freeze(),
+        stream,
+    });
+    match protocol {
+        Protocol::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(io, hyper_util::service::TowerToHyperService::new(router));
             let mut connection = pin!(connection);
+            // The connection is polled first, so hyper has taken the first bytes (and so
+            // finishes their request) before it can be told to stop.
             let served = tokio::select! {
+                biased;
                 served = connection.as_mut() => Some(served),
                 _ = stop.changed() => None,
             };
             let served = match served {
                 Some(served) => served,
                 None => {
-                    // Stopping. Hyper would drop a connection it has not read from yet, so wait
-                    // for its first request to arrive (or the connection to end) first.
-                    let served = tokio::select! {
-                        served = connection.as_mut() => Some(served),
-                        _ = read_begun => None,
-                    };
-                    match served {
-                        Some(served) => served,
-                        None => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    }
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
             };
-            if let Err(error) = served {
-                tracing::debug!(%error, "connection ended with an error");
+            served.map_err(Into::into)
+        }
+        Protocol::Http2 => {
+            let first_request = Arc::new(Notify::new());
+            let service = {
+                let first_request = first_request.clone();
+                hyper::service::service_fn(move |request: Request<Incoming>| {
+                    first_request.notify_one();
+                    router.clone().oneshot(request)
+                })
+            };
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(20)))
+                .serve_connection(io, service);
+            let mut connection = pin!(connection);
+            let served = tokio::select! {
+                biased;
+                served = connection.as_mut() => Some(served),
+                _ = stop.changed() => None,
+            };
+            if let Some(served) = served {
+                return served.map_err(Into::into);
             }
-            drop(open);
-        });
+            // A GOAWAY before the client's first stream would refuse the request it opened
+            // this connection for; so wait for that request (or the deadline) first. The
+            // GOAWAY then lets every stream the client has opened finish.
+            let served = tokio::select! {
+                biased;
+                served = connection.as_mut() => Some(served),
+                () = first_request.notified() => None,
+                () = tokio::time::sleep(limits.header_read_timeout) => None,
+            };
+            let served = match served {
+                Some(served) => served,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            served.map_err(Into::into)
+        }
+    }
+}
+
+/// Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1 request line; `None`
+/// when the client closed without sending anything.
+async fn read_preface(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Protocol>> {
+    loop {
+        if stream.read_buf(buf).await? == 0 {
+            // Whatever came is hyper's to answer or reject.
+            return Ok((!buf.is_empty()).then_some(Protocol::Http1));
+        }
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
     }
 }
 
@@ -155,30 +307,29 @@ fn adopt(socket: socket2::Socket) -> io::Result<TcpStream> {
     TcpStream::from_std(socket.into())
 }
 
-/// A stream that reports when its first bytes have been read.
-struct FirstRead {
+/// A stream that first gives back the bytes read to tell its protocol.
+struct Prefixed {
+    prefix: Bytes,
     stream: TcpStream,
-    first_read: Option<oneshot::Sender<()>>,
 }
 
-impl AsyncRead for FirstRead {
+impl AsyncRead for Prefixed {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before
-            && let Some(first_read) = self.first_read.take()
-        {
-            let _ = first_read.send(());
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
         }
-        polled
+        let taken = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..taken]);
+        self.prefix.advance(taken);
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for FirstRead {
+impl AsyncWrite for Prefixed {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod metrics;
 pub mod request_id;
 pub mod route;
+pub mod timeout;
 
 use std::collections::HashMap;
 

@@ -69,6 +69,10 @@ pub struct Options {
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
     /// Pool size and timeouts (the tests' defaults if `None`).
     pub database: Option<DatabaseSettings>,
+    /// Connection cap and header read timeout.
+    pub http: product_size_service::server::Limits,
+    /// `HTTP_REQUEST_TIMEOUT_MS`.
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -82,6 +86,8 @@ impl Default for Options {
             secondary_cache: None,
             redis_tls_ca_file: None,
             database: None,
+            http: product_size_service::server::Limits::default(),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -150,6 +156,8 @@ impl TestApp {
             secondary_cache: options.secondary_cache.clone(),
             bind_addr: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace: Duration::from_secs(5),
+            http: options.http,
+            request_timeout: options.request_timeout,
             access_log_hit_sample: 1,
             auth: AuthSettings {
                 read_tokens: vec![SecretString::from(READ_TOKEN)],

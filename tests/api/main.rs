@@ -17,6 +17,7 @@ mod redis_failures;
 mod repairs;
 mod shutdown;
 mod sizes;
+mod slow_clients;
 mod sync;
 mod tls;
 mod tokens;

@@ -16,48 +16,7 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn sigterm_during_load_fails_no_accepted_request() {
-    // The binary does not migrate on its own; this test may be the first to touch the database.
-    let primary = sqlx::PgPool::connect(&primary_url()).await.unwrap();
-    product_size_service::db::migrate(&primary).await.unwrap();
-    primary.close().await;
-    let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_product-size"))
-        .arg("serve")
-        .env("DATABASE_URL", primary_url())
-        .env("DATABASE_REPLICA_URL", replica_url())
-        .env("REDIS_URL", shared_redis_url())
-        .env("CACHE_KEY_PREFIX", format!("sigterm{port}"))
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("API_READ_TOKENS", READ_TOKEN)
-        .env("API_WRITE_TOKENS", WRITE_TOKEN)
-        .env("SHUTDOWN_GRACE_SECS", "10")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let skus: Vec<String> = (0..1000).map(|i| format!("SIGTERM-{port}-{i}")).collect();
-    let updates: Vec<_> = skus
-        .iter()
-        .map(|sku| json!({"sku": sku, "length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1, "source_version": 1}))
-        .collect();
-    let seeded = client
-        .post(format!("{base}/v1/sync/product-sizes"))
-        .bearer_auth(WRITE_TOKEN)
-        .json(&json!({ "updates": updates }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(seeded.status(), 200, "seeding failed");
+    let (server, port, skus) = start_seeded().await;
     // Lookups of 1,000 SKUs keep requests in flight when the signal arrives.
     let lookup = Arc::new(request(
         "POST /v1/product-sizes/lookup",
@@ -104,6 +63,65 @@ async fn sigterm_during_load_fails_no_accepted_request() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     terminated.store(true, Ordering::SeqCst);
+    let stopped = tokio::spawn(terminate(server));
+
+    let mut served = 0;
+    while let Some(worker) = load.join_next().await {
+        served += worker.unwrap();
+    }
+    stopped.await.unwrap();
+    assert!(served > 50, "real load: {served} requests served");
+}
+
+/// Starts the binary and stores 1,000 sizes; returns it, its port and the SKUs.
+async fn start_seeded() -> (tokio::process::Child, u16, Vec<String>) {
+    // The binary does not migrate on its own; this test may be the first to touch the database.
+    let primary = sqlx::PgPool::connect(&primary_url()).await.unwrap();
+    product_size_service::db::migrate(&primary).await.unwrap();
+    primary.close().await;
+    let port = free_port();
+    let server = Command::new(env!("CARGO_BIN_EXE_product-size"))
+        .arg("serve")
+        .env("DATABASE_URL", primary_url())
+        .env("DATABASE_REPLICA_URL", replica_url())
+        .env("REDIS_URL", shared_redis_url())
+        .env("CACHE_KEY_PREFIX", format!("sigterm{port}"))
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_READ_TOKENS", READ_TOKEN)
+        .env("API_WRITE_TOKENS", WRITE_TOKEN)
+        .env("SHUTDOWN_GRACE_SECS", "10")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let skus: Vec<String> = (0..1000).map(|i| format!("SIGTERM-{port}-{i}")).collect();
+    let updates: Vec<_> = skus
+        .iter()
+        .map(|sku| json!({"sku": sku, "length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1, "source_version": 1}))
+        .collect();
+    let seeded = client
+        .post(format!("{base}/v1/sync/product-sizes"))
+        .bearer_auth(WRITE_TOKEN)
+        .json(&json!({ "updates": updates }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seeded.status(), 200, "seeding failed");
+    (server, port, skus)
+}
+
+/// Sends SIGTERM to `server` and waits for it to exit successfully within the grace period.
+async fn terminate(mut server: tokio::process::Child) {
     let pid = server.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -111,16 +129,76 @@ async fn sigterm_during_load_fails_no_accepted_request() {
         .await
         .unwrap();
     assert!(killed.success());
-
-    let mut served = 0;
-    while let Some(worker) = load.join_next().await {
-        served += worker.unwrap();
-    }
     let exit = tokio::time::timeout(Duration::from_secs(15), server.wait())
         .await
         .expect("exits within the grace period")
         .unwrap();
     assert!(exit.success(), "exit status {exit}");
+}
+
+#[tokio::test]
+async fn sigterm_during_http2_load_fails_no_request_sent_before_it() {
+    let (server, port, skus) = start_seeded().await;
+    // One multiplexed connection, as a mesh sidecar keeps it.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let lookup = format!("http://127.0.0.1:{port}/v1/product-sizes/lookup");
+    let body = json!({ "skus": skus });
+    let terminated = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, lookup, body, terminated) = (
+            client.clone(),
+            lookup.clone(),
+            body.clone(),
+            terminated.clone(),
+        );
+        load.spawn(async move {
+            let (mut ok, mut refused) = (0, 0);
+            loop {
+                let before_signal = !terminated.load(Ordering::SeqCst);
+                let response = client
+                    .post(&lookup)
+                    .bearer_auth(READ_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await;
+                let exchanged = match response {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.bytes().await.map(|_| status)
+                    }
+                    Err(error) => Err(error),
+                };
+                match exchanged {
+                    Ok(status) => {
+                        assert_eq!(status, 200, "an accepted request failed");
+                        ok += 1;
+                    }
+                    Err(error) => {
+                        assert!(
+                            !before_signal,
+                            "a request sent before SIGTERM failed: {error}"
+                        );
+                        refused += 1;
+                        if refused >= 3 {
+                            return ok;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    terminated.store(true, Ordering::SeqCst);
+    terminate(server).await;
+    let mut served = 0;
+    while let Some(worker) = load.join_next().await {
+        served += worker.unwrap();
+    }
     assert!(served > 50, "real load: {served} requests served");
 }
 
