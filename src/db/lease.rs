@@ -16,9 +16,9 @@
 //! **Load shedding.** When the database is saturated (a slow primary, a lock, more misses than
 //! it can answer), waiting longer for a connection helps nobody: the queue only grows until
 //! requests time out together. While every connection is busy, at most twice as many reads as
-//! the pool has connections wait for one; any further read is refused at once
-//! ([`sqlx::Error::PoolTimedOut`], a 503 with `Retry-After`), while cache hits, which need no
-//! connection, go on as before.
+//! the pool has connections wait for one, and as many writes ([`Admission`], one for each);
+//! any further one is refused at once ([`sqlx::Error::PoolTimedOut`], a 503 with
+//! `Retry-After`), while cache hits, which need no connection, go on as before.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
@@ -31,26 +31,63 @@ use sqlx::{PgConnection, PgPool, Postgres};
 /// How long a connection may wait in the keep list before it is handed back to sqlx.
 const MAX_KEPT: Duration = Duration::from_secs(30);
 
+/// Waits for a pool's connection unless the pool is saturated and too many wait already (see
+/// the module's "Load shedding").
 #[derive(Debug)]
-pub struct Leases {
+pub struct Admission {
     pool: PgPool,
-    kept: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
-    keep: usize,
-    /// Reads waiting for a connection from the pool now, and how many may.
+    /// Callers waiting for a connection now, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
 }
 
-impl Leases {
+impl Admission {
     pub fn new(pool: PgPool) -> Self {
         let size = pool.options().get_max_connections() as usize;
-        let keep = size / 2;
         Self {
             pool,
-            kept: Mutex::new(Vec::with_capacity(keep)),
-            keep,
             waiting: AtomicUsize::new(0),
             max_waiting: 2 * size.max(1),
+        }
+    }
+
+    /// A connection from the pool (which sqlx tests before handing it out), or
+    /// [`sqlx::Error::PoolTimedOut`] at once when the pool is saturated and the queue full.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
+        let queued = waiting.0.fetch_add(1, Ordering::Relaxed);
+        let saturated = self.pool.num_idle() == 0
+            && self.pool.size() >= self.pool.options().get_max_connections();
+        if saturated && queued >= self.max_waiting {
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        let conn = self.pool.acquire().await;
+        drop(waiting);
+        conn
+    }
+}
+
+#[derive(Debug)]
+pub struct Leases {
+    kept: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    keep: usize,
+    /// How reads wait for the pool.
+    admission: Admission,
+}
+
+impl Leases {
+    pub fn new(pool: PgPool) -> Self {
+        let keep = pool.options().get_max_connections() as usize / 2;
+        Self {
+            kept: Mutex::new(Vec::with_capacity(keep)),
+            keep,
+            admission: Admission::new(pool),
         }
     }
 
@@ -75,22 +112,7 @@ impl Leases {
     /// Waits for a connection from the pool, unless too many reads wait already (see the
     /// module's "Load shedding").
     async fn wait_for_pool(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let waiting = Waiting(&self.waiting);
-        let queued = waiting.0.fetch_add(1, Ordering::Relaxed);
-        let saturated = self.pool.num_idle() == 0
-            && self.pool.size() >= self.pool.options().get_max_connections();
-        if saturated && queued >= self.max_waiting {
-            return Err(sqlx::Error::PoolTimedOut);
-        }
-        let conn = self.pool.acquire().await;
-        drop(waiting);
-        conn
+        self.admission.acquire().await
     }
 
     fn lease(&self, conn: PoolConnection<Postgres>, kept: bool) -> Lease<'_> {

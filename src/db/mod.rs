@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseSettings;
-use lease::Leases;
+use lease::{Admission, Leases};
 
 /// The `application_name` of the service's connections.
 const APPLICATION: &str = "product-size-service";
@@ -38,6 +38,8 @@ pub struct Db {
     /// The read path's connections (see [`lease`]).
     primary_reads: Arc<Leases>,
     replica_reads: Option<Arc<Leases>>,
+    /// How writes wait for a primary connection.
+    primary_writes: Arc<Admission>,
     /// One connection that listens for changes made by other writers (see [`changes`]).
     changes: PgPool,
 }
@@ -98,6 +100,7 @@ impl Db {
             .transpose()?;
         Ok(Self {
             primary_reads: Arc::new(Leases::new(primary.clone())),
+            primary_writes: Arc::new(Admission::new(primary.clone())),
             replica_reads: replica.clone().map(|r| Arc::new(Leases::new(r))),
             primary,
             replica,
@@ -120,6 +123,11 @@ impl Db {
 
     pub fn primary_reads(&self) -> &Leases {
         &self.primary_reads
+    }
+
+    /// Admission of writes to the primary (shed when it is saturated).
+    pub fn primary_writes(&self) -> &Admission {
+        &self.primary_writes
     }
 
     pub fn replica_reads(&self) -> Option<&Leases> {

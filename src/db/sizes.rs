@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 
-use super::lease::{Leases, leased};
+use super::lease::{Admission, Leases, leased};
 use crate::domain::{Lsn, StoredSize};
 
 /// Rows read in one round trip, with the WAL position the server had replayed before its
@@ -181,11 +181,11 @@ const MAX_ATTEMPTS: usize = 5;
 /// Rows that do not exist yet cannot be locked; if a concurrent transaction inserts one first,
 /// the insert skips it, and the whole transaction is retried against the new row.
 pub async fn write_transaction<T>(
-    pool: &PgPool,
+    primary: &Admission,
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
 ) -> Result<Committed<T>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = primary.acquire().await?;
     for _ in 0..MAX_ATTEMPTS {
         let mut tx = conn.begin().await?;
         let current = lock_rows(&mut tx, skus).await?;

@@ -87,7 +87,7 @@ impl SizeService {
         skus.sort_unstable();
         skus.dedup();
         let now = Utc::now();
-        let committed = write_transaction(self.db.primary(), &skus, |current| {
+        let committed = write_transaction(self.db.primary_writes(), &skus, |current| {
             let mut state = current.clone();
             let mut written: Vec<&str> = Vec::new();
             let decisions: Vec<Decision> = changes

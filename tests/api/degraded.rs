@@ -403,6 +403,8 @@ async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_serve
             acquire_timeout: Duration::from_secs(60),
             statement_timeout: Duration::from_secs(60),
         }),
+        // Nor may the per-request timeout answer first.
+        request_timeout: Duration::from_secs(120),
         ..Options::default()
     })
     .await;
@@ -457,4 +459,76 @@ async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_serve
     }
     let after = app.get(&app.sku("saturated-0")).await;
     assert_eq!(after.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn with_the_database_saturated_writes_are_shed_at_once_and_change_nothing() {
+    let primary = OwnPostgres::primary().await;
+    let app = TestApp::spawn_with(Options {
+        database_url: primary.url(),
+        replica: Replica::None,
+        database: Some(DatabaseSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(60),
+            statement_timeout: Duration::from_secs(60),
+        }),
+        request_timeout: Duration::from_secs(120),
+        ..Options::default()
+    })
+    .await;
+    let cached = app.sku("saturated-write-hit");
+    app.put(&cached, &size(1)).await;
+
+    let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&primary.url())
+        .await
+        .unwrap();
+    let mut lock = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE product_sizes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let sku = app.sku(&format!("saturated-write-{i}"));
+        let request = app
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/products/{sku}/size"),
+                Some(crate::helpers::WRITE_TOKEN),
+            )
+            .json(&size(2));
+        writes.spawn(async move { (sku, request.send().await.unwrap()) });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (shed_sku, shed) = loop {
+        let (sku, answered) = tokio::time::timeout_at(deadline.into(), writes.join_next())
+            .await
+            .expect("a write is refused while the table is held, not after")
+            .expect("writes still waiting")
+            .unwrap();
+        if answered.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break (sku, answered);
+        }
+    };
+    assert!(shed.headers().contains_key("retry-after"));
+    // Hits need no connection.
+    let hit = app.get(&cached).await;
+    assert_eq!(
+        (hit.status(), read_source(&hit)),
+        (StatusCode::OK, "cache".to_owned())
+    );
+
+    lock.rollback().await.unwrap();
+    let mut refused = vec![shed_sku];
+    while let Some(answered) = writes.join_next().await {
+        let (sku, answered) = answered.unwrap();
+        match answered.status() {
+            StatusCode::CREATED => {}
+            StatusCode::SERVICE_UNAVAILABLE => refused.push(sku),
+            status => panic!("{status}"),
+        }
+    }
+    for sku in refused {
+        assert_eq!(app.get(&sku).await.status(), StatusCode::NOT_FOUND, "{sku}");
+    }
 }
