@@ -13,7 +13,8 @@
 # generator runs on CPU 0, the service and its datastores on CPU 1.
 # Writes bench/RESULTS.md and bench/latency.svg (full mode) or bench/out/ (smoke).
 #
-# BENCH_ONLY="get miss" runs only those scenario groups (warm, get, lookup, change, miss, sync), with
+# BENCH_ONLY="get miss" runs only those scenario groups (warm, get, lookup, change, miss, sync,
+# overload: hits while misses arrive at 3x the rate the miss path sustains), with
 # their ceilings, and writes to bench/out/ instead: for trying a change quickly. BENCH_ROUNDS
 # overrides the number of rounds. BENCH_PERF=1 also records a CPU profile of the service under
 # each of its scenarios (perf, into bench/out/.../perf-*.data; `perf report -i FILE`).
@@ -62,13 +63,14 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/$db
 export DATABASE_REPLICA_URL=postgres://postgres@127.0.0.1:$replica_port/$db
 
 if [ "$profile" = release ]; then
-  cargo build --locked --release --bin product-size --example change_latency
+  cargo build --locked --release --bin product-size --example change_latency --example overload
 else
   # The features cargo test builds with (it builds the examples too): usually nothing to do.
   cargo build --locked --tests --examples
 fi
 bin=${CARGO_TARGET_DIR:-target}/$profile/product-size
 change_latency=${CARGO_TARGET_DIR:-target}/$profile/examples/change_latency
+overload=${CARGO_TARGET_DIR:-target}/$profile/examples/overload
 "$bin" migrate
 
 echo "== loading $rows SKUs"
@@ -154,7 +156,7 @@ wrk_run() { # scenario round url script connections [env...]
     taskset -c 0 wrk -t1 -c"$connections" -d"${duration}s" --latency -s "bench/$script" "$url" 2>&1)
   echo "$text" >"$out/$scenario-$round.txt"
   [ -z "$profiler" ] || wait "$profiler" || true
-  python3 bench/report.py wrk "$scenario" "$round" <<<"$text" >>"$results"
+  python3 bench/report.py wrk "$scenario" "$round" ${tolerate:-} <<<"$text" >>"$results"
 }
 
 for round in $(seq 1 "$rounds"); do
@@ -190,7 +192,7 @@ for round in $(seq 1 "$rounds"); do
   elapsed=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
   record "redis-cli --pipe" "$round" "$(python3 -c "print($rows / $elapsed)")" rows/s
 
-  if runs get || runs lookup; then
+  if runs get || runs lookup || runs overload; then
     wrk_run "cache-hit GET" "$round" "http://127.0.0.1:$port" get.lua 32
   fi
   if runs get; then
@@ -211,7 +213,7 @@ for round in $(seq 1 "$rounds"); do
       "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["p50_ms"])' "$text")" \
       "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["p99_ms"])' "$text")"
   fi
-  if runs miss; then
+  if runs miss || runs overload; then
     # Misses only: an instance of its own key prefix, its cache emptied (1% of the SKUs were
     # filled by the previous round). It runs only here, and is then deregistered, so that no
     # other scenario's writes are also applied to its cache (a second deployment's cost).
@@ -224,6 +226,18 @@ for round in $(seq 1 "$rounds"); do
       -c "DELETE FROM cache_repairs WHERE cache_prefix = 'benchmiss'"
     text=$(load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -S -c 32 -j 1 -T "$duration" pgbench_bench 2>&1)
     record "pgbench -S" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps
+  fi
+  if runs overload; then
+    # Misses of SKUs that exist nowhere, open loop at 3x the rate the miss path sustained
+    # this round, on the instance that serves the hits: misses beyond what the database
+    # answers are shed with 503 at once, and the hits beside them stay fast.
+    miss_rate=$(python3 -c 'import json,sys; print(max(json.loads(l)["value"] for l in open(sys.argv[1]) if json.loads(l)["scenario"] == "miss GET" and json.loads(l)["round"] == int(sys.argv[2])))' "$results" "$round")
+    load "$overload" "http://127.0.0.1:$port" bench "$(python3 -c "print(3 * $miss_rate)")" "$duration" \
+      >"$out/overload-$round.json" &
+    misses=$!
+    tolerate=tolerate-errors wrk_run "cache-hit GET, misses at 3x" "$round" "http://127.0.0.1:$port" get.lua 32
+    wait "$misses"
+    python3 bench/report.py overload "$round" <"$out/overload-$round.json" >>"$results"
   fi
   if runs sync; then
     wrk_run "WMS sync x1000" "$round" "http://127.0.0.1:$port" sync.lua 4

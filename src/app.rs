@@ -254,18 +254,22 @@ pub fn router(
             .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRandomRequestId))
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
             .layer(
-                TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                    let path = request
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or(request.uri().path(), MatchedPath::as_str);
-                    let request_id = request
-                        .headers()
-                        .get(&X_REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!("request", method = %request.method(), path, request_id)
-                }),
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request| {
+                        let path = request
+                            .extensions()
+                            .get::<MatchedPath>()
+                            .map_or(request.uri().path(), MatchedPath::as_str);
+                        let request_id = request
+                            .headers()
+                            .get(&X_REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!("request", method = %request.method(), path, request_id)
+                    })
+                    // The access log has every status; an error line per 503 would flood the log
+                    // exactly when the service sheds load.
+                    .on_failure(()),
             )
             .layer(CatchPanicLayer::custom(|_| {
                 tracing::error!("handler panicked");

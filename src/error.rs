@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{FieldError, FieldErrors};
+use crate::telemetry::Throttle;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -129,12 +130,19 @@ impl IntoResponse for AppError {
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
         use sqlx::Error as E;
+        // Every request meets these while the database is down or shedding load.
+        static UNAVAILABLE: Throttle = Throttle::new();
+        let unavailable = |error: &sqlx::Error| {
+            if let Some(suppressed) = UNAVAILABLE.allow() {
+                tracing::warn!(%error, suppressed, "database unavailable");
+            }
+            Self::Unavailable {
+                dependency: "the database",
+            }
+        };
         match &error {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-                tracing::warn!(%error, "database unavailable");
-                Self::Unavailable {
-                    dependency: "the database",
-                }
+                unavailable(&error)
             }
             // Shutdown, crash or failover of the server, and too many connections.
             E::Database(db)
@@ -142,10 +150,7 @@ impl From<sqlx::Error> for AppError {
                     c.starts_with("57") || c.starts_with("08") || c == "53300"
                 }) =>
             {
-                tracing::warn!(%error, "database unavailable");
-                Self::Unavailable {
-                    dependency: "the database",
-                }
+                unavailable(&error)
             }
             _ => {
                 tracing::error!(%error, "database error");

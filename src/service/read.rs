@@ -14,6 +14,7 @@ use crate::db::sizes::{fetch_leased, owed_repairs};
 use crate::domain::{Lsn, Sku, StoredSize};
 use crate::error::AppError;
 use crate::metrics::{CacheOutcome, Database};
+use crate::telemetry::Throttle;
 
 /// Where an answer came from, in order of distance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -359,7 +360,10 @@ impl SizeService {
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
-                tracing::warn!(%error, "replica read failed; reading the primary");
+                static FAILED: Throttle = Throttle::new();
+                if let Some(suppressed) = FAILED.allow() {
+                    tracing::warn!(%error, suppressed, "replica read failed; reading the primary");
+                }
                 return read;
             }
         };
