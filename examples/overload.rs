@@ -1,8 +1,10 @@
 //! Misses at a fixed rate, open loop, for the benchmark's overload scenario (issue 12): GETs
-//! of SKUs that exist nowhere, so each needs the database, sent on schedule whether or not
+//! of SKUs that exist nowhere, so each needs the database, due on schedule whether or not
 //! earlier ones were answered (a closed-loop generator would slow down with the service and
-//! never overload it). Prints one JSON object: how many were answered (404), shed (503),
-//! failed, and the latency of each kind.
+//! never overload it). Like an upstream's connection pool or a mesh sidecar, it keeps at most
+//! [`CONNECTIONS`] requests in flight; a request due while all are busy waits for one, and
+//! that wait is reported apart from the service's own time. Prints one JSON object: how many
+//! were answered (404), shed (503), failed, and the latency of each kind.
 //!
 //! ```text
 //! overload SERVICE_URL TOKEN RATE_PER_SECOND SECONDS
@@ -17,6 +19,9 @@ use tokio::task::JoinSet;
 /// timeout is 10 s: nothing should come near this).
 const GIVE_UP: Duration = Duration::from_secs(30);
 
+/// Requests in flight at most (each on a keep-alive connection of its own).
+const CONNECTIONS: usize = 256;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,7 +33,7 @@ async fn main() {
     let seconds: f64 = seconds.parse().expect("SECONDS is a number");
     let client = reqwest::Client::builder()
         .timeout(GIVE_UP)
-        .pool_max_idle_per_host(1024)
+        .pool_max_idle_per_host(CONNECTIONS)
         .build()
         .expect("a client");
 
@@ -38,6 +43,7 @@ async fn main() {
     let started = Instant::now();
     let mut sent = 0u64;
     let mut requests = JoinSet::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
     while started.elapsed().as_secs_f64() < seconds {
         ticker.tick().await;
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
@@ -50,10 +56,13 @@ async fn main() {
                 ))
                 .bearer_auth(token)
                 .send();
+            let slots = slots.clone();
             requests.spawn(async move {
-                let begun = Instant::now();
+                let due = Instant::now();
+                let _slot = slots.acquire_owned().await.expect("never closed");
+                let sent = Instant::now();
                 let status = request.await.map(|response| response.status().as_u16());
-                (status.ok(), begun.elapsed())
+                (status.ok(), sent.elapsed(), due.elapsed())
             });
         }
         // Collect what has finished, so the set stays small.
@@ -73,7 +82,8 @@ thread_local! {
     static TALLY: std::cell::RefCell<Tally> = std::cell::RefCell::default();
 }
 
-fn tally((status, latency): (Option<u16>, Duration)) {
+fn tally((status, latency, since_due): (Option<u16>, Duration, Duration)) {
+    TALLY.with_borrow_mut(|t| t.since_due_max = t.since_due_max.max(since_due));
     TALLY.with_borrow_mut(|t| match status {
         Some(200 | 404) => t.answered.push(latency),
         Some(503) => t.shed.push(latency),
@@ -86,6 +96,8 @@ struct Tally {
     answered: Vec<Duration>,
     shed: Vec<Duration>,
     failed: Vec<Duration>,
+    /// The longest a request took from when it was due, its wait for a connection included.
+    since_due_max: Duration,
 }
 
 impl Tally {
@@ -109,6 +121,7 @@ impl Tally {
             "answered_p99_ms": percentile(&mut self.answered, 0.99),
             "shed_p99_ms": percentile(&mut self.shed, 0.99),
             "max_ms": all_max.as_secs_f64() * 1000.0,
+            "max_since_due_ms": self.since_due_max.as_secs_f64() * 1000.0,
         })
     }
 }

@@ -35,6 +35,7 @@ use crate::middleware::timeout::RequestTimeoutLayer;
 use crate::routes::{self, AppState, docs, extract::BODY_LIMIT};
 use crate::server;
 use crate::service::{Secondary, SizeService, ledger};
+use crate::telemetry;
 
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -265,8 +266,38 @@ pub fn router(
                             .get(&X_REQUEST_ID)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default();
-                        tracing::info_span!("request", method = %request.method(), path, request_id)
+                        let span = tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path,
+                            request_id,
+                            trace_id = tracing::field::Empty,
+                            otel.name = tracing::field::Empty,
+                            otel.kind = "server",
+                            http.response.status_code = tracing::field::Empty,
+                        );
+                        if telemetry::tracing_enabled() {
+                            span.record(
+                                "otel.name",
+                                tracing::field::display(format_args!(
+                                    "{} {path}",
+                                    request.method()
+                                )),
+                            );
+                            telemetry::continue_trace(&span, request.headers());
+                        }
+                        span
                     })
+                    .on_response(
+                        |response: &axum::http::Response<_>, _: Duration, span: &tracing::Span| {
+                            if telemetry::tracing_enabled() {
+                                span.record(
+                                    "http.response.status_code",
+                                    response.status().as_u16(),
+                                );
+                            }
+                        },
+                    )
                     // The access log has every status; an error line per 503 would flood the log
                     // exactly when the service sheds load.
                     .on_failure(()),

@@ -13,7 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let telemetry = telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
         Command::AuditCache(args) => commands::audit_cache(args).await,
         Command::Healthcheck(args) => commands::healthcheck(args).await,
     };
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,5 +1,5 @@
 //! The access log: one line per request at `info` (target `access`), with its method, route,
-//! status, latency, read source and request id. The request only hands a record to a bounded
+//! status, latency, read source, request id and (when traces are exported) trace id. The request only hands a record to a bounded
 //! queue; a background task formats and writes it, so a slow log sink never slows a request
 //! (when the queue is full, records are dropped and counted in the next line written).
 //! `ACCESS_LOG_HIT_SAMPLE` thins out cache hits, the bulk of the traffic: 1 logs every hit,
@@ -20,6 +20,8 @@ pub struct AccessRecord {
     pub latency_us: u64,
     pub read_source: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
+    /// When traces are exported.
+    pub trace_id: Option<opentelemetry::trace::TraceId>,
 }
 
 pub struct AccessLog {
@@ -86,6 +88,7 @@ async fn write(mut records: mpsc::Receiver<AccessRecord>, log: std::sync::Weak<A
             latency_ms = record.latency_us as f64 / 1000.0,
             read_source = text(&record.read_source),
             request_id = text(&record.request_id),
+            trace_id = record.trace_id.map(|id| id.to_string()).unwrap_or_default(),
             dropped_before = dropped,
             "request"
         );

@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use super::access_log::{AccessLog, AccessRecord};
 use crate::metrics::Metrics;
 use crate::routes::X_READ_SOURCE;
+use opentelemetry::trace::TraceId;
 
 /// The request id header (set, if the client sent none, by a layer outside this one).
 pub const X_REQUEST_ID: axum::http::HeaderName =
@@ -75,7 +76,7 @@ where
             .map_or("unmatched", |path| interned(path.as_str()));
         let access = self.access.clone().map(|log| {
             let request_id = request.headers().get(&X_REQUEST_ID).cloned();
-            (log, request_id)
+            (log, request_id, crate::telemetry::current_trace_id())
         });
         Observed {
             inner: self.inner.call(request),
@@ -94,7 +95,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         metrics: Arc<Metrics>,
-        access: Option<(Arc<AccessLog>, Option<HeaderValue>)>,
+        access: Option<(Arc<AccessLog>, Option<HeaderValue>, Option<TraceId>)>,
         method: &'static str,
         route: &'static str,
         started: Instant,
@@ -115,7 +116,7 @@ where
             let status = response.status().as_u16();
             this.metrics
                 .observe_request(this.method, this.route, status, latency.as_secs_f64());
-            if let Some((log, request_id)) = this.access.take() {
+            if let Some((log, request_id, trace_id)) = this.access.take() {
                 let read_source = response.headers().get(&X_READ_SOURCE);
                 if log.wants(read_source) {
                     log.record(AccessRecord {
@@ -125,6 +126,7 @@ where
                         latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
                         read_source: read_source.cloned(),
                         request_id,
+                        trace_id,
                     });
                 }
             }

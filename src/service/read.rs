@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use super::{FILL_MAX_AGE, SizeService};
 use crate::cache::{Cache, CacheRead, CacheRole, Entry, Epoch, Install, Meta};
@@ -14,7 +14,7 @@ use crate::db::sizes::{fetch_leased, owed_repairs};
 use crate::domain::{Lsn, Sku, StoredSize};
 use crate::error::AppError;
 use crate::metrics::{CacheOutcome, Database};
-use crate::telemetry::Throttle;
+use crate::telemetry::{self, Throttle};
 
 /// Where an answer came from, in order of distance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,7 +56,7 @@ impl SizeService {
     /// in named steps: look the SKUs up in the cache and sort hits from misses; for the misses,
     /// read their fences, then the replica where it is provably fresh, the primary for the
     /// rest, and fill the cache with what was read.
-    #[instrument(skip_all, fields(skus = skus.len()))]
+    #[instrument(skip_all, fields(skus = skus.len(), source = tracing::field::Empty))]
     pub async fn read(
         &self,
         skus: &[Sku],
@@ -72,6 +72,7 @@ impl SizeService {
         } = self.look_up(skus, token).await;
         if misses.is_empty() {
             self.metrics.count_read(ReadSource::Cache.as_str());
+            record_source(ReadSource::Cache);
             return Ok(ReadResult {
                 docs: docs.into_iter().flatten().collect(),
                 source: ReadSource::Cache,
@@ -98,6 +99,7 @@ impl SizeService {
             docs[miss.index] = Some(doc);
         }
         self.metrics.count_read(source.as_str());
+        record_source(source);
         Ok(ReadResult {
             docs: docs.into_iter().flatten().collect(),
             source,
@@ -106,6 +108,12 @@ impl SizeService {
 
     /// Step 1: the cache. Every SKU becomes a hit (its document) or a miss, and the lookups
     /// are counted by outcome.
+    #[instrument(
+        level = "debug",
+        name = "cache.lookup",
+        skip_all,
+        fields(skus = skus.len(), hits = tracing::field::Empty, misses = tracing::field::Empty)
+    )]
     async fn look_up(&self, skus: &[Sku], token: Option<Lsn>) -> Sorted<'_> {
         let (role, cache, cached) = self.read_caches(skus).await;
         // The secondary is read only while the primary cache fails: what it still owes comes
@@ -162,6 +170,11 @@ impl SizeService {
         self.metrics
             .count_cache(CacheOutcome::Miss, misses.len() - bypassed);
         self.metrics.count_cache(CacheOutcome::Bypass, bypassed);
+        if telemetry::tracing_enabled() {
+            let span = tracing::Span::current();
+            span.record("hits", skus.len() - misses.len());
+            span.record("misses", misses.len());
+        }
         Sorted {
             cache,
             meta,
@@ -355,7 +368,14 @@ impl SizeService {
                 }
             }
         };
-        let (fetched, hwm) = tokio::join!(fetch_leased(replica, &replica_skus), hwm);
+        let (fetched, hwm) = async { tokio::join!(fetch_leased(replica, &replica_skus), hwm) }
+            .instrument(tracing::debug_span!(
+                "db.read",
+                db.system = "postgresql",
+                database = "replica",
+                skus = replica_skus.len()
+            ))
+            .await;
         self.metrics.count_database_read(Database::Replica);
         let fetched = match fetched {
             Ok(fetched) => fetched,
@@ -406,6 +426,12 @@ impl SizeService {
         self.metrics.count_database_read(Database::Primary);
         let began = Instant::now();
         let fetched = fetch_leased(self.db.primary_reads(), &rest)
+            .instrument(tracing::debug_span!(
+                "db.read",
+                db.system = "postgresql",
+                database = "primary",
+                skus = rest.len()
+            ))
             .await
             .map_err(|e| self.database_error(e))?;
         read.rows
@@ -425,6 +451,7 @@ impl SizeService {
 
     /// Step 5: installs what was read with the compare-and-set, unless the read is too old
     /// to be sure a write's fence would stop it.
+    #[instrument(level = "debug", name = "cache.fill", skip_all, fields(skus = docs.len()))]
     async fn fill(&self, load: &Load<'_>, docs: &[SizeDoc], verified: Lsn) {
         let Some(meta) = load.meta else { return };
         if load.started.elapsed() >= FILL_MAX_AGE {
@@ -555,6 +582,13 @@ fn is_fresh(
         (None, Some(hwm)) => replayed >= hwm,
         // No record of acknowledged writes at all: only the primary knows.
         (None, None) => false,
+    }
+}
+
+/// Names the read's source on its span, for traces.
+fn record_source(source: ReadSource) {
+    if telemetry::tracing_enabled() {
+        tracing::Span::current().record("source", source.as_str());
     }
 }
 

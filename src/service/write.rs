@@ -2,7 +2,7 @@
 //! compare-and-set into Redis (entry, fence and high-water mark in one pipeline).
 
 use chrono::Utc;
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use super::SizeService;
 use crate::cache::{Cache, CacheRole, Epoch, Install, Meta};
@@ -109,6 +109,12 @@ impl SizeService {
                 .collect();
             (rows.clone(), (decisions, rows))
         })
+        .instrument(tracing::debug_span!(
+            "db.write",
+            db.system = "postgresql",
+            database = "primary",
+            skus = skus.len()
+        ))
         .await
         .map_err(|e| self.database_error(e))?;
         let (decisions, mut rows) = committed.outcome;
@@ -184,6 +190,7 @@ impl SizeService {
     /// left to the repair worker, and this instance does not read those SKUs from that cache
     /// until then. A secondary that followed the failover policy is safe to read but still
     /// owed the version: its record stays for the repair worker.
+    #[instrument(level = "debug", name = "cache.update", skip_all, fields(skus = rows.len()))]
     async fn record_in_cache(
         &self,
         rows: &[StoredSize],

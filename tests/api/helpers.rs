@@ -120,7 +120,7 @@ impl TestApp {
         static TRACING: std::sync::Once = std::sync::Once::new();
         TRACING.call_once(|| {
             if std::env::var_os("TEST_LOG").is_some() {
-                product_size_service::telemetry::init(Some(
+                let _spans = product_size_service::telemetry::init(Some(
                     product_size_service::telemetry::LogFormat::Pretty,
                 ));
             }
@@ -470,4 +470,77 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The service's binary, serving on a port of its own against the shared services: for tests
+/// of what only a process shows (signals, its logs, exported traces).
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    /// `http://127.0.0.1:{port}`.
+    pub base: String,
+}
+
+impl ServiceProcess {
+    /// Migrates the primary, starts `product-size serve` with read and write tokens, the
+    /// shared primary, Redis and `extra` environment (an empty value removes a variable),
+    /// and waits until it answers. Its stderr is piped when `logs` is set, else discarded.
+    pub async fn start(key_prefix: &str, extra: &[(&str, &str)], logs: bool) -> Self {
+        // The binary does not migrate on its own; this may be the first test on the database.
+        let primary = PgPool::connect(&primary_url()).await.unwrap();
+        db::migrate(&primary).await.unwrap();
+        primary.close().await;
+        let port = free_port();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_product-size"));
+        command
+            .arg("serve")
+            .env("DATABASE_URL", primary_url())
+            .env_remove("DATABASE_REPLICA_URL")
+            .env("REDIS_URL", shared_redis_url())
+            .env("CACHE_KEY_PREFIX", format!("{key_prefix}{port}"))
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("API_READ_TOKENS", READ_TOKEN)
+            .env("API_WRITE_TOKENS", WRITE_TOKEN)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(if logs {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .kill_on_drop(true);
+        for (name, value) in extra {
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
+        }
+        let child = command.spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "the service did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, port, base }
+    }
+
+    /// Sends SIGTERM and waits for a successful exit within `within`.
+    pub async fn terminate(mut self, within: Duration) {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let exit = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        assert!(exit.success(), "exit status {exit}");
+    }
 }

@@ -22,4 +22,5 @@ mod sync;
 mod tls;
 mod tokens;
 mod torture;
+mod traces;
 mod two_clusters;

@@ -364,37 +364,17 @@ async fn access_lines(
 
 #[tokio::test]
 async fn every_request_leaves_an_access_line_with_its_request_id_and_hits_can_be_silenced() {
-    use crate::helpers::{READ_TOKEN, WRITE_TOKEN, primary_url, shared_redis_url};
-    let primary = sqlx::PgPool::connect(&primary_url()).await.unwrap();
-    product_size_service::db::migrate(&primary).await.unwrap();
-    primary.close().await;
-    let port = free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_product-size"))
-        .arg("serve")
-        .env("DATABASE_URL", primary_url())
-        .env_remove("DATABASE_REPLICA_URL")
-        .env("REDIS_URL", shared_redis_url())
-        .env("CACHE_KEY_PREFIX", format!("access{port}"))
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("API_READ_TOKENS", READ_TOKEN)
-        .env("API_WRITE_TOKENS", WRITE_TOKEN)
-        .env("ACCESS_LOG_HIT_SAMPLE", "0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
+    use crate::helpers::{READ_TOKEN, ServiceProcess, WRITE_TOKEN};
+    let mut server = ServiceProcess::start(
+        "access",
+        &[("ACCESS_LOG_HIT_SAMPLE", "0"), ("RUST_LOG", "info")],
+        true,
+    )
+    .await;
+    let stderr = server.child.stderr.take().unwrap();
     let lines = tokio::spawn(async move { access_lines(stderr, "last-request").await });
-    let base = format!("http://127.0.0.1:{port}");
+    let (base, port) = (server.base.clone(), server.port);
     let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let sku = format!("ACCESS-{port}");
     let url = format!("{base}/v1/products/{sku}/size");
     let send = |request: reqwest::RequestBuilder, id: &'static str| async move {

@@ -1,22 +1,19 @@
 //! Graceful shutdown: SIGTERM during load; no request the server had accepted fails.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
-use crate::helpers::{
-    READ_TOKEN, WRITE_TOKEN, free_port, primary_url, replica_url, shared_redis_url,
-};
+use crate::helpers::{READ_TOKEN, ServiceProcess, WRITE_TOKEN, replica_url};
 
 #[tokio::test]
 async fn sigterm_during_load_fails_no_accepted_request() {
-    let (server, port, skus) = start_seeded().await;
+    let (server, skus) = start_seeded().await;
+    let port = server.port;
     // Lookups of 1,000 SKUs keep requests in flight when the signal arrives.
     let lookup = Arc::new(request(
         "POST /v1/product-sizes/lookup",
@@ -63,7 +60,7 @@ async fn sigterm_during_load_fails_no_accepted_request() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     terminated.store(true, Ordering::SeqCst);
-    let stopped = tokio::spawn(terminate(server));
+    let stopped = tokio::spawn(server.terminate(Duration::from_secs(15)));
 
     let mut served = 0;
     while let Some(worker) = load.join_next().await {
@@ -73,72 +70,39 @@ async fn sigterm_during_load_fails_no_accepted_request() {
     assert!(served > 50, "real load: {served} requests served");
 }
 
-/// Starts the binary and stores 1,000 sizes; returns it, its port and the SKUs.
-async fn start_seeded() -> (tokio::process::Child, u16, Vec<String>) {
-    // The binary does not migrate on its own; this test may be the first to touch the database.
-    let primary = sqlx::PgPool::connect(&primary_url()).await.unwrap();
-    product_size_service::db::migrate(&primary).await.unwrap();
-    primary.close().await;
-    let port = free_port();
-    let server = Command::new(env!("CARGO_BIN_EXE_product-size"))
-        .arg("serve")
-        .env("DATABASE_URL", primary_url())
-        .env("DATABASE_REPLICA_URL", replica_url())
-        .env("REDIS_URL", shared_redis_url())
-        .env("CACHE_KEY_PREFIX", format!("sigterm{port}"))
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("API_READ_TOKENS", READ_TOKEN)
-        .env("API_WRITE_TOKENS", WRITE_TOKEN)
-        .env("SHUTDOWN_GRACE_SECS", "10")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Starts the binary and stores 1,000 sizes; returns it and the SKUs.
+async fn start_seeded() -> (ServiceProcess, Vec<String>) {
+    let replica = replica_url();
+    let server = ServiceProcess::start(
+        "sigterm",
+        &[
+            ("DATABASE_REPLICA_URL", replica.as_str()),
+            ("SHUTDOWN_GRACE_SECS", "10"),
+        ],
+        false,
+    )
+    .await;
+    let port = server.port;
     let skus: Vec<String> = (0..1000).map(|i| format!("SIGTERM-{port}-{i}")).collect();
     let updates: Vec<_> = skus
         .iter()
         .map(|sku| json!({"sku": sku, "length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1, "source_version": 1}))
         .collect();
-    let seeded = client
-        .post(format!("{base}/v1/sync/product-sizes"))
+    let seeded = reqwest::Client::new()
+        .post(format!("{}/v1/sync/product-sizes", server.base))
         .bearer_auth(WRITE_TOKEN)
         .json(&json!({ "updates": updates }))
         .send()
         .await
         .unwrap();
     assert_eq!(seeded.status(), 200, "seeding failed");
-    (server, port, skus)
-}
-
-/// Sends SIGTERM to `server` and waits for it to exit successfully within the grace period.
-async fn terminate(mut server: tokio::process::Child) {
-    let pid = server.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), server.wait())
-        .await
-        .expect("exits within the grace period")
-        .unwrap();
-    assert!(exit.success(), "exit status {exit}");
+    (server, skus)
 }
 
 #[tokio::test]
 async fn sigterm_during_http2_load_fails_no_request_sent_before_it() {
-    let (server, port, skus) = start_seeded().await;
+    let (server, skus) = start_seeded().await;
+    let port = server.port;
     // One multiplexed connection, as a mesh sidecar keeps it.
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -194,7 +158,7 @@ async fn sigterm_during_http2_load_fails_no_request_sent_before_it() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     terminated.store(true, Ordering::SeqCst);
-    terminate(server).await;
+    server.terminate(Duration::from_secs(15)).await;
     let mut served = 0;
     while let Some(worker) = load.join_next().await {
         served += worker.unwrap();
