@@ -50,4 +50,9 @@ for variant in minimal full; do
   # Kubernetes has no schema) is reported as a warning.
   "$data/venv/bin/kubernetes-validate" --strict --quiet "$out/$variant.yaml"
 done
+# Traces are exported only where an endpoint is given; the HTTP limits are always set.
+grep -q 'OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector' "$out/full.yaml" \
+  && ! grep -q OTEL_EXPORTER "$out/minimal.yaml" \
+  && grep -q 'HTTP_REQUEST_TIMEOUT_MS: "10000"' "$out/minimal.yaml" \
+  || { echo "the ConfigMap does not carry the HTTP limits and the OTLP endpoint as configured" >&2; exit 1; }
 echo "deployment checks: all passed"

@@ -33,7 +33,13 @@ pub struct AppState {
     info(
         title = "product-size-service",
         description = "Product sizes (dimensions, weight, size label per SKU) for the Order system, \
-                       updated by the WMS. Reads are cache-first and never older than an acknowledged write.",
+                       updated by the WMS. Reads are cache-first and never older than an acknowledged write.\n\n\
+                       Served over HTTP/1.1 and over HTTP/2 in cleartext with prior knowledge (as a mesh \
+                       sidecar speaks it). Responses of 2 KiB and more are gzip-compressed for \
+                       `Accept-Encoding: gzip`. A W3C `traceparent` header is continued by the service's \
+                       traces. Any request still unanswered after the server's request timeout \
+                       (`HTTP_REQUEST_TIMEOUT_MS`), and a miss or write while the database is saturated, \
+                       is answered 503 with `Retry-After`.",
         license(name = "MIT", identifier = "MIT"),
     ),
     modifiers(&BearerAuth),
