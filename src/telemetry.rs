@@ -50,6 +50,14 @@ impl Telemetry {
 /// Whether spans are exported: set once, at start.
 static TRACING: OnceLock<TraceContextPropagator> = OnceLock::new();
 
+/// The log format chosen at start (`None` before [`init`]).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// Whether logs are written as JSON lines (the access log then writes its own, in batches).
+pub fn json_logs() -> bool {
+    FORMAT.get() == Some(&LogFormat::Json)
+}
+
 /// Installs the global subscriber; `RUST_LOG` filters the logs (default `info,sqlx=warn`;
 /// directives by target and level). Logs go to
 /// stderr so that commands printing data (`openapi`) keep stdout clean. With
@@ -62,6 +70,7 @@ pub fn init(format: Option<LogFormat>) -> Telemetry {
     } else {
         LogFormat::Json
     });
+    let _ = FORMAT.set(format);
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
         LogFormat::Json => logs
