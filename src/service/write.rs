@@ -79,10 +79,11 @@ impl SizeService {
     ) -> Result<(Vec<Decision>, Lsn), AppError> {
         // Captured before the commit: if Redis loses its data after the commit, this stamp is
         // stale and readers ignore what we install.
-        let mut stamps = Vec::with_capacity(2);
-        for cache in self.caches() {
-            stamps.push(self.stamp_for_write(cache).await);
-        }
+        let primary_stamp = self.stamp_for_write(&self.cache).await;
+        let secondary_stamp = match &self.secondary {
+            Some(secondary) => self.stamp_for_write(&secondary.cache).await,
+            None => None,
+        };
         let mut skus: Vec<&str> = changes.iter().map(|(sku, _)| sku.as_str()).collect();
         skus.sort_unstable();
         skus.dedup();
@@ -120,13 +121,19 @@ impl SizeService {
         let (decisions, mut rows) = committed.outcome;
         rows.extend(already_stored(&decisions, &rows));
         if !rows.is_empty() {
-            let mut epochs = Vec::with_capacity(stamps.len());
-            for (cache, stamp) in self.caches().zip(stamps) {
-                epochs.push(
-                    self.epoch_after_commit(cache, stamp, &committed.history)
-                        .await,
-                );
-            }
+            let history = &committed.history;
+            let epochs = Epochs {
+                primary: self
+                    .epoch_after_commit(&self.cache, primary_stamp, history)
+                    .await,
+                secondary: match &self.secondary {
+                    Some(secondary) => Some(
+                        self.epoch_after_commit(&secondary.cache, secondary_stamp, history)
+                            .await,
+                    ),
+                    None => None,
+                },
+            };
             // The rows the write only reported (unchanged, stale) were locked as long as those
             // it stored: the same position proves them.
             let installs: Vec<Install<'_>> = rows
@@ -195,32 +202,36 @@ impl SizeService {
         &self,
         rows: &[StoredSize],
         installs: &[Install<'_>],
-        epochs: &[Epoch],
+        epochs: &Epochs,
         lsn: Lsn,
     ) {
-        let primary = self.cache.record_writes(installs, &epochs[0], lsn).await;
+        let primary = self
+            .cache
+            .record_writes(installs, &epochs.primary, lsn)
+            .await;
         if let Err(error) = &primary {
             tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
         }
         self.after_update(CacheRole::Primary, rows, primary.is_ok());
-        let Some(secondary) = &self.secondary else {
+        let Some((secondary, epoch)) = self.secondary.as_ref().zip(epochs.secondary.as_ref())
+        else {
             return;
         };
         let updated = match primary {
             Ok(_) => secondary
                 .cache
-                .record_writes(installs, &epochs[1], lsn)
+                .record_writes(installs, epoch, lsn)
                 .await
                 .map(|_| true),
             Err(_) => match secondary.policy {
                 FailoverPolicy::Delete => secondary
                     .cache
-                    .invalidate(installs, &epochs[1], lsn)
+                    .invalidate(installs, epoch, lsn)
                     .await
                     .map(|()| false),
                 FailoverPolicy::ShortTtl => secondary
                     .cache
-                    .record_writes_briefly(installs, &epochs[1], lsn, secondary.failover_ttl)
+                    .record_writes_briefly(installs, epoch, lsn, secondary.failover_ttl)
                     .await
                     .map(|_| false),
             },
@@ -247,6 +258,13 @@ impl SizeService {
                 .set(self.repairs.pending_count() as i64);
         }
     }
+}
+
+/// The epoch a commit is installed with in each cache.
+struct Epochs {
+    primary: Epoch,
+    /// When a secondary cluster is configured.
+    secondary: Option<Epoch>,
 }
 
 /// What a write saw of one cache before its commit.
