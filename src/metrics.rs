@@ -100,228 +100,116 @@ pub struct AuditLabels {
     pub state: &'static str,
 }
 
-/// Every metric the service exports, registered once.
-pub struct Metrics {
-    registry: Registry,
-    /// Queries that read product rows, by database.
-    pub database_reads: Family<DatabaseLabels, Counter>,
-    /// Per-SKU cache lookups, by outcome.
-    pub cache_lookups: Family<CacheLabels, Counter>,
-    /// Cache repairs this instance owes Redis (writes whose cache update failed).
-    pub repairs_pending: Gauge,
-    /// Cache updates recorded in the database and not yet applied, per cache cluster (any
-    /// instance's), and how long the oldest has waited.
-    pub repairs_backlog: Family<CacheClusterLabels, Gauge>,
-    /// Cache updates this instance's repair worker applied.
-    pub repairs_applied: Counter,
-    /// Changes other writers made, applied to a cache by this instance.
-    pub changes_applied: Counter,
-    /// Times a cache's registration as a follower of the table had lapsed (or was new), so
-    /// its epoch was replaced.
-    pub follow_lapses: Counter,
-    pub repairs_oldest_seconds: Family<CacheClusterLabels, Gauge<f64, AtomicU64>>,
-    /// Sampled cache hits compared with the primary, and those the cache went on serving
-    /// older than committed ([`crate::service`]'s inspector).
-    pub consistency_checked: Counter,
-    pub consistency_divergent: Counter,
-    /// The share of agreeing checks over the last minute.
-    pub consistency_ratio: Gauge<f64, AtomicU64>,
-    /// 1 while Redis answers, 0 while the breaker is open.
-    pub cache_up: Gauge,
-    /// 1 while Redis's `maxmemory-policy` may evict fences (anything but `noeviction`).
-    pub cache_fences_evictable: Gauge,
-    /// How far the replica's replay is behind the primary.
-    pub replica_lag_bytes: Gauge,
-    /// 1 while the replica probe lets reads use the replica (reachable, on the primary's
-    /// history, within the lag bound).
-    pub replica_usable: Gauge,
-    pub replica_lag_seconds: Gauge<f64, AtomicU64>,
-    /// The counts of the last cache audit (any instance's or `audit-cache`'s).
-    pub audit_entries: Family<AuditLabels, Gauge>,
-    pub http_requests: Family<RequestLabels, Counter>,
-    pub http_request_duration: Family<RouteLabels, Histogram>,
-    /// Reads by where their answer came from.
-    pub reads_by_source: Family<SourceLabels, Counter>,
-    /// Connections per pool: open, idle, max.
-    pub db_pool_connections: Family<PoolLabels, Gauge>,
-    /// Requests that waited for a pooled connection until the timeout.
-    pub db_pool_timeouts: Counter,
+/// Declares the metric families: each one's field, type, name under the `product_size_`
+/// prefix (and unit), help text and, when `default()` will not do, its constructor. `/metrics`
+/// lists them in this order.
+macro_rules! metrics {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty = $name:literal $(in $unit:ident)?,
+            $help:literal $(with $ctor:expr)?;
+    )*) => {
+        /// Every metric the service exports, registered once.
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[doc = $doc])* pub $field: $ty,)*
+        }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                let mut registry = Registry::with_prefix("product_size");
+                $(
+                    let $field: $ty = metrics!(@new $($ctor)?);
+                    metrics!(@register registry, $name, $help, $field.clone() $(, $unit)?);
+                )*
+                let build_info = Family::<BuildLabels, Gauge>::default();
+                build_info
+                    .get_or_create(&BuildLabels {
+                        version: env!("CARGO_PKG_VERSION"),
+                    })
+                    .set(1);
+                registry.register("build_info", "Build information (always 1)", build_info);
+                Self { registry, $($field,)* }
+            }
+        }
+    };
+    (@new) => { Default::default() };
+    (@new $ctor:expr) => { $ctor };
+    (@register $registry:ident, $name:literal, $help:literal, $metric:expr) => {
+        $registry.register($name, $help, $metric)
+    };
+    (@register $registry:ident, $name:literal, $help:literal, $metric:expr, $unit:ident) => {
+        $registry.register_with_unit($name, $help, Unit::$unit, $metric)
+    };
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("product_size");
-        let database_reads = Family::<DatabaseLabels, Counter>::default();
-        registry.register(
-            "database_reads",
-            "Queries that read product rows, by database",
-            database_reads.clone(),
-        );
-        let cache_lookups = Family::<CacheLabels, Counter>::default();
-        registry.register(
-            "cache_lookups",
-            "Per-SKU cache lookups by outcome (hit, miss, bypass)",
-            cache_lookups.clone(),
-        );
-        let repairs_pending = Gauge::default();
-        registry.register(
-            "cache_repairs_pending",
-            "Cache updates this instance still owes Redis",
-            repairs_pending.clone(),
-        );
-        let repairs_backlog = Family::<CacheClusterLabels, Gauge>::default();
-        registry.register(
-            "cache_repairs_backlog",
-            "Cache updates recorded in the database and not yet applied, by cache cluster",
-            repairs_backlog.clone(),
-        );
-        let repairs_applied = Counter::default();
-        registry.register(
-            "cache_repairs_applied",
-            "Cache updates applied by this instance's repair worker",
-            repairs_applied.clone(),
-        );
-        let changes_applied = Counter::default();
-        registry.register(
-            "changes_applied",
-            "Changes made by other writers (psql, other deployments) applied to a cache by this instance",
-            changes_applied.clone(),
-        );
-        let follow_lapses = Counter::default();
-        registry.register(
-            "change_follow_lapses",
-            "Times a cache had stopped following the table's changes, so its epoch was replaced",
-            follow_lapses.clone(),
-        );
-        let consistency_checked = Counter::default();
-        registry.register(
-            "consistency_checked",
-            "Sampled cache hits compared with what the primary committed",
-            consistency_checked.clone(),
-        );
-        let consistency_divergent = Counter::default();
-        registry.register(
-            "consistency_divergent",
-            "Sampled cache hits the cache still served older than committed a second later",
-            consistency_divergent.clone(),
-        );
-        let consistency_ratio = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "consistency_ratio",
-            "Share of sampled cache hits that agreed with the primary over the last minute",
-            consistency_ratio.clone(),
-        );
-        let repairs_oldest_seconds = Family::<CacheClusterLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register_with_unit(
-            "cache_repairs_oldest_age",
-            "How long the oldest recorded cache update has waited, by cache cluster",
-            Unit::Seconds,
-            repairs_oldest_seconds.clone(),
-        );
-        let cache_up = Gauge::default();
-        registry.register(
-            "cache_up",
-            "1 while Redis answers, 0 while the cache breaker is open",
-            cache_up.clone(),
-        );
-        let cache_fences_evictable = Gauge::default();
-        registry.register(
-            "cache_fences_evictable",
-            "1 while Redis's maxmemory-policy may evict the fences reads rely on (use noeviction)",
-            cache_fences_evictable.clone(),
-        );
-        let replica_usable = Gauge::default();
-        registry.register(
-            "replica_usable",
-            "1 while reads may use the replica: reachable, on the primary's timeline, within the lag bound",
-            replica_usable.clone(),
-        );
-        let replica_lag_bytes = Gauge::default();
-        registry.register_with_unit(
-            "replica_lag",
-            "How far the replica's replay is behind the primary's WAL",
-            Unit::Bytes,
-            replica_lag_bytes.clone(),
-        );
-        let replica_lag_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "replica_lag",
-            "How long ago the primary was where the replica's replay is now",
-            Unit::Seconds,
-            replica_lag_seconds.clone(),
-        );
-        let audit_entries = Family::<AuditLabels, Gauge>::default();
-        registry.register(
-            "cache_audit_entries",
-            "Counts of the last cache audit: checked, agreeing, stale, orphaned, missing, repaired",
-            audit_entries.clone(),
-        );
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by method, route and status",
-            http_requests.clone(),
-        );
-        let http_request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register_with_unit(
-            "http_request_duration",
-            "HTTP request latency by method and route",
-            Unit::Seconds,
-            http_request_duration.clone(),
-        );
-        let reads_by_source = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "reads",
-            "Reads by where the answer came from (cache, replica, primary)",
-            reads_by_source.clone(),
-        );
-        let db_pool_connections = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "db_pool_connections",
-            "Database pool connections by database and state (open, idle, max)",
-            db_pool_connections.clone(),
-        );
-        let db_pool_timeouts = Counter::default();
-        registry.register(
-            "db_pool_timeouts",
-            "Requests that waited for a pooled database connection until the timeout",
-            db_pool_timeouts.clone(),
-        );
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        registry.register("build_info", "Build information (always 1)", build_info);
-        Self {
-            registry,
-            http_requests,
-            http_request_duration,
-            reads_by_source,
-            db_pool_connections,
-            db_pool_timeouts,
-            audit_entries,
-            database_reads,
-            cache_lookups,
-            repairs_pending,
-            repairs_backlog,
-            repairs_applied,
-            changes_applied,
-            follow_lapses,
-            repairs_oldest_seconds,
-            consistency_checked,
-            consistency_divergent,
-            consistency_ratio,
-            cache_up,
-            cache_fences_evictable,
-            replica_usable,
-            replica_lag_bytes,
-            replica_lag_seconds,
-        }
-    }
+metrics! {
+    /// Queries that read product rows, by database.
+    database_reads: Family<DatabaseLabels, Counter> = "database_reads",
+        "Queries that read product rows, by database";
+    /// Per-SKU cache lookups, by outcome.
+    cache_lookups: Family<CacheLabels, Counter> = "cache_lookups",
+        "Per-SKU cache lookups by outcome (hit, miss, bypass)";
+    /// Cache repairs this instance owes Redis (writes whose cache update failed).
+    repairs_pending: Gauge = "cache_repairs_pending",
+        "Cache updates this instance still owes Redis";
+    /// Cache updates recorded in the database and not yet applied, per cache cluster (any
+    /// instance's), and how long the oldest has waited.
+    repairs_backlog: Family<CacheClusterLabels, Gauge> = "cache_repairs_backlog",
+        "Cache updates recorded in the database and not yet applied, by cache cluster";
+    /// Cache updates this instance's repair worker applied.
+    repairs_applied: Counter = "cache_repairs_applied",
+        "Cache updates applied by this instance's repair worker";
+    /// Changes other writers made, applied to a cache by this instance.
+    changes_applied: Counter = "changes_applied",
+        "Changes made by other writers (psql, other deployments) applied to a cache by this instance";
+    /// Times a cache's registration as a follower of the table had lapsed (or was new), so
+    /// its epoch was replaced.
+    follow_lapses: Counter = "change_follow_lapses",
+        "Times a cache had stopped following the table's changes, so its epoch was replaced";
+    /// Sampled cache hits compared with the primary, and those the cache went on serving
+    /// older than committed ([`crate::service`]'s inspector).
+    consistency_checked: Counter = "consistency_checked",
+        "Sampled cache hits compared with what the primary committed";
+    consistency_divergent: Counter = "consistency_divergent",
+        "Sampled cache hits the cache still served older than committed a second later";
+    /// The share of agreeing checks over the last minute.
+    consistency_ratio: Gauge<f64, AtomicU64> = "consistency_ratio",
+        "Share of sampled cache hits that agreed with the primary over the last minute";
+    repairs_oldest_seconds: Family<CacheClusterLabels, Gauge<f64, AtomicU64>> = "cache_repairs_oldest_age" in Seconds,
+        "How long the oldest recorded cache update has waited, by cache cluster";
+    /// 1 while Redis answers, 0 while the breaker is open.
+    cache_up: Gauge = "cache_up",
+        "1 while Redis answers, 0 while the cache breaker is open";
+    /// 1 while Redis's `maxmemory-policy` may evict fences (anything but `noeviction`).
+    cache_fences_evictable: Gauge = "cache_fences_evictable",
+        "1 while Redis's maxmemory-policy may evict the fences reads rely on (use noeviction)";
+    /// 1 while the replica probe lets reads use the replica (reachable, on the primary's
+    /// history, within the lag bound).
+    replica_usable: Gauge = "replica_usable",
+        "1 while reads may use the replica: reachable, on the primary's timeline, within the lag bound";
+    /// How far the replica's replay is behind the primary.
+    replica_lag_bytes: Gauge = "replica_lag" in Bytes,
+        "How far the replica's replay is behind the primary's WAL";
+    replica_lag_seconds: Gauge<f64, AtomicU64> = "replica_lag" in Seconds,
+        "How long ago the primary was where the replica's replay is now";
+    /// The counts of the last cache audit (any instance's or `audit-cache`'s).
+    audit_entries: Family<AuditLabels, Gauge> = "cache_audit_entries",
+        "Counts of the last cache audit: checked, agreeing, stale, orphaned, missing, repaired";
+    http_requests: Family<RequestLabels, Counter> = "http_requests",
+        "HTTP requests by method, route and status";
+    http_request_duration: Family<RouteLabels, Histogram> = "http_request_duration" in Seconds,
+        "HTTP request latency by method and route"
+        with Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+    /// Reads by where their answer came from.
+    reads_by_source: Family<SourceLabels, Counter> = "reads",
+        "Reads by where the answer came from (cache, replica, primary)";
+    /// Connections per pool: open, idle, max.
+    db_pool_connections: Family<PoolLabels, Gauge> = "db_pool_connections",
+        "Database pool connections by database and state (open, idle, max)";
+    /// Requests that waited for a pooled connection until the timeout.
+    db_pool_timeouts: Counter = "db_pool_timeouts",
+        "Requests that waited for a pooled database connection until the timeout";
 }
 
 impl Metrics {
