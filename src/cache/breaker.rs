@@ -1,6 +1,12 @@
 //! A circuit breaker for Redis: after a few failures in a row, cache operations fail at once
 //! for a short cool-down instead of each paying the command timeout. When the cool-down ends,
 //! one operation is let through as a probe; its success closes the breaker.
+//!
+//! **Why not a library.** What matters is which failures count (a timeout or a dropped
+//! connection, never a script's reply) and that the probe is one operation; the states are
+//! three. `failsafe` would wrap the same few dozen lines in its own clock, backoff and policy
+//! types. The unit tests below and `degraded::reads_and_writes_go_on_while_redis_is_down_and_after_it_restarts_empty`
+//! pin its behaviour.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,5 +1,10 @@
 //! `/openapi.json` (byte-identical to the committed `openapi/openapi.json`) and `/docs`, a
 //! Swagger UI page served from assets compiled into the binary: it works with no internet.
+//!
+//! **Why not `utoipa_swagger_ui::SwaggerUi`.** Its router serves the document it is given
+//! re-serialised (not the committed bytes `/openapi.json` promises and
+//! `tests/openapi_snapshot.rs` checks) and redirects `/docs` to `/docs/`. The assets still
+//! come from the library (`utoipa_swagger_ui::serve`); only the twenty-line page is ours.
 
 use std::sync::Arc;
 

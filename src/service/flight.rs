@@ -4,6 +4,12 @@
 //! joiner therefore checks the shared answer against what it saw in Redis itself (same epoch;
 //! version at least its fence, or without one, a read that covers its high-water mark) and
 //! reads on its own when the answer does not pass.
+//!
+//! **Why not a library.** `async_singleflight` and its kind hand every joiner the leader's
+//! answer, which is exactly the stale read this module must refuse: a joiner's check of the
+//! answer against its own view of Redis needs the answer's proof, so the map is ours (about
+//! forty lines). `degraded::concurrent_misses_for_one_sku_make_one_database_read` shows the
+//! reads it saves; the consistency tests show none of them is stale.
 
 use std::collections::HashMap;
 use std::future::Future;
