@@ -18,6 +18,7 @@
 # their ceilings, and writes to bench/out/ instead: for trying a change quickly. BENCH_ROUNDS
 # overrides the number of rounds. BENCH_PERF=1 also records a CPU profile of the service under
 # each of its scenarios (perf, into bench/out/.../perf-*.data; `perf report -i FILE`).
+# BENCH_RUST_LOG sets the services' RUST_LOG (default warn: no access log; info writes it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -128,7 +129,7 @@ trap cleanup EXIT
 
 start_service() { # port key_prefix
   API_READ_TOKENS=bench API_WRITE_TOKENS=bench BIND_ADDR=127.0.0.1:$1 \
-    REDIS_URL=redis://127.0.0.1:$redis_port CACHE_KEY_PREFIX=$2 LOG_FORMAT=json RUST_LOG=warn "${servers[@]}" "$bin" serve >"$data/serve-$1.log" 2>&1 &
+    REDIS_URL=redis://127.0.0.1:$redis_port CACHE_KEY_PREFIX=$2 LOG_FORMAT=json RUST_LOG=${BENCH_RUST_LOG:-warn} "${servers[@]}" "$bin" serve >"$data/serve-$1.log" 2>&1 &
   pids+=($!)
   until curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do sleep 0.1; done
 }

@@ -63,6 +63,7 @@ pub struct Application {
     background: Vec<JoinHandle<()>>,
     grace: Duration,
     limits: server::Limits,
+    replica_health: Option<Arc<ReplicaHealth>>,
 }
 
 impl Application {
@@ -121,7 +122,7 @@ impl Application {
             Authenticator::new(&config.auth),
             RequestMetricsLayer::new(metrics, AccessLog::start(config.access_log_hit_sample)),
             RequestTimeoutLayer::new(config.request_timeout),
-            replica_health,
+            replica_health.clone(),
         );
         let listener = TcpListener::bind(config.bind_addr)
             .await
@@ -136,7 +137,14 @@ impl Application {
             background,
             grace: config.shutdown_grace,
             limits: config.http,
+            replica_health,
         })
+    }
+
+    /// What the replica probe last saw (`None` without a replica): reads use the replica
+    /// only as it says.
+    pub fn replica_health(&self) -> Option<Arc<ReplicaHealth>> {
+        self.replica_health.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

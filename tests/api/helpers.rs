@@ -8,7 +8,7 @@ use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
 use product_size_service::Application;
 use product_size_service::cache::CacheRole;
 use product_size_service::config::{
-    AuthSettings, CacheSettings, Config, DatabaseSettings, SecondaryCache,
+    CacheSettings, Config, DatabaseSettings, SecondaryCache, ServeArgs,
 };
 use product_size_service::db;
 use product_size_service::service::ledger;
@@ -108,6 +108,8 @@ pub struct TestApp {
     pub redis: Client,
     pub primary: PgPool,
     pub replica: Option<PgPool>,
+    /// The app's replica probe.
+    replica_health: Option<std::sync::Arc<product_size_service::db::replica::ReplicaHealth>>,
 }
 
 impl TestApp {
@@ -148,36 +150,11 @@ impl TestApp {
         };
         let redis_url = options.redis_url.clone().unwrap_or_else(shared_redis_url);
         let key_prefix = format!("t{id}");
-        let config = Config {
-            database_url: SecretString::from(options.database_url.clone()),
-            replica_url: replica_url.map(SecretString::from),
-            replica_max_lag: options.replica_max_lag,
-            redis_url: SecretString::from(redis_url.clone()),
-            secondary_cache: options.secondary_cache.clone(),
-            bind_addr: "127.0.0.1:0".parse().unwrap(),
-            shutdown_grace: Duration::from_secs(5),
-            http: options.http,
-            request_timeout: options.request_timeout,
-            access_log_hit_sample: 1,
-            auth: AuthSettings {
-                read_tokens: vec![SecretString::from(READ_TOKEN)],
-                write_tokens: vec![SecretString::from(WRITE_TOKEN)],
-                admin_tokens: vec![SecretString::from(ADMIN_TOKEN)],
-                disabled: false,
-            },
-            database: options.database.clone().unwrap_or(DatabaseSettings {
-                max_connections: 10,
-                acquire_timeout: Duration::from_secs(2),
-                statement_timeout: Duration::from_secs(5),
-            }),
-            cache: CacheSettings {
-                tls_ca_file: options.redis_tls_ca_file.clone(),
-                ..cache_settings(&key_prefix)
-            },
-        };
+        let config = test_config(&options, &redis_url, &key_prefix, replica_url);
         let app = Application::build(config.clone())
             .await
             .expect("app builds");
+        let replica_health = app.replica_health();
         let address = format!("http://{}", app.local_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
@@ -203,8 +180,12 @@ impl TestApp {
             redis,
             primary,
             replica,
+            replica_health,
         };
-        test_app.wait_replica_up().await;
+        // A replica of the shared services is up; a test's own may be down on purpose.
+        if matches!(options.replica, Replica::Fresh | Replica::Lagging) {
+            test_app.wait_replica_up().await;
+        }
         test_app
     }
 
@@ -331,9 +312,11 @@ impl TestApp {
                     .fetch_one(replica)
                     .await
                     .unwrap();
-            if caught_up {
-                // Let the app's replica probe see it too.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            // The app's replica probe must see it too: reads follow the probe.
+            let seen = self.replica_health.as_ref().is_none_or(|health| {
+                health.is_up() && health.replayed() >= target.parse().expect("an LSN")
+            });
+            if caught_up && seen {
                 return;
             }
             assert!(Instant::now() < deadline, "replica did not catch up");
@@ -341,12 +324,19 @@ impl TestApp {
         }
     }
 
+    /// Until the app's replica probe lets reads use the replica it started with.
     async fn wait_replica_up(&self) {
-        if self.replica.is_none() {
+        let (Some(_), Some(health)) = (&self.replica, &self.replica_health) else {
             return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !health.is_up() {
+            assert!(
+                Instant::now() < deadline,
+                "the replica probe never saw the replica up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // The first probe runs at start; give it a moment so reads may use the replica.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     /// The `/metrics` text.
@@ -388,6 +378,69 @@ impl TestApp {
 }
 
 /// Cache settings for tests (the apps' and those of caches built directly from the library).
+/// What `product-size serve` loads from these flags (the real loader, with its checks), then
+/// what only a test sets: the replica it chose, a secondary cache, pool and HTTP limits.
+fn test_config(
+    options: &Options,
+    redis_url: &str,
+    key_prefix: &str,
+    replica_url: Option<String>,
+) -> Config {
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+    let max_lag = options.replica_max_lag.as_millis().to_string();
+    let mut argv = vec![
+        "serve",
+        "--database-url",
+        &options.database_url,
+        "--redis-url",
+        redis_url,
+        "--cache-key-prefix",
+        key_prefix,
+        "--cache-ttl-secs",
+        "300",
+        "--redis-timeout-ms",
+        "500",
+        "--redis-pool-size",
+        "2",
+        "--replica-max-lag-ms",
+        &max_lag,
+        "--bind-addr",
+        "127.0.0.1:0",
+        "--api-read-tokens",
+        READ_TOKEN,
+        "--api-write-tokens",
+        WRITE_TOKEN,
+        "--api-admin-tokens",
+        ADMIN_TOKEN,
+        "--shutdown-grace-secs",
+        "5",
+    ];
+    let ca_file = options
+        .redis_tls_ca_file
+        .as_ref()
+        .map(|path| path.to_string_lossy().into_owned());
+    if let Some(ca_file) = &ca_file {
+        argv.extend(["--redis-tls-ca-file", ca_file.as_str()]);
+    }
+    let mut config = Config::from_args(<Serve as clap::Parser>::parse_from(argv).args)
+        .expect("the test configuration loads");
+    // The environment (`scripts/services.sh env`) names a replica; the test chooses its own.
+    config.replica_url = replica_url.map(SecretString::from);
+    config.secondary_cache = options.secondary_cache.clone();
+    config.database = options.database.clone().unwrap_or(DatabaseSettings {
+        max_connections: 10,
+        acquire_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_secs(5),
+    });
+    config.http = options.http;
+    config.request_timeout = options.request_timeout;
+    config
+}
+
 pub fn cache_settings(key_prefix: &str) -> CacheSettings {
     CacheSettings {
         key_prefix: key_prefix.to_owned(),
