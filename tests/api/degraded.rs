@@ -390,20 +390,19 @@ async fn installs_survive_redis_forgetting_its_scripts() {
     assert_eq!(cache.fill(&installs(2), &epoch).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_served() {
+/// An app on a primary of its own whose pool has two connections, and waits long enough
+/// that only shedding can answer 503 while the table is held (nor may the per-request timeout
+/// answer first); and a SKU it serves from the cache.
+async fn saturable_app() -> (TestApp, OwnPostgres, String) {
     let primary = OwnPostgres::primary().await;
     let app = TestApp::spawn_with(Options {
         database_url: primary.url(),
         replica: Replica::None,
-        // Two connections, and waits long enough that only shedding can answer 503 while
-        // the test holds the table.
         database: Some(DatabaseSettings {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(60),
             statement_timeout: Duration::from_secs(60),
         }),
-        // Nor may the per-request timeout answer first.
         request_timeout: Duration::from_secs(120),
         ..Options::default()
     })
@@ -411,16 +410,33 @@ async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_serve
     let cached = app.sku("saturated-hit");
     app.put(&cached, &size(1)).await;
     assert_eq!(read_source(&app.get(&cached).await), "cache");
+    (app, primary, cached)
+}
 
-    // Every query on the table waits behind this lock: the pool's connections fill up.
+/// Holds `product_sizes` in ACCESS EXCLUSIVE mode until [`release_table`]: every query on it
+/// waits, and the pool's connections fill up.
+async fn hold_table(primary: &OwnPostgres) -> sqlx::PgConnection {
     let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&primary.url())
         .await
         .unwrap();
-    let mut lock = sqlx::Connection::begin(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE product_sizes IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
+    sqlx::raw_sql("BEGIN; LOCK TABLE product_sizes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
         .await
         .unwrap();
+    holder
+}
+
+async fn release_table(mut holder: sqlx::PgConnection) {
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_served() {
+    let (app, primary, cached) = saturable_app().await;
+    let held = hold_table(&primary).await;
     let mut misses = tokio::task::JoinSet::new();
     for i in 0..12 {
         let request = app.request(
@@ -449,7 +465,7 @@ async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_serve
         (StatusCode::OK, "cache".to_owned())
     );
 
-    lock.rollback().await.unwrap();
+    release_table(held).await;
     while let Some(answered) = misses.join_next().await {
         let status = answered.unwrap().status();
         assert!(
@@ -463,30 +479,8 @@ async fn with_the_database_saturated_misses_are_shed_at_once_and_hits_stay_serve
 
 #[tokio::test]
 async fn with_the_database_saturated_writes_are_shed_at_once_and_change_nothing() {
-    let primary = OwnPostgres::primary().await;
-    let app = TestApp::spawn_with(Options {
-        database_url: primary.url(),
-        replica: Replica::None,
-        database: Some(DatabaseSettings {
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(60),
-            statement_timeout: Duration::from_secs(60),
-        }),
-        request_timeout: Duration::from_secs(120),
-        ..Options::default()
-    })
-    .await;
-    let cached = app.sku("saturated-write-hit");
-    app.put(&cached, &size(1)).await;
-
-    let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&primary.url())
-        .await
-        .unwrap();
-    let mut lock = sqlx::Connection::begin(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE product_sizes IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let (app, primary, cached) = saturable_app().await;
+    let held = hold_table(&primary).await;
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..12 {
         let sku = app.sku(&format!("saturated-write-{i}"));
@@ -518,7 +512,7 @@ async fn with_the_database_saturated_writes_are_shed_at_once_and_change_nothing(
         (StatusCode::OK, "cache".to_owned())
     );
 
-    lock.rollback().await.unwrap();
+    release_table(held).await;
     let mut refused = vec![shed_sku];
     while let Some(answered) = writes.join_next().await {
         let (sku, answered) = answered.unwrap();

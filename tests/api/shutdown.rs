@@ -26,37 +26,21 @@ async fn sigterm_during_load_fails_no_accepted_request() {
     for worker in 0..8 {
         let request = if worker % 4 == 3 { &single } else { &lookup }.clone();
         let terminated = terminated.clone();
-        load.spawn(async move {
-            let (mut ok, mut refused) = (0, 0);
-            loop {
+        load.spawn(until_refused(terminated, move |terminated| {
+            let request = request.clone();
+            async move {
                 // A new connection per request. Once connect() returns, the handshake is done
-                // and the connection sits in the server's backlog or has been accepted: if that
-                // happened before the signal, the server owes it a whole response.
+                // and the connection sits in the server's backlog or has been accepted: if
+                // that happened before the signal, the server owes it a whole response.
                 let connected = TcpStream::connect(("127.0.0.1", port)).await;
                 let before_signal = !terminated.load(Ordering::SeqCst);
                 let exchanged = match connected {
                     Ok(stream) => exchange(stream, &request).await,
                     Err(error) => Err(error),
                 };
-                match exchanged {
-                    Ok(status) => {
-                        assert_eq!(status, 200, "an accepted request failed");
-                        ok += 1;
-                    }
-                    Err(error) => {
-                        assert!(
-                            !before_signal,
-                            "a connection made before SIGTERM failed: {error}"
-                        );
-                        refused += 1;
-                        if refused >= 3 {
-                            return ok;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+                (before_signal, exchanged.map_err(|e| e.to_string()))
             }
-        });
+        }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     terminated.store(true, Ordering::SeqCst);
@@ -119,9 +103,9 @@ async fn sigterm_during_http2_load_fails_no_request_sent_before_it() {
             body.clone(),
             terminated.clone(),
         );
-        load.spawn(async move {
-            let (mut ok, mut refused) = (0, 0);
-            loop {
+        load.spawn(until_refused(terminated, move |terminated| {
+            let (client, lookup, body) = (client.clone(), lookup.clone(), body.clone());
+            async move {
                 let before_signal = !terminated.load(Ordering::SeqCst);
                 let response = client
                     .post(&lookup)
@@ -131,30 +115,14 @@ async fn sigterm_during_http2_load_fails_no_request_sent_before_it() {
                     .await;
                 let exchanged = match response {
                     Ok(response) => {
-                        let status = response.status();
+                        let status = response.status().as_u16();
                         response.bytes().await.map(|_| status)
                     }
                     Err(error) => Err(error),
                 };
-                match exchanged {
-                    Ok(status) => {
-                        assert_eq!(status, 200, "an accepted request failed");
-                        ok += 1;
-                    }
-                    Err(error) => {
-                        assert!(
-                            !before_signal,
-                            "a request sent before SIGTERM failed: {error}"
-                        );
-                        refused += 1;
-                        if refused >= 3 {
-                            return ok;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+                (before_signal, exchanged.map_err(|e| e.to_string()))
             }
-        });
+        }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     terminated.store(true, Ordering::SeqCst);
@@ -164,6 +132,37 @@ async fn sigterm_during_http2_load_fails_no_request_sent_before_it() {
         served += worker.unwrap();
     }
     assert!(served > 50, "real load: {served} requests served");
+}
+
+/// Sends requests with `attempt` until three have been refused, and returns how many were
+/// answered. Each answer must be a 200, and a request that failed must have been made after
+/// the signal (`attempt` says whether it was made before, as it defines "made").
+async fn until_refused<F, Fut>(terminated: Arc<AtomicBool>, mut attempt: F) -> usize
+where
+    F: FnMut(Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = (bool, Result<u16, String>)>,
+{
+    let (mut ok, mut refused) = (0, 0);
+    loop {
+        let (before_signal, exchanged) = attempt(terminated.clone()).await;
+        match exchanged {
+            Ok(status) => {
+                assert_eq!(status, 200, "an accepted request failed");
+                ok += 1;
+            }
+            Err(error) => {
+                assert!(
+                    !before_signal,
+                    "a request made before SIGTERM failed: {error}"
+                );
+                refused += 1;
+                if refused >= 3 {
+                    return ok;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 /// An HTTP/1.1 request that asks the server to close the connection after its response.
