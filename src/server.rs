@@ -6,8 +6,9 @@
 //! and both it and hyper close a connection at once on shutdown when they have not read from
 //! it yet, although its request may be on the wire; neither caps connections. hyper-util's
 //! `auto` builder, which tells HTTP/2's preface from HTTP/1.1, cancels a connection whose
-//! preface is half read when shutdown begins, and waits for that preface without a deadline.
-//! `tests/api/shutdown.rs` and `tests/api/slow_clients.rs` fail with either.
+//! preface is half read when shutdown begins, and waits for that preface without a deadline
+//! (its source, 0.1.21), so an idle connection is never closed. `tests/api/shutdown.rs`
+//! failed with `axum::serve`; `slow_clients::a_slowloris_*` needs the idle ones closed.
 //!
 //! **Shutdown.** Once `shutdown` resolves, every connection whose TCP handshake had completed
 //! is still served: a connection's first request is read and answered (HTTP/1.1 with
