@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::http::Request;
+use axum::http::{HeaderMap, Request};
 use tower::{Layer, Service};
 
 use super::{Access, Policies};
@@ -50,21 +50,39 @@ pub struct DbRouteService<S> {
 }
 
 impl<S> DbRouteService<S> {
-    fn route<B>(&self, request: &Request<B>) -> DbRoute {
-        if self.policies.of(request) != Access::Read {
-            return DbRoute::Primary;
-        }
+    /// Where a read goes: the replica while its probe says it is up and has replayed the
+    /// request's token; the primary for a malformed token (which the handler rejects).
+    fn read_route(&self, token: Result<Option<Lsn>, MalformedToken>) -> DbRoute {
         let Some(replica) = self.replica.as_ref().filter(|r| r.is_up()) else {
             return DbRoute::Primary;
         };
-        match request.headers().get(CONSISTENCY_TOKEN) {
-            None => DbRoute::ReplicaPreferred,
-            Some(raw) => match raw.to_str().ok().and_then(|t| Lsn::from_token(t).ok()) {
-                Some(token) if replica.replayed() >= token => DbRoute::ReplicaPreferred,
-                // Behind the token, or a malformed token (the handler rejects it).
-                _ => DbRoute::Primary,
-            },
+        match token {
+            Ok(None) => DbRoute::ReplicaPreferred,
+            Ok(Some(token)) if replica.replayed() >= token => DbRoute::ReplicaPreferred,
+            _ => DbRoute::Primary,
         }
+    }
+}
+
+/// A request's `X-Consistency-Token`, parsed once: by this layer for reads (it needs the
+/// token to choose a database), and taken from the request's extensions by the handlers'
+/// extractor ([`crate::routes::extract::ConsistencyToken`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedToken(pub Result<Option<Lsn>, MalformedToken>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedToken;
+
+/// `X-Consistency-Token`: absent, a position, or malformed.
+pub fn parse_token(headers: &HeaderMap) -> Result<Option<Lsn>, MalformedToken> {
+    match headers.get(CONSISTENCY_TOKEN) {
+        None => Ok(None),
+        Some(raw) => raw
+            .to_str()
+            .ok()
+            .and_then(|token| Lsn::from_token(token).ok())
+            .map(Some)
+            .ok_or(MalformedToken),
     }
 }
 
@@ -81,7 +99,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let route = self.route(&request);
+        let route = if self.policies.of(&request) == Access::Read {
+            let token = parse_token(request.headers());
+            request.extensions_mut().insert(ParsedToken(token));
+            self.read_route(token)
+        } else {
+            DbRoute::Primary
+        };
         request.extensions_mut().insert(route);
         self.inner.call(request)
     }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::domain::write::{Preconditions, Tags};
 use crate::domain::{Lsn, Sku};
 use crate::error::AppError;
-use crate::middleware::route::CONSISTENCY_TOKEN;
+use crate::middleware::route::{ParsedToken, parse_token};
 
 /// The largest request body accepted (a full WMS batch of 1,000 items fits many times over).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -82,15 +82,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ConsistencyToken {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        match parts.headers.get(CONSISTENCY_TOKEN) {
-            None => Ok(Self(None)),
-            Some(raw) => raw
-                .to_str()
-                .ok()
-                .and_then(|t| Lsn::from_token(t).ok())
-                .map(|lsn| Self(Some(lsn)))
-                .ok_or_else(|| AppError::BadRequest("malformed X-Consistency-Token".into())),
-        }
+        // Parsed by the routing layer for reads; parsed here for anything else.
+        let token = match parts.extensions.get::<ParsedToken>() {
+            Some(ParsedToken(token)) => *token,
+            None => parse_token(&parts.headers),
+        };
+        token
+            .map(Self)
+            .map_err(|_| AppError::BadRequest("malformed X-Consistency-Token".into()))
     }
 }
 
