@@ -311,8 +311,7 @@ pub fn router(
                     .on_failure(()),
             )
             .layer(CatchPanicLayer::custom(|_| {
-                tracing::error!("handler panicked");
-                axum::response::IntoResponse::into_response(AppError::Internal)
+                axum::response::IntoResponse::into_response(AppError::internal("handler panicked"))
             }))
             // Outside authentication: requests refused before a handler (401, 403, 413) are
             // counted too, and so are those that time out.

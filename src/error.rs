@@ -39,8 +39,10 @@ pub enum AppError {
     Unavailable { dependency: &'static str },
     #[error("the request took longer than {limit_ms} ms; try again shortly")]
     TimedOut { limit_ms: u64 },
+    /// A bug or an unexpected failure: its cause is logged once, when the response is made,
+    /// and never sent to the client.
     #[error("internal error")]
-    Internal,
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The problem details body (RFC 9457) of every error response.
@@ -77,8 +79,13 @@ impl AppError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable { .. } | Self::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// An internal error whose cause is a broken invariant, said in `what`.
+    pub fn internal(what: &'static str) -> Self {
+        Self::Internal(what.into())
     }
 
     /// One invalid field, as a 422.
@@ -91,6 +98,17 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            // The one place an internal error is logged, inside the request's span (its id).
+            let mut chain = cause.to_string();
+            let mut source = cause.source();
+            while let Some(next) = source {
+                chain.push_str(": ");
+                chain.push_str(&next.to_string());
+                source = next.source();
+            }
+            tracing::error!(error = %chain, "internal error");
+        }
         let status = self.status();
         let errors = match &self {
             Self::Validation(errors) => errors.clone().into_vec(),
@@ -152,10 +170,7 @@ impl From<sqlx::Error> for AppError {
             {
                 unavailable(&error)
             }
-            _ => {
-                tracing::error!(%error, "database error");
-                Self::Internal
-            }
+            _ => Self::Internal(Box::new(error)),
         }
     }
 }

@@ -89,7 +89,7 @@ pub async fn lookup(
         }
     }
     out.extend_from_slice(b"],\"not_found\":");
-    serde_json::to_writer(&mut out, &not_found).map_err(|_| AppError::Internal)?;
+    serde_json::to_writer(&mut out, &not_found).map_err(|e| AppError::Internal(e.into()))?;
     out.push(b'}');
     Ok((
         [

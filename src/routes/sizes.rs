@@ -81,7 +81,7 @@ pub async fn get_size(
         .await?;
     let source = [(X_READ_SOURCE, read.source.as_str())];
     let Some(doc) = read.docs.into_iter().next() else {
-        return Err(AppError::Internal);
+        return Err(AppError::internal("a read of one SKU returned no document"));
     };
     let Some(body) = doc.body else {
         return Ok((source, AppError::NotFound(sku.to_string())).into_response());
@@ -149,7 +149,7 @@ pub async fn put_size(
     let update = errors
         .into_result(update)
         .map_err(AppError::Validation)?
-        .ok_or(AppError::Internal)?;
+        .ok_or_else(|| AppError::internal("a valid body parsed to no update"))?;
     let outcome = state.sizes.put(sku.clone(), update, &preconditions).await?;
     let token = token_header(outcome.token);
     let (status, row) = match outcome.decision {
@@ -173,14 +173,17 @@ pub async fn put_size(
         Decision::PreconditionFailed => return Err(AppError::PreconditionFailed),
         Decision::NotFound => return Err(AppError::NotFound(sku.to_string())),
     };
-    let product = row.to_product().ok_or(AppError::Internal)?;
+    let product = row
+        .to_product()
+        .ok_or_else(|| AppError::internal("a written row has no product size"))?;
     Ok((
         status,
         [
             token,
             (
                 header::ETAG,
-                HeaderValue::from_str(&etag(row.version)).map_err(|_| AppError::Internal)?,
+                HeaderValue::from_str(&etag(row.version))
+                    .map_err(|e| AppError::Internal(e.into()))?,
             ),
         ],
         axum::Json(product),

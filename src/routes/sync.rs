@@ -122,7 +122,11 @@ pub async fn sync_sizes(
                 Some(Decision::Write { row, .. }) => (ItemStatus::Applied, Some(row.version)),
                 Some(Decision::Unchanged(row)) => (ItemStatus::Unchanged, Some(row.version)),
                 Some(Decision::Stale(row)) => (ItemStatus::Stale, Some(row.version)),
-                _ => return Err(AppError::Internal),
+                _ => {
+                    return Err(AppError::internal(
+                        "a valid sync item has no write decision",
+                    ));
+                }
             },
             _ => (ItemStatus::Invalid, None),
         };

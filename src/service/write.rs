@@ -66,7 +66,9 @@ impl SizeService {
         preconditions: &Preconditions,
     ) -> Result<WriteOutcome, AppError> {
         let (mut decisions, token) = self.apply(&[(sku, change)], preconditions).await?;
-        let decision = decisions.pop().ok_or(AppError::Internal)?;
+        let decision = decisions
+            .pop()
+            .ok_or_else(|| AppError::internal("a write decided nothing for its SKU"))?;
         Ok(WriteOutcome { decision, token })
     }
 
