@@ -21,6 +21,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::error::AppError;
+use crate::telemetry::Throttle;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RequestTimeoutLayer {
@@ -94,7 +95,15 @@ where
             return Poll::Ready(response);
         }
         if this.deadline.poll(cx).is_ready() {
-            tracing::warn!(limit_ms = this.limit.as_millis(), "request timed out");
+            // Under overload every request may time out: one warning a second, with a count.
+            static TIMED_OUT: Throttle = Throttle::new();
+            if let Some(suppressed) = TIMED_OUT.allow() {
+                tracing::warn!(
+                    limit_ms = this.limit.as_millis(),
+                    suppressed,
+                    "request timed out"
+                );
+            }
             let limit_ms = u64::try_from(this.limit.as_millis()).unwrap_or(u64::MAX);
             return Poll::Ready(Ok(AppError::TimedOut { limit_ms }.into_response()));
         }
