@@ -83,11 +83,13 @@ thread_local! {
 }
 
 fn tally((status, latency, since_due): (Option<u16>, Duration, Duration)) {
-    TALLY.with_borrow_mut(|t| t.since_due_max = t.since_due_max.max(since_due));
-    TALLY.with_borrow_mut(|t| match status {
-        Some(200 | 404) => t.answered.push(latency),
-        Some(503) => t.shed.push(latency),
-        _ => t.failed.push(latency),
+    TALLY.with_borrow_mut(|t| {
+        t.since_due_max = t.since_due_max.max(since_due);
+        match status {
+            Some(200 | 404) => t.answered.push(latency),
+            Some(503) => t.shed.push(latency),
+            _ => t.failed.push(latency),
+        }
     });
 }
 

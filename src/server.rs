@@ -224,22 +224,14 @@ async fn serve_connection(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(io, hyper_util::service::TowerToHyperService::new(router));
-            let mut connection = pin!(connection);
-            // The connection is polled first, so hyper has taken the first bytes (and so
-            // finishes their request) before it can be told to stop.
-            let served = tokio::select! {
-                biased;
-                served = connection.as_mut() => Some(served),
-                _ = stop.changed() => None,
+            // Stopping: hyper finishes the request it has begun reading (the first bytes are
+            // its already) and closes after its response.
+            let stopping = async {
+                let _ = stop.changed().await;
             };
-            let served = match served {
-                Some(served) => served,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            served.map_err(Into::into)
+            serve_until(pin!(connection), stopping, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
         }
         Protocol::Http2 => {
             let first_request = Arc::new(Notify::new());
@@ -254,34 +246,38 @@ async fn serve_connection(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(20)))
                 .serve_connection(io, service);
-            let mut connection = pin!(connection);
-            let served = tokio::select! {
-                biased;
-                served = connection.as_mut() => Some(served),
-                _ = stop.changed() => None,
-            };
-            if let Some(served) = served {
-                return served.map_err(Into::into);
-            }
-            // A GOAWAY before the client's first stream would refuse the request it opened
-            // this connection for; so wait for that request (or the deadline) first. The
+            // Stopping: a GOAWAY before the client's first stream would refuse the request it
+            // opened this connection for, so it waits for that request (or the deadline). The
             // GOAWAY then lets every stream the client has opened finish.
-            let served = tokio::select! {
-                biased;
-                served = connection.as_mut() => Some(served),
-                () = first_request.notified() => None,
-                () = tokio::time::sleep(limits.header_read_timeout) => None,
-            };
-            let served = match served {
-                Some(served) => served,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let stopping = async {
+                let _ = stop.changed().await;
+                tokio::select! {
+                    () = first_request.notified() => {}
+                    () = tokio::time::sleep(limits.header_read_timeout) => {}
                 }
             };
-            served.map_err(Into::into)
+            serve_until(pin!(connection), stopping, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
         }
     }
+}
+
+/// Drives `connection` to its end; once `stopping` resolves first, asks it to shut down
+/// gracefully and drives it to its end still. The connection is polled before `stopping`
+/// each time, so a request it has begun reading is never cut off by the stop.
+async fn serve_until<C: Future>(
+    mut connection: Pin<&mut C>,
+    stopping: impl Future<Output = ()>,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::select! {
+        biased;
+        served = connection.as_mut() => return served,
+        () = stopping => {}
+    }
+    graceful_shutdown(connection.as_mut());
+    connection.await
 }
 
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1 request line; `None`

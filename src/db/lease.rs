@@ -100,19 +100,13 @@ impl Leases {
         });
         Ok(match kept {
             Some((conn, _)) => self.lease(conn, true),
-            None => self.lease(self.wait_for_pool().await?, false),
+            None => self.lease(self.admission.acquire().await?, false),
         })
     }
 
     /// A connection from the pool, which sqlx tests before handing it out.
     pub async fn acquire_tested(&self) -> Result<Lease<'_>, sqlx::Error> {
-        Ok(self.lease(self.wait_for_pool().await?, false))
-    }
-
-    /// Waits for a connection from the pool, unless too many reads wait already (see the
-    /// module's "Load shedding").
-    async fn wait_for_pool(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        self.admission.acquire().await
+        Ok(self.lease(self.admission.acquire().await?, false))
     }
 
     fn lease(&self, conn: PoolConnection<Postgres>, kept: bool) -> Lease<'_> {
