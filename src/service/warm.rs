@@ -1,6 +1,8 @@
 //! Cache warm-up: every row, page by page in SKU order, into Redis with the same versioned
 //! compare-and-set as fills, so it is safe while writes go on. Pages come from the replica once
-//! it has replayed the current high-water mark (else from the primary).
+//! it has replayed the current high-water mark and the primary's position when the warm-up
+//! began, so rows written without the service (a restore with triggers off) are not missed;
+//! else from the primary.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use tracing::instrument;
 
 use super::{CacheJobError, FILL_MAX_AGE, SizeService};
 use crate::cache::{Install, Meta};
-use crate::db::sizes::{Fetched, count, fetch_page};
+use crate::db::sizes::{Fetched, count, fetch_page, primary_position};
 use crate::domain::Lsn;
 
 #[derive(Debug, Clone)]
@@ -66,8 +68,10 @@ impl SizeService {
         // Redis and the database work side by side. With one, a page read ahead could wait
         // past FILL_MAX_AGE and be dropped, so each page is read when its turn comes.
         let rate_limit = options.rate_limit.filter(|l| *l > 0);
+        // Everything committed before now, by anyone, must be in what the pages read.
+        let (floor, _) = primary_position(&mut *self.db.primary().acquire().await?).await?;
         let mut next = self
-            .next_page(String::new(), batch, options.from_primary)
+            .next_page(String::new(), batch, options.from_primary, floor)
             .await?;
         loop {
             let (meta, page, page_started) = next;
@@ -94,7 +98,7 @@ impl SizeService {
             let (installed, read_ahead) = if rate_limit.is_none() {
                 let (installed, following) = tokio::join!(
                     fill,
-                    self.next_page(after.clone(), batch, options.from_primary)
+                    self.next_page(after.clone(), batch, options.from_primary, floor)
                 );
                 (installed?, Some(following?))
             } else {
@@ -115,7 +119,10 @@ impl SizeService {
             }
             next = match read_ahead {
                 Some(page) => page,
-                None => self.next_page(after, batch, options.from_primary).await?,
+                None => {
+                    self.next_page(after, batch, options.from_primary, floor)
+                        .await?
+                }
             };
         }
         progress.elapsed_secs = started.elapsed().as_secs_f64();
@@ -123,12 +130,14 @@ impl SizeService {
     }
 
     /// The page after `after`, with the cache's epoch and high-water mark read before it (as
-    /// for any fill) and the time its read began.
+    /// for any fill) and the time its read began. A replica serves it only once it has
+    /// replayed both that mark and `floor`.
     async fn next_page(
         &self,
         after: String,
         batch: usize,
         from_primary: bool,
+        floor: Lsn,
     ) -> Result<(Meta, Page, Instant), CacheJobError> {
         let seen = self.cache.read_meta().await?;
         let meta = self
@@ -137,7 +146,7 @@ impl SizeService {
             .ok_or(CacheJobError::NoEpoch)?;
         let page_started = Instant::now();
         let page = self
-            .warm_page(&after, batch, meta.hwm, from_primary)
+            .warm_page(&after, batch, meta.hwm.max(floor), from_primary)
             .await?;
         Ok((meta, page, page_started))
     }

@@ -365,3 +365,44 @@ async fn a_failed_warm_up_over_http_names_the_dependency_and_nothing_more() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn a_warm_up_misses_no_row_a_restore_wrote_while_the_replica_had_not_replayed_it() {
+    let primary = OwnPostgres::primary().await;
+    let replica = OwnPostgres::replica_of(primary.port, None).await;
+    let app = app_on(&primary, Some(&replica)).await;
+    // The epoch starts, and the replica replays past its high-water mark...
+    let sku = app.sku("before-restore");
+    assert_eq!(app.put(&sku, &size(1)).await.status(), StatusCode::CREATED);
+    let replica_pool = sqlx::PgPool::connect(&replica.url()).await.unwrap();
+    let target: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&app.primary)
+        .await
+        .unwrap();
+    crate::helpers::eventually(15, "the replica replays the write", || async {
+        sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&target)
+            .fetch_one(&replica_pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    // ...then stops replaying, and a restore (no trigger, no high-water mark) writes rows.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica_pool)
+        .await
+        .unwrap();
+    seed(&app, 500).await;
+
+    let service = app::service(&app.config).await.unwrap();
+    let summary = service
+        .warm_cache(&WarmOptions::default(), |_| {})
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica_pool)
+        .await
+        .unwrap();
+    assert_eq!(summary.rows, 501, "every row, the restored ones included");
+    assert!(summary.pages_from_primary > 0, "{summary:?}");
+}
