@@ -60,7 +60,12 @@ async fn a_write_acknowledged_while_redis_is_paused_is_never_served_stale() {
         },
     )
     .await;
-    assert_eq!(app.metric("product_size_cache_repairs_pending").await, 0.0);
+    // The write's durable record may still be claimed once more by the repair pass (it is
+    // older than 2 s) before it is cleared: the count drains to zero, it need not be there yet.
+    eventually(10, "no repair is pending", || async {
+        app.metric("product_size_cache_repairs_pending").await == 0.0
+    })
+    .await;
 }
 
 #[tokio::test]
