@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{FieldError, FieldErrors};
+use crate::service::ServiceError;
 use crate::telemetry::Throttle;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -145,32 +146,22 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<sqlx::Error> for AppError {
-    fn from(error: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        // Every request meets these while the database is down or shedding load.
+impl From<ServiceError> for AppError {
+    fn from(error: ServiceError) -> Self {
+        // Every request meets this while the database is down or shedding load.
         static UNAVAILABLE: Throttle = Throttle::new();
-        let unavailable = |error: &sqlx::Error| {
-            if let Some(suppressed) = UNAVAILABLE.allow() {
-                tracing::warn!(%error, suppressed, "database unavailable");
+        match error {
+            ServiceError::Unavailable(cause) => {
+                if let Some(suppressed) = UNAVAILABLE.allow() {
+                    tracing::warn!(error = %cause, suppressed, "database unavailable");
+                }
+                Self::Unavailable {
+                    dependency: "the database",
+                }
             }
-            Self::Unavailable {
-                dependency: "the database",
+            error @ (ServiceError::Database(_) | ServiceError::Invariant(_)) => {
+                Self::Internal(Box::new(error))
             }
-        };
-        match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-                unavailable(&error)
-            }
-            // Shutdown, crash or failover of the server, and too many connections.
-            E::Database(db)
-                if db.code().is_some_and(|c| {
-                    c.starts_with("57") || c.starts_with("08") || c == "53300"
-                }) =>
-            {
-                unavailable(&error)
-            }
-            _ => Self::Internal(Box::new(error)),
         }
     }
 }

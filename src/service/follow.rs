@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use super::SizeService;
+use super::{SizeService, StoreError};
 use crate::cache::Cache;
 use crate::db::changes;
 
@@ -27,13 +27,11 @@ const RENEWALS_PER_CLEANUP: u32 = 12;
 /// How long the listener waits before reconnecting after an error.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-type FollowError = Box<dyn std::error::Error + Send + Sync>;
-
 impl SizeService {
     /// Registers (or renews) this instance's caches as followers of the table; a cache whose
     /// registration had lapsed gets a new epoch first. Called before the service serves, and
     /// then every few seconds.
-    pub async fn follow_changes(&self) -> Result<(), FollowError> {
+    pub async fn follow_changes(&self) -> Result<(), StoreError> {
         let ledgers: Vec<String> = self.ledgers().map(|(role, _)| self.ledger(role)).collect();
         let mut tx = self.db.primary().begin().await?;
         let lapsed = changes::follow(&mut *tx, &ledgers).await?;
@@ -51,7 +49,7 @@ impl SizeService {
 
     /// Replaces the epoch of `cache`, if it has one: entries stamped with it may be older than
     /// changes nobody recorded for it.
-    async fn disown_epoch(&self, cache: &Cache) -> Result<(), FollowError> {
+    async fn disown_epoch(&self, cache: &Cache) -> Result<(), StoreError> {
         if let Some(meta) = cache.read_meta().await? {
             if cache.replace_epoch(&meta).await? {
                 tracing::warn!(

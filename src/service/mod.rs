@@ -17,6 +17,7 @@
 //!   ignored, and the next epoch's high-water mark is taken from the primary.
 
 pub mod audit;
+mod error;
 mod flight;
 mod follow;
 mod inspect;
@@ -25,6 +26,8 @@ mod read;
 pub mod repair;
 pub mod warm;
 mod write;
+
+pub use error::{ServiceError, StoreError};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,8 +158,8 @@ impl SizeService {
         &self.metrics
     }
 
-    /// Counts pool timeouts on the way to the HTTP error.
-    fn database_error(&self, error: sqlx::Error) -> crate::error::AppError {
+    /// Counts pool timeouts on the way to the caller.
+    fn database_error(&self, error: sqlx::Error) -> ServiceError {
         if matches!(error, sqlx::Error::PoolTimedOut) {
             self.metrics.db_pool_timeouts.inc();
         }
@@ -254,10 +257,7 @@ impl SizeService {
         }
     }
 
-    async fn start_epoch(
-        &self,
-        cache: &Cache,
-    ) -> Result<Option<Meta>, Box<dyn std::error::Error + Send + Sync>> {
+    async fn start_epoch(&self, cache: &Cache) -> Result<Option<Meta>, StoreError> {
         cache.start_epoch().await?;
         self.complete_epoch(cache).await
     }
@@ -267,10 +267,7 @@ impl SizeService {
     /// acknowledged before it; writes acknowledged later raise the mark themselves. `None` if
     /// the epoch belongs to another history (a failover this instance has not seen a write
     /// of yet): nothing cached is trusted until a write on this history replaces it.
-    async fn complete_epoch(
-        &self,
-        cache: &Cache,
-    ) -> Result<Option<Meta>, Box<dyn std::error::Error + Send + Sync>> {
+    async fn complete_epoch(&self, cache: &Cache) -> Result<Option<Meta>, StoreError> {
         let (lsn, history) = primary_position(&mut *self.db.primary().acquire().await?).await?;
         let Some(meta) = cache.read_meta().await? else {
             return Ok(None);

@@ -7,12 +7,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{Instrument, instrument};
 
-use super::{FILL_MAX_AGE, SizeService};
+use super::{FILL_MAX_AGE, ServiceError, SizeService};
 use crate::cache::{Cache, CacheRead, CacheRole, Entry, Epoch, Install, Meta};
 use crate::db::DbRoute;
 use crate::db::sizes::{fetch_leased, owed_repairs};
 use crate::domain::{Lsn, Sku, StoredSize};
-use crate::error::AppError;
 use crate::metrics::{CacheOutcome, Database};
 use crate::telemetry::{self, Throttle};
 
@@ -62,7 +61,7 @@ impl SizeService {
         skus: &[Sku],
         route: DbRoute,
         token: Option<Lsn>,
-    ) -> Result<ReadResult, AppError> {
+    ) -> Result<ReadResult, ServiceError> {
         let started = Instant::now();
         let Sorted {
             cache,
@@ -235,7 +234,10 @@ impl SizeService {
     }
 
     /// Reads the misses, sharing a single SKU's read with concurrent misses of it.
-    async fn load_misses(&self, load: &Load<'_>) -> Result<(Vec<SizeDoc>, ReadSource), AppError> {
+    async fn load_misses(
+        &self,
+        load: &Load<'_>,
+    ) -> Result<(Vec<SizeDoc>, ReadSource), ServiceError> {
         Ok(match (load.misses, load.meta, load.token) {
             // One SKU, Redis up, no token: share the read with concurrent misses. The shared
             // read may have begun before this request, so its answer must meet this request's
@@ -301,7 +303,7 @@ impl SizeService {
 
     /// Steps 3 to 5: the replica where it is provably fresh, the primary for the rest, then
     /// the fill. One document per miss, in miss order.
-    async fn load(&self, load: &Load<'_>) -> Result<Loaded, AppError> {
+    async fn load(&self, load: &Load<'_>) -> Result<Loaded, ServiceError> {
         // sqlx's and fred's futures are tens of kilobytes: boxed here, they are copied once
         // instead of with every future that holds this one.
         let mut read = Box::pin(self.read_replica(load)).await;
@@ -417,7 +419,11 @@ impl SizeService {
 
     /// Step 4: the primary, for every miss still pending after the replica. Its answer is
     /// proven from the instant its query was sent.
-    async fn read_primary(&self, load: &Load<'_>, read: &mut DatabaseRead) -> Result<(), AppError> {
+    async fn read_primary(
+        &self,
+        load: &Load<'_>,
+        read: &mut DatabaseRead,
+    ) -> Result<(), ServiceError> {
         let rest: Vec<&str> = read
             .pending
             .iter()

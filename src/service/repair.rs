@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use super::SizeService;
+use super::{SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Install};
 use crate::db::sizes::{
     claim_repairs, current_wal_lsn, fetch_on, owed_repairs, repair_backlog, settle_repairs,
@@ -43,8 +43,6 @@ const BACKLOG_INTERVAL: Duration = Duration::from_secs(1);
 const BATCH: usize = 1_000;
 /// Batches one pass applies to one cache before it lets the other take a turn.
 const BATCHES_PER_PASS: usize = 50;
-
-type RepairError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One SKU's version, settled in one cache.
 struct Settled {
@@ -280,7 +278,7 @@ impl SizeService {
 
     /// Puts the committed version of owed SKUs into each cache that answers, independently.
     /// Returns how many were repaired; an error only if nothing was and a cache failed.
-    pub async fn repair_once(&self) -> Result<usize, RepairError> {
+    pub async fn repair_once(&self) -> Result<usize, StoreError> {
         let mut repaired = 0;
         let mut failure = None;
         for (role, cache) in self.ledgers() {
@@ -295,7 +293,7 @@ impl SizeService {
         }
     }
 
-    async fn repair_cache(&self, role: CacheRole, cache: &Cache) -> Result<usize, RepairError> {
+    async fn repair_cache(&self, role: CacheRole, cache: &Cache) -> Result<usize, StoreError> {
         if cache.is_unavailable() {
             cache.ping().await?;
         }
@@ -317,7 +315,7 @@ impl SizeService {
         &self,
         role: CacheRole,
         ledger: &str,
-    ) -> Result<(), RepairError> {
+    ) -> Result<(), StoreError> {
         let pending = self.repairs.pending_skus(role);
         if pending.is_empty() {
             return Ok(());
@@ -335,7 +333,7 @@ impl SizeService {
         role: CacheRole,
         cache: &Cache,
         ledger: &str,
-    ) -> Result<(usize, usize), RepairError> {
+    ) -> Result<(usize, usize), StoreError> {
         let pending = self.repairs.pending_skus(role);
         let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
         let mut tx = self.db.primary().begin().await?;
@@ -354,7 +352,7 @@ impl SizeService {
         let meta = self
             .current_meta(cache, seen)
             .await
-            .ok_or("no cache epoch")?;
+            .ok_or(StoreError::NoEpoch)?;
         let skus: Vec<&str> = owed.iter().map(|owed| owed.sku.as_str()).collect();
         let fetched = fetch_on(&mut tx, &skus).await?;
         let rows = fetched.rows;

@@ -4,13 +4,12 @@
 use chrono::Utc;
 use tracing::{Instrument, instrument};
 
-use super::SizeService;
+use super::{ServiceError, SizeService};
 use crate::cache::{Cache, CacheRole, Epoch, Install, Meta};
 use crate::config::FailoverPolicy;
 use crate::db::sizes::{DatabaseHistory, write_transaction};
 use crate::domain::write::{Change, Decision, Preconditions, decide};
 use crate::domain::{Lsn, SizeUpdate, Sku, StoredSize};
-use crate::error::AppError;
 
 /// The decision for one write and the WAL position after its transaction, which clients get
 /// back as `X-Consistency-Token`.
@@ -34,7 +33,7 @@ impl SizeService {
         sku: Sku,
         update: SizeUpdate,
         preconditions: &Preconditions,
-    ) -> Result<WriteOutcome, AppError> {
+    ) -> Result<WriteOutcome, ServiceError> {
         self.write_one(sku, Change::Put(update), preconditions)
             .await
     }
@@ -44,13 +43,16 @@ impl SizeService {
         &self,
         sku: Sku,
         preconditions: &Preconditions,
-    ) -> Result<WriteOutcome, AppError> {
+    ) -> Result<WriteOutcome, ServiceError> {
         self.write_one(sku, Change::Delete, preconditions).await
     }
 
     /// Applies a WMS batch in one transaction; each item follows the `source_version` rule.
     #[instrument(skip_all, fields(items = updates.len()))]
-    pub async fn sync(&self, updates: Vec<(Sku, SizeUpdate)>) -> Result<SyncItemOutcome, AppError> {
+    pub async fn sync(
+        &self,
+        updates: Vec<(Sku, SizeUpdate)>,
+    ) -> Result<SyncItemOutcome, ServiceError> {
         let changes: Vec<(Sku, Change)> = updates
             .into_iter()
             .map(|(sku, u)| (sku, Change::Put(u)))
@@ -64,11 +66,11 @@ impl SizeService {
         sku: Sku,
         change: Change,
         preconditions: &Preconditions,
-    ) -> Result<WriteOutcome, AppError> {
+    ) -> Result<WriteOutcome, ServiceError> {
         let (mut decisions, token) = self.apply(&[(sku, change)], preconditions).await?;
         let decision = decisions
             .pop()
-            .ok_or_else(|| AppError::internal("a write decided nothing for its SKU"))?;
+            .ok_or_else(|| ServiceError::Invariant("a write decided nothing for its SKU"))?;
         Ok(WriteOutcome { decision, token })
     }
 
@@ -78,7 +80,7 @@ impl SizeService {
         &self,
         changes: &[(Sku, Change)],
         preconditions: &Preconditions,
-    ) -> Result<(Vec<Decision>, Lsn), AppError> {
+    ) -> Result<(Vec<Decision>, Lsn), ServiceError> {
         // Captured before the commit: if Redis loses its data after the commit, this stamp is
         // stale and readers ignore what we install.
         let primary_stamp = self.stamp_for_write(&self.cache).await;
