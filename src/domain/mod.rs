@@ -6,7 +6,9 @@ pub mod size;
 pub mod sku;
 pub mod write;
 
-pub use field_errors::{FieldError, FieldErrors};
+pub use field_errors::{Field, FieldError, FieldErrors};
 pub use lsn::Lsn;
-pub use size::{ProductSize, SizeSpec, SizeUpdate, StoredSize};
+pub use size::{
+    Grams, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, SourceVersion, StoredSize,
+};
 pub use sku::Sku;

@@ -1,14 +1,14 @@
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{FieldErrors, Sku};
+use utoipa::Number;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
-pub const DIMENSION_RANGE: (i64, i64) = (1, 100_000);
-pub const WEIGHT_RANGE: (i64, i64) = (1, 50_000_000);
-pub const LABEL_MAX_CHARS: usize = 32;
+use super::{Field, Sku};
 
 /// The size fields a client sends: dimensions in millimetres, weight in grams, an optional label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,22 @@ pub struct SizeSpec {
 }
 
 impl SizeSpec {
+    pub fn new(
+        length: Millimetres,
+        width: Millimetres,
+        height: Millimetres,
+        weight: Grams,
+        label: Option<SizeLabel>,
+    ) -> Self {
+        Self {
+            length_mm: length.get(),
+            width_mm: width.get(),
+            height_mm: height.get(),
+            weight_g: weight.get(),
+            size_label: label.map(|l| l.0),
+        }
+    }
+
     pub fn length_mm(&self) -> i32 {
         self.length_mm
     }
@@ -45,141 +61,148 @@ pub struct SizeUpdate {
     pub source_version: Option<i64>,
 }
 
-/// Whether a body must carry `source_version` (the WMS sync) or may leave it out (PUT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceVersion {
-    Optional,
-    Required,
-}
+/// Declares an integer field type: its bounds, its check and its schema, in one place.
+macro_rules! bounded_integer {
+    ($(#[doc = $doc:literal])+ $name:ident($repr:ty): $min:literal..=$max:expr) => {
+        $(#[doc = $doc])+
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name($repr);
 
-impl SizeUpdate {
-    pub const FIELDS: [&'static str; 6] = [
-        "length_mm",
-        "width_mm",
-        "height_mm",
-        "weight_g",
-        "size_label",
-        "source_version",
-    ];
+        impl $name {
+            pub const MIN: $repr = $min;
+            pub const MAX: $repr = $max;
 
-    /// Parses the size fields of a JSON object, reporting every bad field under `path`
-    /// (`""` for a top-level body, `updates[3].` inside a batch). Keys other than
-    /// [`Self::FIELDS`] and `also_allowed` are rejected as unknown.
-    pub fn parse(
-        object: &Map<String, Value>,
-        path: &str,
-        source_version: SourceVersion,
-        also_allowed: &[&str],
-        errors: &mut FieldErrors,
-    ) -> Option<Self> {
-        let mut fields = FieldReader {
-            object,
-            path,
-            errors,
-        };
-        let length_mm = fields.integer("length_mm", DIMENSION_RANGE);
-        let width_mm = fields.integer("width_mm", DIMENSION_RANGE);
-        let height_mm = fields.integer("height_mm", DIMENSION_RANGE);
-        let weight_g = fields.integer("weight_g", WEIGHT_RANGE);
-        let size_label = fields.label("size_label");
-        let source_version = match (object.get("source_version"), source_version) {
-            (None | Some(Value::Null), SourceVersion::Optional) => Some(None),
-            _ => fields.integer("source_version", (0, i64::MAX)).map(Some),
-        };
-        fields.reject_unknown(also_allowed);
-
-        Some(Self {
-            spec: SizeSpec {
-                length_mm: i32::try_from(length_mm?).ok()?,
-                width_mm: i32::try_from(width_mm?).ok()?,
-                height_mm: i32::try_from(height_mm?).ok()?,
-                weight_g: i32::try_from(weight_g?).ok()?,
-                size_label: size_label?,
-            },
-            source_version: source_version?,
-        })
-    }
-}
-
-/// Reads typed fields out of a JSON object, recording what is wrong with each.
-struct FieldReader<'a> {
-    object: &'a Map<String, Value>,
-    path: &'a str,
-    errors: &'a mut FieldErrors,
-}
-
-impl FieldReader<'_> {
-    fn fail(&mut self, name: &str, message: String) {
-        self.errors.push(format!("{}{name}", self.path), message);
-    }
-
-    /// A JSON Schema integer: `3609.0` is 3609, `1.5` is not an integer.
-    fn integer(&mut self, name: &str, (min, max): (i64, i64)) -> Option<i64> {
-        let expected = if max == i64::MAX {
-            format!("must be an integer of at least {min}")
-        } else {
-            format!("must be an integer from {min} to {max}")
-        };
-        let value = match self.object.get(name) {
-            None | Some(Value::Null) => {
-                self.fail(name, format!("is required; {expected}"));
-                return None;
-            }
-            Some(Value::Number(n)) => n,
-            Some(_) => {
-                self.fail(name, expected);
-                return None;
-            }
-        };
-        let integer = value.as_i64().or_else(|| {
-            value
-                .as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        });
-        match integer {
-            Some(i) if (min..=max).contains(&i) => Some(i),
-            _ => {
-                self.fail(name, expected);
-                None
+            pub fn get(self) -> $repr {
+                self.0
             }
         }
+
+        impl Field for $name {
+            fn expected() -> String {
+                integer_expected(Self::MIN.into(), Self::MAX.into())
+            }
+
+            fn from_json(value: &Value) -> Result<Self, String> {
+                json_integer(value)
+                    .and_then(|i| <$repr>::try_from(i).ok())
+                    .filter(|i| (Self::MIN..=Self::MAX).contains(i))
+                    .map(Self)
+                    .ok_or_else(Self::expected)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                integer_schema(
+                    concat!($($doc),+).trim(),
+                    Self::MIN.into(),
+                    Self::MAX.into(),
+                    <$repr as utoipa::PartialSchema>::schema(),
+                )
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+bounded_integer! {
+    /// A length, width or height in millimetres.
+    Millimetres(i32): 1..=100_000
+}
+
+bounded_integer! {
+    /// A weight in grams.
+    Grams(i32): 1..=50_000_000
+}
+
+bounded_integer! {
+    /// The WMS's own monotonic counter for a SKU: an update older than the stored one never
+    /// applies.
+    SourceVersion(i64): 0..=i64::MAX
+}
+
+fn integer_expected(min: i64, max: i64) -> String {
+    if max == i64::MAX {
+        format!("must be an integer of at least {min}")
+    } else {
+        format!("must be an integer from {min} to {max}")
+    }
+}
+
+/// A JSON Schema integer: `3609.0` is 3609, `1.5` is not an integer.
+fn json_integer(value: &Value) -> Option<i64> {
+    let Value::Number(n) = value else {
+        return None;
+    };
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
+}
+
+/// The integer schema of `repr` (its type and format) with a description and bounds.
+fn integer_schema(description: &str, min: i64, max: i64, repr: RefOr<Schema>) -> RefOr<Schema> {
+    let RefOr::T(Schema::Object(mut object)) = repr else {
+        return repr;
+    };
+    object.description = Some(description.to_owned());
+    object.minimum = Some(Number::from(min));
+    object.maximum = (max != i64::MAX).then(|| Number::from(max));
+    RefOr::T(Schema::Object(object))
+}
+
+/// A size label such as "M" or "EU 42": 1 to [`SizeLabel::MAX_CHARS`] printable characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeLabel(String);
+
+impl SizeLabel {
+    pub const MAX_CHARS: usize = 32;
+}
+
+impl Field for SizeLabel {
+    fn expected() -> String {
+        format!(
+            "must be null or 1 to {} printable characters",
+            Self::MAX_CHARS
+        )
     }
 
-    /// `Some(None)` when absent or null, `None` when invalid.
-    fn label(&mut self, name: &str) -> Option<Option<String>> {
-        match self.object.get(name) {
-            None | Some(Value::Null) => Some(None),
-            Some(Value::String(s))
-                if (1..=LABEL_MAX_CHARS).contains(&s.chars().count())
+    fn from_json(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::String(s)
+                if (1..=Self::MAX_CHARS).contains(&s.chars().count())
                     && !s.chars().any(char::is_control) =>
             {
-                Some(Some(s.clone()))
+                Ok(Self(s.clone()))
             }
-            Some(_) => {
-                self.fail(
-                    name,
-                    format!("must be null or 1 to {LABEL_MAX_CHARS} printable characters"),
-                );
-                None
-            }
-        }
-    }
-
-    fn reject_unknown(&mut self, also_allowed: &[&str]) {
-        let unknown: Vec<String> = self
-            .object
-            .keys()
-            .filter(|k| {
-                !SizeUpdate::FIELDS.contains(&k.as_str()) && !also_allowed.contains(&k.as_str())
-            })
-            .cloned()
-            .collect();
-        for key in unknown {
-            self.fail(&key, "is not a known field".to_owned());
+            _ => Err(Self::expected()),
         }
     }
 }
+
+impl utoipa::PartialSchema for SizeLabel {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(format!(
+                "A size label such as \"M\" or \"EU 42\": 1 to {} printable characters.",
+                Self::MAX_CHARS
+            )))
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_CHARS))
+            // `char::is_control`: the C0 and C1 control characters and DEL.
+            .pattern(Some(format!(
+                "^[^\\x00-\\x1F\\x7F-\\x9F]{{1,{}}}$",
+                Self::MAX_CHARS
+            )))
+            .examples(["EU 42"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SizeLabel {}
 
 /// A row of `product_sizes`, including tombstones left by deletes.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -259,34 +282,28 @@ impl StoredSize {
     "updated_at": "2026-11-23T14:35:51.123456Z"
 }))]
 pub struct ProductSize {
-    /// Stock keeping unit.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", example = "SHOE-42-BLK")]
+    #[schema(value_type = Sku)]
     pub sku: String,
     /// Length in millimetres.
-    #[schema(minimum = 1, maximum = 100000, example = 330)]
+    #[schema(value_type = Millimetres)]
     pub length_mm: i32,
     /// Width in millimetres.
-    #[schema(minimum = 1, maximum = 100000, example = 210)]
+    #[schema(value_type = Millimetres)]
     pub width_mm: i32,
     /// Height in millimetres.
-    #[schema(minimum = 1, maximum = 100000, example = 120)]
+    #[schema(value_type = Millimetres)]
     pub height_mm: i32,
     /// Weight in grams.
-    #[schema(minimum = 1, maximum = 50000000, example = 950)]
+    #[schema(value_type = Grams)]
     pub weight_g: i32,
     /// Optional size label such as "M" or "EU 42".
-    #[schema(
-        min_length = 1,
-        max_length = 32,
-        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]{1,32}$",
-        example = "EU 42"
-    )]
+    #[schema(value_type = Option<SizeLabel>)]
     pub size_label: Option<String>,
     /// Server-assigned version: 1 on create, +1 on every effective change. Also the ETag.
     #[schema(minimum = 1, example = 3)]
     pub version: i64,
     /// The WMS's own monotonic counter for this SKU, if it sent one.
-    #[schema(minimum = 0, example = 1017)]
+    #[schema(value_type = Option<SourceVersion>)]
     pub source_version: Option<i64>,
     /// When the current version was written (RFC 3339, UTC).
     #[serde(serialize_with = "rfc3339_utc")]
@@ -309,71 +326,56 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(body: Value, sv: SourceVersion) -> Result<SizeUpdate, Vec<String>> {
-        let mut errors = FieldErrors::default();
-        let object = body.as_object().unwrap().clone();
-        match SizeUpdate::parse(&object, "", sv, &[], &mut errors) {
-            Some(update) if errors.is_empty() => Ok(update),
-            _ => Err(errors.iter().map(|e| e.field.clone()).collect()),
-        }
-    }
-
     #[test]
     fn integral_floats_are_integers() {
-        let update = parse(
-            json!({"length_mm": 3609.0, "width_mm": 1, "height_mm": 1e2, "weight_g": 50000000}),
-            SourceVersion::Optional,
-        )
-        .unwrap();
-        assert_eq!(update.spec.length_mm(), 3609);
-        assert_eq!(update.spec.height_mm(), 100);
-        assert_eq!(update.source_version, None);
+        assert_eq!(
+            Millimetres::from_json(&json!(3609.0)),
+            Ok(Millimetres(3609))
+        );
+        assert_eq!(Millimetres::from_json(&json!(1e2)), Ok(Millimetres(100)));
+        assert_eq!(Grams::from_json(&json!(50000000)), Ok(Grams(50_000_000)));
+        assert!(Millimetres::from_json(&json!(1.5)).is_err());
     }
 
     #[test]
-    fn names_every_bad_field() {
-        let err = parse(
-            json!({"length_mm": 1.5, "width_mm": 0, "height_mm": "3", "weight_g": 50000001,
-                   "size_label": "", "colour": "red"}),
-            SourceVersion::Optional,
-        )
-        .unwrap_err();
+    fn bounds_are_inclusive_and_named_in_the_error() {
         assert_eq!(
-            err,
-            [
-                "length_mm",
-                "width_mm",
-                "height_mm",
-                "weight_g",
-                "size_label",
-                "colour"
-            ]
+            Millimetres::from_json(&json!(0)),
+            Err("must be an integer from 1 to 100000".to_owned())
         );
-    }
-
-    #[test]
-    fn sync_items_need_a_source_version() {
-        let body = json!({"length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1});
+        assert!(Millimetres::from_json(&json!(100_000)).is_ok());
+        assert!(Grams::from_json(&json!(50_000_001)).is_err());
+        assert!(Millimetres::from_json(&json!("3")).is_err());
+        assert_eq!(SourceVersion::from_json(&json!(0)), Ok(SourceVersion(0)));
         assert_eq!(
-            parse(body.clone(), SourceVersion::Required).unwrap_err(),
-            ["source_version"]
+            SourceVersion::from_json(&json!(-1)),
+            Err("must be an integer of at least 0".to_owned())
         );
-        assert!(parse(body, SourceVersion::Optional).is_ok());
     }
 
     #[test]
     fn labels_are_short_and_printable() {
-        let base = json!({"length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1});
-        let with = |label: Value| {
-            let mut body = base.clone();
-            body["size_label"] = label;
-            parse(body, SourceVersion::Optional)
-        };
-        assert!(with(json!("EU 42")).is_ok());
-        assert!(with(json!("ä".repeat(32))).is_ok());
-        assert!(with(json!("x".repeat(33))).is_err());
-        assert!(with(json!("a\tb")).is_err());
-        assert!(with(json!(42)).is_err());
-        assert_eq!(with(Value::Null).unwrap().spec.size_label(), None);
+        let label = |value: Value| SizeLabel::from_json(&value);
+        assert!(label(json!("EU 42")).is_ok());
+        assert!(label(json!("ä".repeat(32))).is_ok());
+        assert!(label(json!("x".repeat(33))).is_err());
+        assert!(label(json!("")).is_err());
+        assert!(label(json!("a\tb")).is_err());
+        assert!(label(json!(42)).is_err());
+    }
+
+    #[test]
+    fn schemas_publish_the_checked_bounds() {
+        let schema = |s: RefOr<Schema>| serde_json::to_value(s).unwrap();
+        let mm = schema(<Millimetres as utoipa::PartialSchema>::schema());
+        assert_eq!(
+            (mm["minimum"].clone(), mm["maximum"].clone()),
+            (json!(1), json!(100000))
+        );
+        let version = schema(<SourceVersion as utoipa::PartialSchema>::schema());
+        assert_eq!(version["minimum"], 0);
+        assert!(version.get("maximum").is_none());
+        let label = schema(<SizeLabel as utoipa::PartialSchema>::schema());
+        assert_eq!(label["maxLength"], 32);
     }
 }

@@ -68,6 +68,22 @@ impl utoipa::PartialSchema for Sku {
 
 impl utoipa::ToSchema for Sku {}
 
+/// A SKU in a body: a string, checked as [`Sku::parse`] checks it.
+impl super::Field for Sku {
+    fn expected() -> String {
+        "must be a string".to_owned()
+    }
+
+    fn missing() -> String {
+        "is required and must be a string".to_owned()
+    }
+
+    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let raw = value.as_str().ok_or_else(Self::expected)?;
+        Sku::parse(raw).map_err(|e| format!("invalid SKU: {e}"))
+    }
+}
+
 impl AsRef<str> for Sku {
     fn as_ref(&self) -> &str {
         &self.0

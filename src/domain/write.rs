@@ -136,8 +136,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::FieldErrors;
-    use crate::domain::size::SourceVersion;
+    use crate::domain::{Field, Grams, Millimetres, SizeSpec};
     use serde_json::json;
 
     fn sku() -> Sku {
@@ -145,17 +144,17 @@ mod tests {
     }
 
     fn update(length: i64, source_version: Option<i64>) -> SizeUpdate {
-        let body = json!({"length_mm": length, "width_mm": 2, "height_mm": 3, "weight_g": 4,
-                          "source_version": source_version});
-        let mut errors = FieldErrors::default();
-        SizeUpdate::parse(
-            body.as_object().unwrap(),
-            "",
-            SourceVersion::Optional,
-            &[],
-            &mut errors,
-        )
-        .unwrap()
+        let field = |value: i64| Millimetres::from_json(&json!(value)).unwrap();
+        SizeUpdate {
+            spec: SizeSpec::new(
+                field(length),
+                field(2),
+                field(3),
+                Grams::from_json(&json!(4)).unwrap(),
+                None,
+            ),
+            source_version,
+        }
     }
 
     fn stored(length: i64, version: i64, source_version: Option<i64>) -> StoredSize {

@@ -7,10 +7,11 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::extract::{ConsistencyToken, JsonObject};
+use super::body::{RequestBody, ValidJson};
+use super::extract::ConsistencyToken;
 use super::{AppState, X_READ_SOURCE};
 use crate::db::DbRoute;
-use crate::domain::{FieldErrors, ProductSize, Sku};
+use crate::domain::{Field, FieldErrors, ProductSize, Sku};
 use crate::error::{AppError, Problem};
 use crate::middleware::LOOKUP_PATH;
 
@@ -20,11 +21,52 @@ pub const MAX_SKUS: usize = 1000;
 #[derive(utoipa::ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"skus": ["SHOE-42-BLK", "TSHIRT-M-RED"]}))]
-#[allow(dead_code)] // Documents the body; see `parse_skus`.
 pub struct LookupRequest {
-    /// 1 to 1000 SKUs; duplicates are answered once.
-    #[schema(min_items = 1, max_items = 1000, value_type = Vec<Sku>)]
-    skus: Vec<String>,
+    #[schema(schema_with = skus_schema, required = true)]
+    skus: Option<Value>,
+}
+
+fn skus_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("Sku"))
+        .description(Some(format!(
+            "1 to {MAX_SKUS} SKUs; duplicates are answered once."
+        )))
+        .min_items(Some(1))
+        .max_items(Some(MAX_SKUS))
+        .build()
+}
+
+impl RequestBody for LookupRequest {
+    type Valid = Skus;
+}
+
+/// The distinct SKUs of a lookup, in request order.
+pub struct Skus(Vec<Sku>);
+
+impl TryFrom<LookupRequest> for Skus {
+    type Error = FieldErrors;
+
+    fn try_from(body: LookupRequest) -> Result<Self, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let list = match body.skus {
+            Some(Value::Array(list)) if (1..=MAX_SKUS).contains(&list.len()) => list,
+            _ => {
+                errors.push("skus", format!("must be an array of 1 to {MAX_SKUS} SKUs"));
+                return Err(errors);
+            }
+        };
+        let mut seen = HashSet::with_capacity(list.len());
+        let mut skus = Vec::with_capacity(list.len());
+        for (i, value) in list.iter().enumerate() {
+            if let Some(sku) = errors.check(&format!("skus[{i}]"), Sku::from_json(value))
+                && seen.insert(sku.clone())
+            {
+                skus.push(sku);
+            }
+        }
+        errors.into_result(Some(Self(skus)))
+    }
 }
 
 /// The sizes found, and the SKUs that have none.
@@ -48,21 +90,15 @@ pub struct LookupResponse {
         (status = 200, description = "Sizes found and SKUs not found", body = LookupResponse,
          headers(("X-Read-Source" = String, description = "The farthest source used: cache, replica or primary"))),
         (status = 400, description = "Malformed JSON or token", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No data source is reachable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["read"]))
+    )
 )]
 pub async fn lookup(
     State(state): State<AppState>,
     Extension(route): Extension<DbRoute>,
     ConsistencyToken(token): ConsistencyToken,
-    JsonObject(body): JsonObject,
+    ValidJson(Skus(skus)): ValidJson<LookupRequest>,
 ) -> Result<Response, AppError> {
-    let skus = parse_skus(&body)?;
     let read = state.sizes.read(&skus, route, token).await?;
 
     // Assembled from the stored JSON bodies: a cache hit is never re-serialised.
@@ -99,33 +135,4 @@ pub async fn lookup(
         out,
     )
         .into_response())
-}
-
-/// The distinct SKUs of the body, in order; 422 naming every bad entry.
-fn parse_skus(body: &serde_json::Map<String, Value>) -> Result<Vec<Sku>, AppError> {
-    let mut errors = FieldErrors::default();
-    for key in body.keys().filter(|k| k.as_str() != "skus") {
-        errors.push(key.clone(), "is not a known field");
-    }
-    let list = match body.get("skus") {
-        Some(Value::Array(list)) if (1..=MAX_SKUS).contains(&list.len()) => list.as_slice(),
-        _ => {
-            errors.push("skus", format!("must be an array of 1 to {MAX_SKUS} SKUs"));
-            &[]
-        }
-    };
-    let mut seen = HashSet::with_capacity(list.len());
-    let mut skus = Vec::with_capacity(list.len());
-    for (i, value) in list.iter().enumerate() {
-        match value.as_str().map(Sku::parse) {
-            Some(Ok(sku)) => {
-                if seen.insert(sku.clone()) {
-                    skus.push(sku);
-                }
-            }
-            Some(Err(e)) => errors.push(format!("skus[{i}]"), format!("invalid SKU: {e}")),
-            None => errors.push(format!("skus[{i}]"), "must be a string"),
-        }
-    }
-    errors.into_result(skus).map_err(AppError::Validation)
 }

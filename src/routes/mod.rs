@@ -1,6 +1,7 @@
 //! HTTP only: extract, call the service, map the answer.
 
 pub mod admin;
+pub mod body;
 pub mod docs;
 pub mod extract;
 pub mod health;
@@ -11,7 +12,9 @@ pub mod sync;
 use std::sync::Arc;
 
 use axum::http::{HeaderName, Method};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -42,6 +45,9 @@ pub struct AppState {
                        is answered 503 with `Retry-After`.",
         license(name = "MIT", identifier = "MIT"),
     ),
+    // Named so that generated clients type a batch's items; the batch documents it by name (see
+    // `sync::SyncRequest`).
+    components(schemas(sync::SyncUpdate)),
     modifiers(&BearerAuth),
     tags(
         (name = "sizes", description = "Read and write product sizes"),
@@ -77,7 +83,8 @@ impl Modify for BearerAuth {
 /// document is generated from the same registrations.
 pub fn api() -> (OpenApiRouter<AppState>, Policies) {
     let mut policies = Policies::default();
-    let mut group = |access, router: OpenApiRouter<AppState>| {
+    let mut group = |access, mut router: OpenApiRouter<AppState>| {
+        document_group(router.get_openapi_mut(), access);
         record(&mut policies, access, router.get_openapi());
         router
     };
@@ -110,6 +117,57 @@ pub fn api() -> (OpenApiRouter<AppState>, Policies) {
         .merge(admin)
         .merge(public);
     (router, policies)
+}
+
+/// Documents what the group an operation is registered in means for it: the token scope it
+/// needs, the 401 and 403 the authorization layer answers, and the 503 of the database the
+/// group routes to. Every operation that takes a body may also meet the body's 413 and 415.
+fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
+    let (scope, forbidden, unavailable) = match access {
+        Access::Read => ("read", None, Some("No data source is reachable")),
+        Access::Write => (
+            "write",
+            Some("The token may only read"),
+            Some("The primary database is unavailable"),
+        ),
+        Access::Admin => ("admin", Some("Not an admin token"), None),
+        Access::Public | Access::NotAllowed => return,
+    };
+    for item in group.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
+            let mut problems = vec![("401", "No or invalid token")];
+            problems.extend(forbidden.map(|d| ("403", d)));
+            problems.extend(unavailable.map(|d| ("503", d)));
+            if operation.request_body.is_some() {
+                problems.extend([("413", "Body too large"), ("415", "Body is not JSON")]);
+            }
+            for (status, description) in problems {
+                (operation.responses.responses)
+                    .insert(status.to_owned(), problem(description).into());
+            }
+        }
+    }
+}
+
+/// A documented problem response (RFC 9457 body).
+pub fn problem(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
 }
 
 /// Records `access` for every operation `group` documents.

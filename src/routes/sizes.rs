@@ -4,14 +4,17 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{
-    ConsistencyToken, JsonObject, SkuPath, WritePreconditions, etag, if_none_match_hits,
-};
+use serde_json::Value;
+
+use super::body::{RequestBody, ValidJson};
+use super::extract::{ConsistencyToken, SkuPath, WritePreconditions, etag, if_none_match_hits};
 use super::{AppState, X_CONSISTENCY_TOKEN, X_READ_SOURCE};
 use crate::db::DbRoute;
-use crate::domain::size::SourceVersion;
 use crate::domain::write::Decision;
-use crate::domain::{FieldErrors, Lsn, ProductSize, SizeUpdate};
+use crate::domain::{
+    FieldErrors, Grams, Lsn, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, Sku,
+    SourceVersion,
+};
 use crate::error::{AppError, Problem};
 
 /// The body of a PUT: the size fields and, optionally, the WMS's counter.
@@ -19,31 +22,76 @@ use crate::error::{AppError, Problem};
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"length_mm": 330, "width_mm": 210, "height_mm": 120, "weight_g": 950,
                           "size_label": "EU 42", "source_version": 1017}))]
-#[allow(dead_code)] // Documents the body; parsing reports every bad field, see `SizeUpdate::parse`.
 pub struct SizeRequest {
     /// Length in millimetres.
-    #[schema(minimum = 1, maximum = 100000)]
-    length_mm: i64,
+    #[schema(value_type = Millimetres)]
+    length_mm: Option<Value>,
     /// Width in millimetres.
-    #[schema(minimum = 1, maximum = 100000)]
-    width_mm: i64,
+    #[schema(value_type = Millimetres)]
+    width_mm: Option<Value>,
     /// Height in millimetres.
-    #[schema(minimum = 1, maximum = 100000)]
-    height_mm: i64,
+    #[schema(value_type = Millimetres)]
+    height_mm: Option<Value>,
     /// Weight in grams.
-    #[schema(minimum = 1, maximum = 50000000)]
-    weight_g: i64,
-    /// Optional size label, 1 to 32 printable characters.
-    #[schema(
-        min_length = 1,
-        max_length = 32,
-        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]{1,32}$"
-    )]
-    size_label: Option<String>,
+    #[schema(value_type = Grams)]
+    weight_g: Option<Value>,
+    /// Optional size label.
+    #[schema(value_type = Option<SizeLabel>)]
+    size_label: Option<Value>,
     /// The WMS's monotonic counter for this SKU. An update older than the stored one never
     /// applies (409).
-    #[schema(minimum = 0)]
-    source_version: Option<i64>,
+    #[schema(value_type = Option<SourceVersion>)]
+    source_version: Option<Value>,
+}
+
+impl RequestBody for SizeRequest {
+    type Valid = SizeUpdate;
+}
+
+impl TryFrom<SizeRequest> for SizeUpdate {
+    type Error = FieldErrors;
+
+    fn try_from(body: SizeRequest) -> Result<Self, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let spec = SizeFields {
+            length_mm: body.length_mm,
+            width_mm: body.width_mm,
+            height_mm: body.height_mm,
+            weight_g: body.weight_g,
+            size_label: body.size_label,
+        }
+        .check(&mut errors);
+        let source_version =
+            errors.optional::<SourceVersion>("source_version", body.source_version.as_ref());
+        let update = spec
+            .zip(source_version)
+            .map(|(spec, source_version)| SizeUpdate {
+                spec,
+                source_version: source_version.map(SourceVersion::get),
+            });
+        errors.into_result(update)
+    }
+}
+
+/// The size fields of a body, as sent.
+pub struct SizeFields {
+    pub length_mm: Option<Value>,
+    pub width_mm: Option<Value>,
+    pub height_mm: Option<Value>,
+    pub weight_g: Option<Value>,
+    pub size_label: Option<Value>,
+}
+
+impl SizeFields {
+    /// The size these fields describe, or `None` with every bad field recorded.
+    pub fn check(self, errors: &mut FieldErrors) -> Option<SizeSpec> {
+        let length = errors.required::<Millimetres>("length_mm", self.length_mm.as_ref());
+        let width = errors.required::<Millimetres>("width_mm", self.width_mm.as_ref());
+        let height = errors.required::<Millimetres>("height_mm", self.height_mm.as_ref());
+        let weight = errors.required::<Grams>("weight_g", self.weight_g.as_ref());
+        let label = errors.optional::<SizeLabel>("size_label", self.size_label.as_ref());
+        Some(SizeSpec::new(length?, width?, height?, weight?, label?))
+    }
 }
 
 #[utoipa::path(
@@ -51,7 +99,7 @@ pub struct SizeRequest {
     path = "/v1/products/{sku}/size",
     tag = "sizes",
     params(
-        ("sku" = String, Path, description = "Stock keeping unit", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+        ("sku" = Sku, Path, description = "Stock keeping unit"),
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag(s) the client holds: 304 if current"),
         ("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "Token from an earlier write: the answer is at least that new",
          pattern = "^[0-9A-Fa-f]{16}$"),
@@ -62,11 +110,8 @@ pub struct SizeRequest {
                  ("X-Read-Source" = String, description = "cache, replica or primary"))),
         (status = 304, description = "The client's ETag is current"),
         (status = 400, description = "Invalid SKU or token", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No data source is reachable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["read"]))
+    )
 )]
 pub async fn get_size(
     State(state): State<AppState>,
@@ -106,7 +151,7 @@ pub async fn get_size(
     path = "/v1/products/{sku}/size",
     tag = "sizes",
     params(
-        ("sku" = String, Path, description = "Stock keeping unit", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+        ("sku" = Sku, Path, description = "Stock keeping unit"),
         ("If-Match" = Option<String>, Header, nullable = false, description = "Apply only to this version, e.g. `\"3\"` (412 otherwise)",
          pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "`*`: create only (412 if it exists); or versions it must not have",
@@ -127,29 +172,17 @@ pub async fn get_size(
              ("DeleteSize" = (operation_id = "delete_size", parameters(("sku" = "$request.path.sku")))),
          )),
         (status = 400, description = "Malformed JSON, invalid SKU or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "source_version older than the stored one", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match / If-None-Match failed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The primary database is unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["write"]))
+    )
 )]
 pub async fn put_size(
     State(state): State<AppState>,
     SkuPath(sku): SkuPath,
     WritePreconditions(preconditions): WritePreconditions,
-    JsonObject(body): JsonObject,
+    ValidJson(update): ValidJson<SizeRequest>,
 ) -> Result<Response, AppError> {
-    let mut errors = FieldErrors::default();
-    let update = SizeUpdate::parse(&body, "", SourceVersion::Optional, &[], &mut errors);
-    let update = errors
-        .into_result(update)
-        .map_err(AppError::Validation)?
-        .ok_or_else(|| AppError::internal("a valid body parsed to no update"))?;
     let outcome = state.sizes.put(sku.clone(), update, &preconditions).await?;
     let token = token_header(outcome.token);
     let (status, row) = match outcome.decision {
@@ -196,20 +229,16 @@ pub async fn put_size(
     path = "/v1/products/{sku}/size",
     tag = "sizes",
     params(
-        ("sku" = String, Path, description = "Stock keeping unit", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+        ("sku" = Sku, Path, description = "Stock keeping unit"),
         ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only this version, e.g. `\"3\"` (412 otherwise)",
          pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
     ),
     responses(
         (status = 204, description = "Deleted", headers(("X-Consistency-Token" = String))),
         (status = 400, description = "Invalid SKU or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The primary database is unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["write"]))
+    )
 )]
 pub async fn delete_size(
     State(state): State<AppState>,
@@ -231,4 +260,62 @@ pub fn token_header(token: Lsn) -> (HeaderName, HeaderValue) {
     let value = HeaderValue::from_str(&token.to_token())
         .unwrap_or(HeaderValue::from_static("0000000000000000"));
     (X_CONSISTENCY_TOKEN, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::routes::body;
+
+    fn fields(body: Value) -> Result<SizeUpdate, Vec<String>> {
+        let Value::Object(object) = body else {
+            panic!("a test body is an object")
+        };
+        body::read::<SizeRequest>(object)
+            .map_err(|errors| errors.iter().map(|e| e.field.clone()).collect())
+    }
+
+    #[test]
+    fn names_every_bad_field_then_every_unknown_key() {
+        let err = fields(json!({"length_mm": 1.5, "width_mm": 0, "height_mm": "3",
+                                "weight_g": 50000001, "size_label": "", "colour": "red",
+                                "source_version": -1}))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            [
+                "length_mm",
+                "width_mm",
+                "height_mm",
+                "weight_g",
+                "size_label",
+                "source_version",
+                "colour"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_valid_body_is_an_update_even_with_nulls() {
+        let update = fields(json!({"length_mm": 3609.0, "width_mm": 1, "height_mm": 1e2,
+                                   "weight_g": 50000000, "size_label": null,
+                                   "source_version": null}))
+        .unwrap();
+        assert_eq!(update.spec.length_mm(), 3609);
+        assert_eq!(update.spec.height_mm(), 100);
+        assert_eq!(update.spec.size_label(), None);
+        assert_eq!(update.source_version, None);
+    }
+
+    #[test]
+    fn an_unknown_key_alone_fails_a_valid_body() {
+        let err = fields(
+            json!({"length_mm": 1, "width_mm": 1, "height_mm": 1, "weight_g": 1,
+                                "sku": "A"}),
+        )
+        .unwrap_err();
+        assert_eq!(err, ["sku"]);
+    }
 }

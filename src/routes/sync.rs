@@ -6,51 +6,137 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::AppState;
-use super::extract::JsonObject;
-use super::sizes::token_header;
-use crate::domain::size::SourceVersion;
+use super::body::{self, RequestBody, ValidJson};
+use super::sizes::{SizeFields, token_header};
 use crate::domain::write::Decision;
-use crate::domain::{FieldErrors, SizeUpdate, Sku};
+use crate::domain::{FieldErrors, Grams, Millimetres, SizeLabel, SizeUpdate, Sku, SourceVersion};
 use crate::error::{AppError, Problem};
 
 pub const MAX_UPDATES: usize = 1000;
 
 /// One WMS update: the SKU, its size fields and the WMS's counter (required here).
-#[derive(utoipa::ToSchema)]
-#[schema(example = json!({"sku": "SHOE-42-BLK", "length_mm": 330, "width_mm": 210, "height_mm": 120,
-                          "weight_g": 950, "size_label": "EU 42", "source_version": 1017}))]
-#[allow(dead_code)] // Documents the body; each item is parsed by `SizeUpdate::parse`.
-pub struct SyncUpdate {
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    sku: String,
-    #[schema(minimum = 1, maximum = 100000)]
-    length_mm: i64,
-    #[schema(minimum = 1, maximum = 100000)]
-    width_mm: i64,
-    #[schema(minimum = 1, maximum = 100000)]
-    height_mm: i64,
-    #[schema(minimum = 1, maximum = 50000000)]
-    weight_g: i64,
-    #[schema(
-        min_length = 1,
-        max_length = 32,
-        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]{1,32}$"
-    )]
-    size_label: Option<String>,
-    /// The WMS's monotonic counter for this SKU: an update older than the stored one is stale.
-    #[schema(minimum = 0)]
-    source_version: i64,
-}
-
-/// A batch of 1 to 1000 updates. Each item should be a `SyncUpdate`; an item that is not is
-/// reported as `invalid` in the results and does not fail the batch, so items are not
-/// constrained here.
 #[derive(utoipa::ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
+#[schema(example = json!({"sku": "SHOE-42-BLK", "length_mm": 330, "width_mm": 210, "height_mm": 120,
+                          "weight_g": 950, "size_label": "EU 42", "source_version": 1017}))]
+pub struct SyncUpdate {
+    #[schema(value_type = Sku)]
+    sku: Option<Value>,
+    /// Length in millimetres.
+    #[schema(value_type = Millimetres)]
+    length_mm: Option<Value>,
+    /// Width in millimetres.
+    #[schema(value_type = Millimetres)]
+    width_mm: Option<Value>,
+    /// Height in millimetres.
+    #[schema(value_type = Millimetres)]
+    height_mm: Option<Value>,
+    /// Weight in grams.
+    #[schema(value_type = Grams)]
+    weight_g: Option<Value>,
+    /// Optional size label.
+    #[schema(value_type = Option<SizeLabel>)]
+    size_label: Option<Value>,
+    /// The WMS's monotonic counter for this SKU: an update older than the stored one is stale.
+    #[schema(value_type = SourceVersion)]
+    source_version: Option<Value>,
+}
+
+impl RequestBody for SyncUpdate {
+    type Valid = (Sku, SizeUpdate);
+}
+
+impl TryFrom<SyncUpdate> for (Sku, SizeUpdate) {
+    type Error = FieldErrors;
+
+    fn try_from(item: SyncUpdate) -> Result<Self, FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let sku = errors.required::<Sku>("sku", item.sku.as_ref());
+        let spec = SizeFields {
+            length_mm: item.length_mm,
+            width_mm: item.width_mm,
+            height_mm: item.height_mm,
+            weight_g: item.weight_g,
+            size_label: item.size_label,
+        }
+        .check(&mut errors);
+        let source_version =
+            errors.required::<SourceVersion>("source_version", item.source_version.as_ref());
+        let update = sku
+            .zip(spec)
+            .zip(source_version)
+            .map(|((sku, spec), source_version)| {
+                let update = SizeUpdate {
+                    spec,
+                    source_version: Some(source_version.get()),
+                };
+                (sku, update)
+            });
+        errors.into_result(update)
+    }
+}
+
+/// A batch of 1 to 1000 updates. An item that is not a valid `SyncUpdate` is reported as
+/// `invalid` in the results and does not fail the batch.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SyncRequest {
-    #[schema(min_items = 1, max_items = 1000, value_type = Vec<Value>)]
-    updates: Vec<serde_json::Value>,
+    #[schema(schema_with = updates_schema, required = true)]
+    updates: Option<Value>,
+}
+
+fn updates_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("SyncUpdate"))
+        .min_items(Some(1))
+        .max_items(Some(MAX_UPDATES))
+        .build()
+}
+
+impl RequestBody for SyncRequest {
+    type Valid = Vec<BatchItem>;
+}
+
+/// Every item, valid or not: one bad item does not reject the batch.
+impl TryFrom<SyncRequest> for Vec<BatchItem> {
+    type Error = FieldErrors;
+
+    fn try_from(body: SyncRequest) -> Result<Self, FieldErrors> {
+        match body.updates {
+            Some(Value::Array(items)) if (1..=MAX_UPDATES).contains(&items.len()) => {
+                Ok(items.into_iter().map(BatchItem::from).collect())
+            }
+            _ => {
+                let mut errors = FieldErrors::default();
+                errors.push(
+                    "updates",
+                    format!("must be an array of 1 to {MAX_UPDATES} updates"),
+                );
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// One item of a batch: the SKU as sent, and the update it makes or why it makes none.
+pub struct BatchItem {
+    sku: Option<String>,
+    update: Result<(Sku, SizeUpdate), String>,
+}
+
+impl From<Value> for BatchItem {
+    fn from(item: Value) -> Self {
+        let Value::Object(object) = item else {
+            return Self {
+                sku: None,
+                update: Err("must be a JSON object".into()),
+            };
+        };
+        Self {
+            sku: object.get("sku").and_then(Value::as_str).map(str::to_owned),
+            update: body::read::<SyncUpdate>(object).map_err(|errors| errors.summary()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -94,41 +180,34 @@ pub struct SyncResponse {
         (status = 200, description = "Per-item results, in input order", body = SyncResponse,
          headers(("X-Consistency-Token" = String, description = "Send on reads to see at least this batch"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token may only read", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The batch itself is invalid (not 1..=1000 updates)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The primary database is unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["write"]))
+    )
 )]
 pub async fn sync_sizes(
     State(state): State<AppState>,
-    JsonObject(body): JsonObject,
+    ValidJson(items): ValidJson<SyncRequest>,
 ) -> Result<Response, AppError> {
-    let items = parse_batch(&body)?;
     let valid: Vec<(Sku, SizeUpdate)> = items
         .iter()
-        .filter_map(|item| item.parsed.clone())
+        .filter_map(|item| item.update.as_ref().ok().cloned())
         .collect();
     let outcome = state.sizes.sync(valid).await?;
 
     let mut decisions = outcome.decisions.into_iter();
     let mut response = SyncResponse::default();
     for item in items {
-        let (status, version) = match (&item.parsed, item.error.is_some()) {
-            (Some(_), false) => match decisions.next() {
-                Some(Decision::Write { row, .. }) => (ItemStatus::Applied, Some(row.version)),
-                Some(Decision::Unchanged(row)) => (ItemStatus::Unchanged, Some(row.version)),
-                Some(Decision::Stale(row)) => (ItemStatus::Stale, Some(row.version)),
+        let (status, version, error) = match item.update {
+            Ok(_) => match decisions.next() {
+                Some(Decision::Write { row, .. }) => (ItemStatus::Applied, Some(row.version), None),
+                Some(Decision::Unchanged(row)) => (ItemStatus::Unchanged, Some(row.version), None),
+                Some(Decision::Stale(row)) => (ItemStatus::Stale, Some(row.version), None),
                 _ => {
                     return Err(AppError::internal(
                         "a valid sync item has no write decision",
                     ));
                 }
             },
-            _ => (ItemStatus::Invalid, None),
+            Err(error) => (ItemStatus::Invalid, None, Some(error)),
         };
         match status {
             ItemStatus::Applied => response.applied += 1,
@@ -140,70 +219,54 @@ pub async fn sync_sizes(
             sku: item.sku,
             status,
             version,
-            error: item.error,
+            error,
         });
     }
     Ok(([token_header(outcome.token)], axum::Json(response)).into_response())
 }
 
-struct BatchItem {
-    sku: Option<String>,
-    parsed: Option<(Sku, SizeUpdate)>,
-    error: Option<String>,
-}
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
 
-/// Every item, valid or not: one bad item does not reject the batch.
-fn parse_batch(body: &serde_json::Map<String, Value>) -> Result<Vec<BatchItem>, AppError> {
-    let mut errors = FieldErrors::default();
-    for key in body.keys().filter(|k| k.as_str() != "updates") {
-        errors.push(key.clone(), "is not a known field");
-    }
-    let updates = match body.get("updates") {
-        Some(Value::Array(list)) if (1..=MAX_UPDATES).contains(&list.len()) => list.as_slice(),
-        _ => {
-            errors.push(
-                "updates",
-                format!("must be an array of 1 to {MAX_UPDATES} updates"),
-            );
-            &[]
-        }
-    };
-    if !errors.is_empty() {
-        return Err(AppError::Validation(errors));
-    }
-    Ok(updates.iter().map(parse_item).collect())
-}
+    use super::*;
 
-fn parse_item(value: &Value) -> BatchItem {
-    let Some(object) = value.as_object() else {
-        return BatchItem {
-            sku: None,
-            parsed: None,
-            error: Some("must be a JSON object".into()),
+    #[test]
+    fn items_need_a_sku_and_a_source_version() {
+        let item = BatchItem::from(json!({"length_mm": 1, "width_mm": 1, "height_mm": 1,
+                                          "weight_g": 1, "sku": 7}));
+        assert_eq!(item.sku, None);
+        assert_eq!(
+            item.update.unwrap_err(),
+            "sku: must be a string; source_version: is required; must be an integer of at least 0"
+        );
+        let item = BatchItem::from(json!({"length_mm": 1, "width_mm": 1, "height_mm": 1,
+                                          "weight_g": 1, "sku": "A-1", "source_version": 4}));
+        let (sku, update) = item.update.unwrap();
+        assert_eq!((sku.as_str(), update.source_version), ("A-1", Some(4)));
+    }
+
+    #[test]
+    fn a_bad_item_is_invalid_and_the_batch_is_not() {
+        let Value::Object(body) = json!({"updates": [[], {"sku": "B"}]}) else {
+            unreachable!()
         };
-    };
-    let mut errors = FieldErrors::default();
-    let raw_sku = object.get("sku").and_then(Value::as_str).map(str::to_owned);
-    let sku = match &raw_sku {
-        Some(raw) => Sku::parse(raw)
-            .map_err(|e| errors.push("sku", format!("invalid SKU: {e}")))
-            .ok(),
-        None => {
-            errors.push("sku", "is required and must be a string");
-            None
-        }
-    };
-    let update = SizeUpdate::parse(object, "", SourceVersion::Required, &["sku"], &mut errors);
-    match (sku, update, errors.is_empty()) {
-        (Some(sku), Some(update), true) => BatchItem {
-            sku: raw_sku,
-            parsed: Some((sku, update)),
-            error: None,
-        },
-        _ => BatchItem {
-            sku: raw_sku,
-            parsed: None,
-            error: Some(errors.summary()),
-        },
+        let items = body::read::<SyncRequest>(body).unwrap();
+        assert_eq!(
+            items[0].update.as_ref().unwrap_err(),
+            "must be a JSON object"
+        );
+        assert_eq!(items[1].sku.as_deref(), Some("B"));
+        assert!(items[1].update.is_err());
+        let Value::Object(empty) = json!({"updates": [], "extra": 1}) else {
+            unreachable!()
+        };
+        let fields: Vec<String> = body::read::<SyncRequest>(empty)
+            .err()
+            .unwrap()
+            .iter()
+            .map(|e| e.field.clone())
+            .collect();
+        assert_eq!(fields, ["updates", "extra"]);
     }
 }
