@@ -11,11 +11,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::error::{AppError, Problem};
 use crate::service::CacheJobError;
 use crate::service::warm::{WarmOptions, WarmProgress};
+
+/// The operator endpoints this file serves (the admin group).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(start_warm, warm_status))
+}
 
 /// Rows per second a warm-up started over HTTP installs at most, unless the request says.
 pub const DEFAULT_RATE_LIMIT: u32 = 20_000;

@@ -6,6 +6,8 @@ use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{RequestBody, ValidJson};
 use super::extract::ConsistencyToken;
@@ -14,6 +16,11 @@ use crate::db::DbRoute;
 use crate::domain::{Field, FieldErrors, ProductSize, Sku};
 use crate::error::{AppError, Problem};
 use crate::middleware::LOOKUP_PATH;
+
+/// The reads this file serves (the read group).
+pub fn reads() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(lookup))
+}
 
 pub const MAX_SKUS: usize = 1000;
 

@@ -17,7 +17,6 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::middleware::{Access, Policies};
 use crate::service::SizeService;
@@ -88,29 +87,10 @@ pub fn api() -> (OpenApiRouter<AppState>, Policies) {
         record(&mut policies, access, router.get_openapi());
         router
     };
-    let read = group(
-        Access::Read,
-        OpenApiRouter::new()
-            .routes(routes!(sizes::get_size))
-            .routes(routes!(lookup::lookup)),
-    );
-    let write = group(
-        Access::Write,
-        OpenApiRouter::new()
-            .routes(routes!(sizes::put_size, sizes::delete_size))
-            .routes(routes!(sync::sync_sizes)),
-    );
-    let admin = group(
-        Access::Admin,
-        OpenApiRouter::new().routes(routes!(admin::start_warm, admin::warm_status)),
-    );
-    let public = group(
-        Access::Public,
-        OpenApiRouter::new()
-            .routes(routes!(health::healthz))
-            .routes(routes!(health::readyz))
-            .routes(routes!(health::metrics)),
-    );
+    let read = group(Access::Read, sizes::reads().merge(lookup::reads()));
+    let write = group(Access::Write, sizes::writes().merge(sync::writes()));
+    let admin = group(Access::Admin, admin::routes());
+    let public = group(Access::Public, health::routes());
     let router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(read)
         .merge(write)

@@ -3,8 +3,9 @@
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{RequestBody, ValidJson};
 use super::extract::{ConsistencyToken, SkuPath, WritePreconditions, etag, if_none_match_hits};
@@ -16,6 +17,16 @@ use crate::domain::{
     SourceVersion,
 };
 use crate::error::{AppError, Problem};
+
+/// The reads this file serves; `routes::api` gives them the read group's token and database.
+pub fn reads() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_size))
+}
+
+/// The writes this file serves (the write group).
+pub fn writes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(put_size, delete_size))
+}
 
 /// The body of a PUT: the size fields and, optionally, the WMS's counter.
 #[derive(utoipa::ToSchema, serde::Deserialize)]

@@ -4,6 +4,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::body::{self, RequestBody, ValidJson};
@@ -11,6 +13,11 @@ use super::sizes::{SizeFields, token_header};
 use crate::domain::write::Decision;
 use crate::domain::{FieldErrors, Grams, Millimetres, SizeLabel, SizeUpdate, Sku, SourceVersion};
 use crate::error::{AppError, Problem};
+
+/// The writes this file serves (the write group).
+pub fn writes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sync_sizes))
+}
 
 pub const MAX_UPDATES: usize = 1000;
 
