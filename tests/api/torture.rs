@@ -73,185 +73,32 @@ fn duration() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
-    let primary_port: u16 = primary_url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let replica = OwnPostgres::replica_of(primary_port, Some("1s")).await;
-    let mut redis = OwnRedis::start_with_snapshots().await;
-    let link = TcpProxy::to(redis.port).await;
+    let servers = Servers::start().await;
     let app = Arc::new(
         TestApp::spawn_with(Options {
-            replica: Replica::Url(replica.url()),
-            redis_url: Some(link.url()),
+            replica: Replica::Url(servers.replica.url()),
+            redis_url: Some(servers.link.url()),
             ..Options::default()
         })
         .await,
     );
-    let skus: Arc<Vec<String>> = Arc::new((0..SKUS).map(|i| app.sku(&format!("t{i}"))).collect());
-    let checker = Arc::new(Mutex::new(Checker::default()));
-    for sku in skus.iter() {
-        let response = app.put(sku, &size(1)).await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        checker.lock().unwrap().ack(sku, 1);
-    }
-    let started = Instant::now();
-    let deadline = started + duration();
+    let run = Run::create_skus(app.clone()).await;
+
     let mut tasks = tokio::task::JoinSet::new();
-
-    // Writers: single PUTs and WMS batches.
     for writer in 0..2 {
-        let (app, skus, checker) = (app.clone(), skus.clone(), checker.clone());
-        tasks.spawn(async move {
-            let mut n: i64 = 1;
-            while Instant::now() < deadline {
-                n += 1;
-                if writer == 1 && n % 5 == 0 {
-                    let batch: Vec<Value> = (0..4)
-                        .map(|_| {
-                            let sku = &skus[fastrand::usize(..skus.len())];
-                            json!({"sku": sku, "length_mm": n, "width_mm": 2, "height_mm": 3, "weight_g": 4,
-                                   "source_version": Instant::now().duration_since(started).as_micros() as i64})
-                        })
-                        .collect();
-                    let response = app.sync(&batch).await;
-                    record_status(&checker, response.status(), "sync");
-                    if response.status() == StatusCode::OK {
-                        let body: Value = response.json().await.unwrap();
-                        let mut checker = checker.lock().unwrap();
-                        for result in body["results"].as_array().unwrap() {
-                            if let Some(version) = result["version"].as_i64() {
-                                checker.ack(result["sku"].as_str().unwrap(), version);
-                            }
-                        }
-                    }
-                } else {
-                    let sku = &skus[fastrand::usize(..skus.len())];
-                    let response = app.put(sku, &size(1000 + n)).await;
-                    record_status(&checker, response.status(), "put");
-                    if response.status().is_success() {
-                        let version = response.json::<Value>().await.unwrap()["version"].as_i64().unwrap();
-                        checker.lock().unwrap().ack(sku, version);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
+        tasks.spawn(run.clone().write(writer == 1));
     }
-
-    // Readers: single GETs and lookups.
     for reader in 0..4 {
-        let (app, skus, checker) = (app.clone(), skus.clone(), checker.clone());
-        tasks.spawn(async move {
-            while Instant::now() < deadline {
-                let begun = Instant::now();
-                if reader == 0 {
-                    let wanted: Vec<&str> = (0..8)
-                        .map(|_| skus[fastrand::usize(..skus.len())].as_str())
-                        .collect();
-                    let response = app.lookup(&wanted).await;
-                    record_status(&checker, response.status(), "lookup");
-                    if response.status() == StatusCode::OK {
-                        let body: Value = response.json().await.unwrap();
-                        let mut checker = checker.lock().unwrap();
-                        for item in body["items"].as_array().unwrap() {
-                            let sku = item["sku"].as_str().unwrap().to_owned();
-                            checker
-                                .reads
-                                .push((begun, sku, item["version"].as_i64().unwrap()));
-                        }
-                    }
-                } else {
-                    let sku = &skus[fastrand::usize(..skus.len())];
-                    let response = app.get(sku).await;
-                    record_status(&checker, response.status(), "get");
-                    if response.status() == StatusCode::OK {
-                        let version = response.json::<Value>().await.unwrap()["version"]
-                            .as_i64()
-                            .unwrap();
-                        checker
-                            .lock()
-                            .unwrap()
-                            .reads
-                            .push((begun, sku.clone(), version));
-                    }
-                }
-            }
-        });
+        tasks.spawn(run.clone().read(reader == 0));
     }
-
-    // Chaos. (Fences are the service's own bookkeeping, like a WAL file: deleting single fences
-    // is not an outage Redis has.)
-    let chaos = {
-        let (app, skus, checker) = (app.clone(), skus.clone(), checker.clone());
-        tokio::spawn(async move {
-            let mut round = 0;
-            while Instant::now() + Duration::from_secs(2) < deadline {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                let event = match round % 7 {
-                    0 => {
-                        let _: () = app.redis.flushall(false).await.unwrap_or(());
-                        "flushall"
-                    }
-                    1 => {
-                        for sku in skus.iter().step_by(2) {
-                            let _: Result<i64, _> = app.redis.del(app.entry_key(sku)).await;
-                        }
-                        "delete entries"
-                    }
-                    2 => {
-                        redis.snapshot().await;
-                        "snapshot"
-                    }
-                    3 => {
-                        redis.pause().await;
-                        tokio::time::sleep(Duration::from_millis(1200)).await;
-                        redis.resume().await;
-                        "pause"
-                    }
-                    4 => {
-                        link.blackhole();
-                        tokio::time::sleep(Duration::from_millis(1200)).await;
-                        link.restore();
-                        "blackhole"
-                    }
-                    5 => {
-                        // Back with the data of the last snapshot: older entries and fences.
-                        redis.restart().await;
-                        "restart from snapshot"
-                    }
-                    _ => {
-                        replica.stop().await;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        replica.start().await;
-                        "replica restart"
-                    }
-                };
-                checker.lock().unwrap().chaos.push(event);
-                round += 1;
-            }
-            (redis, link, replica)
-        })
-    };
+    let chaos = tokio::spawn(run.clone().chaos(servers));
     while let Some(task) = tasks.join_next().await {
         task.unwrap();
     }
     let _servers = chaos.await.unwrap();
 
-    let checker = std::mem::take(&mut *checker.lock().unwrap());
-    let mut lost = Vec::new();
-    for (sku, acks) in &checker.acked {
-        let newest = acks.iter().map(|(_, v)| *v).max().unwrap();
-        let stored = app.primary_row(sku).await.map_or(0, |row| row.0);
-        if stored < newest {
-            lost.push(format!("{sku}: v{newest} acknowledged, v{stored} stored"));
-        }
-    }
+    let checker = std::mem::take(&mut *run.checker.lock().unwrap());
+    let lost = lost_writes(&app, &checker).await;
     let stale = checker.stale_reads();
     let _ = writeln!(
         std::io::stderr(),
@@ -278,6 +125,214 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
         checker.writes >= 200 && checker.reads.len() >= 1000 && checker.chaos.len() >= 7,
         "too little load"
     );
+}
+
+/// The test's own servers, which the chaos task stops, pauses and restarts: a replica applying
+/// WAL 1 s late, a Redis that keeps snapshots, and a proxy to it that can drop its traffic.
+struct Servers {
+    replica: OwnPostgres,
+    redis: OwnRedis,
+    link: TcpProxy,
+}
+
+impl Servers {
+    async fn start() -> Self {
+        let primary_port: u16 = primary_url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let replica = OwnPostgres::replica_of(primary_port, Some("1s")).await;
+        let redis = OwnRedis::start_with_snapshots().await;
+        let link = TcpProxy::to(redis.port).await;
+        Self {
+            replica,
+            redis,
+            link,
+        }
+    }
+}
+
+/// What every task of a run shares: the service, its SKUs (each created at version 1), the
+/// checker, and when the run started and ends.
+#[derive(Clone)]
+struct Run {
+    app: Arc<TestApp>,
+    skus: Arc<Vec<String>>,
+    checker: Arc<Mutex<Checker>>,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Run {
+    async fn create_skus(app: Arc<TestApp>) -> Self {
+        let skus: Vec<String> = (0..SKUS).map(|i| app.sku(&format!("t{i}"))).collect();
+        let mut checker = Checker::default();
+        for sku in &skus {
+            let response = app.put(sku, &size(1)).await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+            checker.ack(sku, 1);
+        }
+        let started = Instant::now();
+        Self {
+            app,
+            skus: Arc::new(skus),
+            checker: Arc::new(Mutex::new(checker)),
+            started,
+            deadline: started + duration(),
+        }
+    }
+
+    fn any_sku(&self) -> &str {
+        &self.skus[fastrand::usize(..self.skus.len())]
+    }
+
+    /// Single PUTs until the deadline; with `batches`, every fifth write is a WMS batch of 4.
+    async fn write(self, batches: bool) {
+        let mut n: i64 = 1;
+        while Instant::now() < self.deadline {
+            n += 1;
+            if batches && n % 5 == 0 {
+                self.sync_batch(n).await;
+            } else {
+                let sku = self.any_sku();
+                let response = self.app.put(sku, &size(1000 + n)).await;
+                record_status(&self.checker, response.status(), "put");
+                if response.status().is_success() {
+                    let version = response.json::<Value>().await.unwrap()["version"]
+                        .as_i64()
+                        .unwrap();
+                    self.checker.lock().unwrap().ack(sku, version);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn sync_batch(&self, n: i64) {
+        let batch: Vec<Value> = (0..4)
+            .map(|_| {
+                json!({"sku": self.any_sku(), "length_mm": n, "width_mm": 2, "height_mm": 3,
+                       "weight_g": 4,
+                       "source_version": self.started.elapsed().as_micros() as i64})
+            })
+            .collect();
+        let response = self.app.sync(&batch).await;
+        record_status(&self.checker, response.status(), "sync");
+        if response.status() == StatusCode::OK {
+            let body: Value = response.json().await.unwrap();
+            let mut checker = self.checker.lock().unwrap();
+            for result in body["results"].as_array().unwrap() {
+                if let Some(version) = result["version"].as_i64() {
+                    checker.ack(result["sku"].as_str().unwrap(), version);
+                }
+            }
+        }
+    }
+
+    /// Single GETs until the deadline, or with `lookups`, lookups of 8 SKUs; every read is
+    /// recorded with the instant it began.
+    async fn read(self, lookups: bool) {
+        while Instant::now() < self.deadline {
+            let begun = Instant::now();
+            if lookups {
+                let wanted: Vec<&str> = (0..8).map(|_| self.any_sku()).collect();
+                let response = self.app.lookup(&wanted).await;
+                record_status(&self.checker, response.status(), "lookup");
+                if response.status() == StatusCode::OK {
+                    let body: Value = response.json().await.unwrap();
+                    let mut checker = self.checker.lock().unwrap();
+                    for item in body["items"].as_array().unwrap() {
+                        let sku = item["sku"].as_str().unwrap().to_owned();
+                        checker
+                            .reads
+                            .push((begun, sku, item["version"].as_i64().unwrap()));
+                    }
+                }
+            } else {
+                let sku = self.any_sku();
+                let response = self.app.get(sku).await;
+                record_status(&self.checker, response.status(), "get");
+                if response.status() == StatusCode::OK {
+                    let version = response.json::<Value>().await.unwrap()["version"]
+                        .as_i64()
+                        .unwrap();
+                    let read = (begun, sku.to_owned(), version);
+                    self.checker.lock().unwrap().reads.push(read);
+                }
+            }
+        }
+    }
+
+    /// One failure every 1.5 s, in turn, until 2 s before the deadline. (Fences are the
+    /// service's own bookkeeping, like a WAL file: deleting single fences is not an outage
+    /// Redis has.) Returns the servers, to be stopped when the test ends.
+    async fn chaos(self, mut servers: Servers) -> Servers {
+        let app = &self.app;
+        let mut round = 0;
+        while Instant::now() + Duration::from_secs(2) < self.deadline {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let event = match round % 7 {
+                0 => {
+                    let _: () = app.redis.flushall(false).await.unwrap_or(());
+                    "flushall"
+                }
+                1 => {
+                    for sku in self.skus.iter().step_by(2) {
+                        let _: Result<i64, _> = app.redis.del(app.entry_key(sku)).await;
+                    }
+                    "delete entries"
+                }
+                2 => {
+                    servers.redis.snapshot().await;
+                    "snapshot"
+                }
+                3 => {
+                    servers.redis.pause().await;
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    servers.redis.resume().await;
+                    "pause"
+                }
+                4 => {
+                    servers.link.blackhole();
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    servers.link.restore();
+                    "blackhole"
+                }
+                5 => {
+                    // Back with the data of the last snapshot: older entries and fences.
+                    servers.redis.restart().await;
+                    "restart from snapshot"
+                }
+                _ => {
+                    servers.replica.stop().await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    servers.replica.start().await;
+                    "replica restart"
+                }
+            };
+            self.checker.lock().unwrap().chaos.push(event);
+            round += 1;
+        }
+        servers
+    }
+}
+
+/// Each SKU whose newest acknowledged version the primary does not hold.
+async fn lost_writes(app: &TestApp, checker: &Checker) -> Vec<String> {
+    let mut lost = Vec::new();
+    for (sku, acks) in &checker.acked {
+        let newest = acks.iter().map(|(_, v)| *v).max().unwrap();
+        let stored = app.primary_row(sku).await.map_or(0, |row| row.0);
+        if stored < newest {
+            lost.push(format!("{sku}: v{newest} acknowledged, v{stored} stored"));
+        }
+    }
+    lost
 }
 
 fn record_status(checker: &Mutex<Checker>, status: StatusCode, what: &str) {
