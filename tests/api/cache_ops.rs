@@ -5,7 +5,6 @@ use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fred::prelude::KeysInterface;
 use product_size_service::app;
 use product_size_service::service::warm::WarmOptions;
 use reqwest::{Method, StatusCode};
@@ -143,49 +142,7 @@ fn audit_command(app: &TestApp, repair: bool) -> Output {
 async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     let primary = OwnPostgres::primary().await;
     let app = app_on(&primary, None).await;
-    let (stale, missing, fine) = (app.sku("stale"), app.sku("missing"), app.sku("fine"));
-    for sku in [&stale, &missing, &fine] {
-        app.put(sku, &size(1)).await;
-    }
-    app.put(&stale, &size(2)).await;
-    let meta: String = app
-        .redis
-        .get(format!("{}:meta", app.key_prefix))
-        .await
-        .unwrap();
-    let epoch = meta.split('|').next().unwrap();
-    let _: () = app
-        .redis
-        .set(
-            app.entry_key(&stale),
-            format!("1|{epoch}|{{}}"),
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    let orphan = app.sku("orphan");
-    let _: () = app
-        .redis
-        .set(
-            app.entry_key(&orphan),
-            format!("3|{epoch}|{{}}"),
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    app.evict(&missing).await;
-    // At its stored version, but stamped with an epoch that ended: invisible to readers.
-    let dead = app.sku("dead");
-    app.put(&dead, &size(1)).await;
-    let _: () = app
-        .redis
-        .set(app.entry_key(&dead), "1|ended|{}", None, None, false)
-        .await
-        .unwrap();
+    let diverged = Divergence::plant(&app).await;
 
     let found = audit_command(&app, false);
     let table = String::from_utf8_lossy(&found.stdout);
@@ -193,27 +150,28 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
         !found.status.success(),
         "divergence must fail the audit:\n{table}"
     );
-    for line in [
-        "checked            4",
-        "agreeing           1",
-        "stale              1",
-        "dead_epoch         1",
-        "orphaned           1",
-        "missing            1",
-    ] {
-        let (name, count) = line.split_once(' ').unwrap();
-        assert!(
-            table
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [name, count.trim()]),
-            "{line:?} in\n{table}"
-        );
-    }
-    assert!(table.contains(&stale) && table.contains(&orphan) && table.contains(&missing));
+    assert_counts(
+        &table,
+        &[
+            ("checked", 4),
+            ("agreeing", 1),
+            ("stale", 1),
+            ("dead_epoch", 1),
+            ("orphaned", 1),
+            ("missing", 1),
+        ],
+    );
+    let Divergence {
+        stale,
+        orphan,
+        missing,
+        dead,
+    } = &diverged;
+    assert!(table.contains(stale) && table.contains(orphan) && table.contains(missing));
     assert!(
         table
             .lines()
-            .any(|l| l.contains(&dead) && l.contains("dead_epoch"))
+            .any(|l| l.contains(dead.as_str()) && l.contains("dead_epoch"))
     );
 
     // A warm-up replaces what is stale, dead or missing; only the orphan is left.
@@ -244,10 +202,10 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     );
     assert!(audit_command(&app, false).status.success());
     assert_eq!(
-        app.get(&stale).await.json::<Value>().await.unwrap()["version"],
+        app.get(stale).await.json::<Value>().await.unwrap()["version"],
         2
     );
-    assert_eq!(app.get(&orphan).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get(orphan).await.status(), StatusCode::NOT_FOUND);
 
     let metrics = app.scrape_metrics().await;
     assert!(
@@ -256,6 +214,53 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
             .any(|l| l.starts_with("product_size_cache_audit_entries{state=\"agreeing\"} 4")),
         "{metrics}"
     );
+}
+
+/// One SKU of each kind of divergence an audit finds, next to one that agrees.
+struct Divergence {
+    /// Cached at version 1; the primary holds version 2.
+    stale: String,
+    /// Cached, but the primary has no such SKU.
+    orphan: String,
+    /// In the primary, not in the cache.
+    missing: String,
+    /// At its stored version, but stamped with an epoch that ended: invisible to readers.
+    dead: String,
+}
+
+impl Divergence {
+    async fn plant(app: &TestApp) -> Self {
+        let names = ["stale", "orphan", "missing", "dead"];
+        let [stale, orphan, missing, dead] = names.map(|name| app.sku(name));
+        for sku in [&stale, &missing, &app.sku("fine"), &dead] {
+            app.put(sku, &size(1)).await;
+        }
+        app.put(&stale, &size(2)).await;
+        let epoch = app.cache_epoch().await;
+        app.plant_entry(&stale, 1, &epoch, "{}").await;
+        app.plant_entry(&orphan, 3, &epoch, "{}").await;
+        app.evict(&missing).await;
+        app.plant_entry(&dead, 1, "ended", "{}").await;
+        Self {
+            stale,
+            orphan,
+            missing,
+            dead,
+        }
+    }
+}
+
+/// Each `(name, count)` is a row of the audit's table.
+fn assert_counts(table: &str, counts: &[(&str, usize)]) {
+    for (name, count) in counts {
+        let row = [name.to_string(), count.to_string()];
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().eq(row.iter().map(String::as_str))),
+            "{name} {count} in\n{table}"
+        );
+    }
 }
 
 /// Polls `GET /v1/admin/cache/warm` until its status satisfies `done` (30 s at most).

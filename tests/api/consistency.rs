@@ -366,77 +366,22 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
     let cache = cache_of_its_own().await;
     let redis = fred_client().await;
     let (epoch, older_epoch) = (Epoch::random(), Epoch::random());
-    let entry = |version: i64, epoch: &Epoch| {
-        Entry::encode(version, epoch, Lsn::ZERO, body_of(version).as_ref())
-    };
-    let _: () = redis
-        .set(
-            cache.entry_key("NEWER"),
-            entry(5, &epoch),
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    let _: () = redis
-        .set(
-            cache.fence_key("FENCED"),
-            format!("7|{}", epoch.as_str()),
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    let _: () = redis
-        .set(
-            cache.entry_key("RESTAMP"),
-            entry(3, &older_epoch),
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
+    let fence = format!("7|{}", epoch.as_str());
+    set_raw(&redis, cache.entry_key("NEWER"), cached(5, &epoch)).await;
+    set_raw(&redis, cache.fence_key("FENCED"), fence).await;
+    set_raw(&redis, cache.entry_key("RESTAMP"), cached(3, &older_epoch)).await;
 
     // Act: one fill of many items (the batched script), each older than or equal to Redis.
     let items = [
-        Install {
-            sku: "NEWER",
-            version: 4,
-            verified: Lsn::ZERO,
-            body: body_of(4),
-        },
-        Install {
-            sku: "FENCED",
-            version: 6,
-            verified: Lsn::ZERO,
-            body: body_of(6),
-        },
-        Install {
-            sku: "RESTAMP",
-            version: 3,
-            verified: Lsn::ZERO,
-            body: body_of(3),
-        },
-        Install {
-            sku: "ABSENT",
-            version: 1,
-            verified: Lsn::ZERO,
-            body: body_of(1),
-        },
+        install("NEWER", 4),
+        install("FENCED", 6),
+        install("RESTAMP", 3),
+        install("ABSENT", 1),
     ];
     let installed = cache.fill(&items, &epoch).await.unwrap();
 
     // Assert
-    let stored = |sku: &'static str| {
-        let (redis, key) = (redis.clone(), cache.entry_key(sku));
-        async move {
-            let value: Option<Bytes> = redis.get(key).await.unwrap();
-            value.and_then(Entry::decode).map(|e| (e.version, e.epoch))
-        }
-    };
+    let stored = |sku| stored_entry(&redis, &cache, sku);
     assert_eq!(
         installed, 2,
         "only the re-stamped and the absent SKU are installed"
@@ -467,25 +412,13 @@ async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
     let redis = fred_client().await;
     let epoch = Epoch::random();
     let meta = format!("{}|{:020}", epoch.as_str(), 100);
-    let _: () = redis
-        .set(cache.meta_key(), meta, None, None, false)
-        .await
-        .unwrap();
+    set_raw(&redis, cache.meta_key(), meta).await;
 
-    let items = [
-        Install {
-            sku: "W1",
-            version: 2,
-            verified: Lsn::ZERO,
-            body: body_of(2),
-        },
-        Install {
-            sku: "W2",
-            version: 9,
-            verified: Lsn::ZERO,
-            body: None,
-        },
-    ];
+    let deleted = Install {
+        body: None,
+        ..install("W2", 9)
+    };
+    let items = [install("W1", 2), deleted];
     let installed = cache
         .record_writes(&items, &epoch, Lsn::new(5000))
         .await
@@ -499,16 +432,43 @@ async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
             Some(format!("{version}|{}", epoch.as_str())),
             "{sku}'s fence"
         );
-        let entry: Option<Bytes> = redis.get(cache.entry_key(sku)).await.unwrap();
-        assert_eq!(
-            entry.and_then(Entry::decode).map(|e| e.version),
-            Some(version)
-        );
+        let entry = stored_entry(&redis, &cache, sku).await;
+        assert_eq!(entry.map(|(version, _)| version), Some(version));
     }
     let meta = cache.read_meta().await.unwrap().unwrap();
     assert_eq!(meta.hwm, Lsn::new(5000));
     cache.quit().await;
     redis.quit().await.unwrap();
+}
+
+/// An install of `sku` at `version` with a body, proven by nothing newer than the start.
+fn install(sku: &'static str, version: i64) -> Install<'static> {
+    Install {
+        sku,
+        version,
+        verified: Lsn::ZERO,
+        body: body_of(version),
+    }
+}
+
+/// A cache entry of `version` stamped with `epoch`, as the service encodes it.
+fn cached(version: i64, epoch: &Epoch) -> Bytes {
+    Entry::encode(version, epoch, Lsn::ZERO, body_of(version).as_ref())
+}
+
+async fn set_raw(redis: &fred::prelude::Client, key: String, value: impl Into<Bytes>) {
+    let value: Bytes = value.into();
+    let _: () = redis.set(key, value, None, None, false).await.unwrap();
+}
+
+/// The version and epoch of `sku`'s entry, if it has one.
+async fn stored_entry(
+    redis: &fred::prelude::Client,
+    cache: &Cache,
+    sku: &str,
+) -> Option<(i64, Epoch)> {
+    let value: Option<Bytes> = redis.get(cache.entry_key(sku)).await.unwrap();
+    value.and_then(Entry::decode).map(|e| (e.version, e.epoch))
 }
 
 #[tokio::test]

@@ -375,6 +375,25 @@ impl TestApp {
     pub async fn flushall(&self) {
         let _: () = self.redis.flushall(false).await.unwrap();
     }
+
+    /// The id of the cache's current epoch (the first field of its meta key).
+    pub async fn cache_epoch(&self) -> String {
+        let meta: String = self
+            .redis
+            .get(format!("{}:meta", self.key_prefix))
+            .await
+            .unwrap();
+        meta.split('|').next().unwrap().to_owned()
+    }
+
+    /// Writes `sku`'s cache entry directly: `version|epoch|body`, as the service stores it.
+    pub async fn plant_entry(&self, sku: &str, version: i64, epoch: &str, body: &str) {
+        let entry = format!("{version}|{epoch}|{body}");
+        let _: () = (self.redis)
+            .set(self.entry_key(sku), entry, None, None, false)
+            .await
+            .unwrap();
+    }
 }
 
 /// Cache settings for tests (the apps' and those of caches built directly from the library).
