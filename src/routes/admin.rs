@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use crate::error::{AppError, Problem};
+use crate::error::AppError;
 use crate::service::CacheJobError;
 use crate::service::warm::{WarmOptions, WarmProgress};
 
@@ -100,8 +100,8 @@ impl WarmJob {
     params(WarmParams),
     responses(
         (status = 202, description = "Warm-up started", body = WarmStatus),
-        (status = 400, description = "A rate limit out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A warm-up is already running", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A rate limit out of range"),
+        (status = 409, description = "A warm-up is already running"),
     )
 )]
 pub async fn start_warm(

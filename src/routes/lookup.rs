@@ -14,7 +14,7 @@ use super::extract::ConsistencyToken;
 use super::{AppState, X_READ_SOURCE};
 use crate::db::DbRoute;
 use crate::domain::{Field, FieldErrors, ProductSize, Sku};
-use crate::error::{AppError, Problem};
+use crate::error::AppError;
 use crate::middleware::LOOKUP_PATH;
 
 /// The reads this file serves (the read group).
@@ -96,8 +96,8 @@ pub struct LookupResponse {
     responses(
         (status = 200, description = "Sizes found and SKUs not found", body = LookupResponse,
          headers(("X-Read-Source" = String, description = "The farthest source used: cache, replica or primary"))),
-        (status = 400, description = "Malformed JSON or token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or token"),
+        (status = 422, description = "Invalid fields, each named"),
     )
 )]
 pub async fn lookup(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::http::{HeaderName, Method};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -44,9 +44,9 @@ pub struct AppState {
                        is answered 503 with `Retry-After`.",
         license(name = "MIT", identifier = "MIT"),
     ),
-    // Named so that generated clients type a batch's items; the batch documents it by name (see
-    // `sync::SyncRequest`).
-    components(schemas(sync::SyncUpdate)),
+    // Referred to by name: a batch's items (see `sync::SyncRequest`) and every error response
+    // (see `document_group`).
+    components(schemas(sync::SyncUpdate, crate::error::Problem)),
     modifiers(&BearerAuth),
     tags(
         (name = "sizes", description = "Read and write product sizes"),
@@ -101,17 +101,19 @@ pub fn api() -> (OpenApiRouter<AppState>, Policies) {
 
 /// Documents what the group an operation is registered in means for it: the token scope it
 /// needs, the 401 and 403 the authorization layer answers, and the 503 of the database the
-/// group routes to. Every operation that takes a body may also meet the body's 413 and 415.
+/// group routes to. Every operation that takes a body may also meet the body's 413 and 415;
+/// and every error response a route documents by status and description alone is a problem
+/// (RFC 9457), as `AppError` renders it.
 fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
     let (scope, forbidden, unavailable) = match access {
-        Access::Read => ("read", None, Some("No data source is reachable")),
+        Access::Read => (Some("read"), None, Some("No data source is reachable")),
         Access::Write => (
-            "write",
+            Some("write"),
             Some("The token may only read"),
             Some("The primary database is unavailable"),
         ),
-        Access::Admin => ("admin", Some("Not an admin token"), None),
-        Access::Public | Access::NotAllowed => return,
+        Access::Admin => (Some("admin"), Some("Not an admin token"), None),
+        Access::Public | Access::NotAllowed => (None, None, None),
     };
     for item in group.paths.paths.values_mut() {
         let operations = [
@@ -122,8 +124,20 @@ fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
             &mut item.patch,
         ];
         for operation in operations.into_iter().flatten() {
-            operation.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
-            let mut problems = vec![("401", "No or invalid token")];
+            let responses = &mut operation.responses.responses;
+            for (status, response) in responses.iter_mut() {
+                if let RefOr::T(response) = response
+                    && status.as_str() >= "400"
+                    && response.content.is_empty()
+                {
+                    *response = problem(&response.description);
+                }
+            }
+            let mut problems = Vec::new();
+            if let Some(scope) = scope {
+                operation.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
+                problems.push(("401", "No or invalid token"));
+            }
             problems.extend(forbidden.map(|d| ("403", d)));
             problems.extend(unavailable.map(|d| ("503", d)));
             if operation.request_body.is_some() {
@@ -142,7 +156,7 @@ pub fn problem(description: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(description)
         .content(
-            "application/problem+json",
+            crate::error::PROBLEM_JSON,
             ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name("Problem")))
                 .build(),

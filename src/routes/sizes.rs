@@ -16,7 +16,7 @@ use crate::domain::{
     FieldErrors, Grams, Lsn, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, Sku,
     SourceVersion,
 };
-use crate::error::{AppError, Problem};
+use crate::error::AppError;
 
 /// The reads this file serves; `routes::api` gives them the read group's token and database.
 pub fn reads() -> OpenApiRouter<AppState> {
@@ -120,8 +120,8 @@ impl SizeFields {
          headers(("ETag" = String, description = "The version, quoted"),
                  ("X-Read-Source" = String, description = "cache, replica or primary"))),
         (status = 304, description = "The client's ETag is current"),
-        (status = 400, description = "Invalid SKU or token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid SKU or token"),
+        (status = 404, description = "Unknown SKU"),
     )
 )]
 pub async fn get_size(
@@ -182,10 +182,10 @@ pub async fn get_size(
              ("GetSize" = (operation_id = "get_size", parameters(("sku" = "$request.path.sku")))),
              ("DeleteSize" = (operation_id = "delete_size", parameters(("sku" = "$request.path.sku")))),
          )),
-        (status = 400, description = "Malformed JSON, invalid SKU or header", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "source_version older than the stored one", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match / If-None-Match failed", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, invalid SKU or header"),
+        (status = 409, description = "source_version older than the stored one"),
+        (status = 412, description = "If-Match / If-None-Match failed"),
+        (status = 422, description = "Invalid fields, each named"),
     )
 )]
 pub async fn put_size(
@@ -246,9 +246,9 @@ pub async fn put_size(
     ),
     responses(
         (status = 204, description = "Deleted", headers(("X-Consistency-Token" = String))),
-        (status = 400, description = "Invalid SKU or header", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid SKU or header"),
+        (status = 404, description = "Unknown SKU"),
+        (status = 412, description = "If-Match failed"),
     )
 )]
 pub async fn delete_size(

@@ -12,7 +12,7 @@ use super::body::{self, RequestBody, ValidJson};
 use super::sizes::{SizeFields, token_header};
 use crate::domain::write::Decision;
 use crate::domain::{FieldErrors, Grams, Millimetres, SizeLabel, SizeUpdate, Sku, SourceVersion};
-use crate::error::{AppError, Problem};
+use crate::error::AppError;
 
 /// The writes this file serves (the write group).
 pub fn writes() -> OpenApiRouter<AppState> {
@@ -186,8 +186,8 @@ pub struct SyncResponse {
     responses(
         (status = 200, description = "Per-item results, in input order", body = SyncResponse,
          headers(("X-Consistency-Token" = String, description = "Send on reads to see at least this batch"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The batch itself is invalid (not 1..=1000 updates)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON"),
+        (status = 422, description = "The batch itself is invalid (not 1..=1000 updates)"),
     )
 )]
 pub async fn sync_sizes(
