@@ -4,7 +4,8 @@
 #   bench/run.sh           1,000,000 SKUs, release build, 3 rounds of 10 s per scenario
 #   bench/run.sh --smoke   20,000 SKUs, the debug build, 1 round of 3 s (part of CI)
 #
-# Scenarios and their ceilings: cache-hit GET vs webdis and redis-benchmark; lookup of 100
+# Scenarios and their ceilings: cache-hit GET vs axum + one fred GET of the same entry
+# (bench/ceiling.rs), webdis and redis-benchmark; lookup of 100
 # cached SKUs vs single GETs; miss GET (Redis up but holding none of the SKUs, an instance of
 # its own key prefix emptied before each round; fresh replica) vs pgbench -S; WMS
 # sync in batches of 1,000 vs the same set-based statement through pgbench; warm-cache vs
@@ -64,7 +65,8 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/$db
 export DATABASE_REPLICA_URL=postgres://postgres@127.0.0.1:$replica_port/$db
 
 if [ "$profile" = release ]; then
-  cargo build --locked --release --bin product-size --example change_latency --example overload
+  cargo build --locked --release --bin product-size --example change_latency --example overload \
+    --example ceiling
 else
   # The features cargo test builds with (it builds the examples too): usually nothing to do.
   cargo build --locked --tests --examples
@@ -72,6 +74,7 @@ fi
 bin=${CARGO_TARGET_DIR:-target}/$profile/product-size
 change_latency=${CARGO_TARGET_DIR:-target}/$profile/examples/change_latency
 overload=${CARGO_TARGET_DIR:-target}/$profile/examples/overload
+ceiling=${CARGO_TARGET_DIR:-target}/$profile/examples/ceiling
 "$bin" migrate
 
 echo "== loading $rows SKUs"
@@ -83,10 +86,12 @@ psql_primary -d "$db" -c "TRUNCATE product_sizes, cache_repairs, cache_ledgers" 
          CASE WHEN i % 3 = 0 THEN 'M' END, 1, 1, false, now()
   FROM generate_series(1, $rows) AS i" -c "VACUUM ANALYZE product_sizes"
 # The direct upsert's copy of the table: no cache follows it, so nothing but the statement
-# itself (and the records the trigger keeps for the writer's own cache) is measured.
+# itself (and the records the trigger keeps for the writer's own cache) is measured. Copied
+# through the WAL: a standby replays a file_copy by copying the template's directory, and
+# fails (and stops) if a backend of its own is writing a relcache file there at that moment.
 direct_db=${db}_direct
 psql_primary -d postgres -c "DROP DATABASE IF EXISTS $direct_db" \
-  -c "CREATE DATABASE $direct_db TEMPLATE $db STRATEGY file_copy"
+  -c "CREATE DATABASE $direct_db TEMPLATE $db STRATEGY wal_log"
 target=$(psql_primary -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
 until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d "$db" -qAt \
           -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ]; do sleep 0.2; done
@@ -108,7 +113,7 @@ if [ "$(nproc)" -ge 2 ]; then
 fi
 
 # A Redis of the benchmark's own, and webdis in front of it.
-redis_port=56390 webdis_port=56391 port=56392 miss_port=56393
+redis_port=56390 webdis_port=56391 port=56392 miss_port=56393 ceiling_port=56394
 data=${PSS_DATA:-.local}/bench
 mkdir -p "$data"
 redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
@@ -137,6 +142,11 @@ start_service "$port" bench
 service_pid=${pids[-1]}
 "${servers[@]}" webdis "$data/webdis.json" >/dev/null 2>&1 &
 pids+=($!)
+# The hit's ceiling: axum + one fred GET of the same entry (bench/ceiling.rs).
+BIND_ADDR=127.0.0.1:$ceiling_port REDIS_URL=redis://127.0.0.1:$redis_port CACHE_KEY_PREFIX=bench \
+  "${servers[@]}" "$ceiling" >"$data/ceiling.log" 2>&1 &
+pids+=($!)
+until curl -fsS "http://127.0.0.1:$ceiling_port/healthz" >/dev/null 2>&1; do sleep 0.1; done
 
 record() { # scenario round value unit [p50_ms p99_ms]
   printf '{"scenario":"%s","round":%s,"value":%s,"unit":"%s","p50_ms":%s,"p99_ms":%s}\n' \
@@ -197,6 +207,7 @@ for round in $(seq 1 "$rounds"); do
     wrk_run "cache-hit GET" "$round" "http://127.0.0.1:$port" get.lua 32
   fi
   if runs get; then
+    wrk_run "axum + fred GET" "$round" "http://127.0.0.1:$ceiling_port" get.lua 32
     wrk_run "webdis GET" "$round" "http://127.0.0.1:$webdis_port" get.lua 32 BENCH_PATH=/GET/raw:%s
     text=$(load redis-benchmark -p "$redis_port" -t get -c 32 -n $((rows * 4)) -r "$rows" --csv 2>/dev/null | tail -n 1)
     record "redis-benchmark GET" "$round" "$(python3 bench/report.py csv <<<"$text")" req/s
