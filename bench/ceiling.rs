@@ -4,8 +4,8 @@
 //! key over HTTP with this stack must at least do. The service's cache-hit GET is reported
 //! against it (bench/run.sh, scenario "axum + fred GET").
 //!
-//! Environment: `BIND_ADDR`, `REDIS_URL`, `CACHE_KEY_PREFIX`, `REDIS_POOL_SIZE` (the service's
-//! default, 2).
+//! Environment: `BIND_ADDR`, `REDIS_URL`, `CACHE_KEY_PREFIX`, `REDIS_POOL_SIZE` (as the
+//! service's default: one connection per CPU the process may use).
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -36,7 +36,10 @@ async fn get_size(State(ceiling): State<Ceiling>, Path(sku): Path<String>) -> Re
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let config = Config::from_url(&var("REDIS_URL", "redis://127.0.0.1:6379"))?;
-    let redis = Builder::from_config(config).build_pool(var("REDIS_POOL_SIZE", "2").parse()?)?;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let pool_size = var("REDIS_POOL_SIZE", "0").parse::<usize>()?;
+    let pool_size = if pool_size == 0 { cpus } else { pool_size };
+    let redis = Builder::from_config(config).build_pool(pool_size)?;
     redis.init().await?;
     let ceiling = Ceiling {
         redis,

@@ -114,8 +114,10 @@ pub struct ConnectionArgs {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
 
-    /// Redis connections (commands are pipelined on each).
-    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 2)]
+    /// Redis connections. Commands are pipelined on each, and the fewer connections share
+    /// the load, the more commands go out in one write: 0 (the default) is one per CPU the
+    /// service may run on (its affinity and CPU quota), as many as the runtime's workers.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 0)]
     pub redis_pool_size: usize,
 
     /// A second Redis cluster, written after the primary cache and read when it is down.
@@ -333,11 +335,20 @@ impl Config {
                 negative_ttl: entry_ttl.min(Duration::from_secs(30)),
                 fence_ttl: Duration::from_secs(600),
                 command_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
-                pool_size: args.redis_pool_size.clamp(1, 64),
+                pool_size: redis_pool_size(args.redis_pool_size),
                 tls_ca_file: args.redis_tls_ca_file,
             },
         })
     }
+}
+
+/// `configured`, or for 0 one connection per CPU this process may use; 1 to 64.
+fn redis_pool_size(configured: usize) -> usize {
+    let size = match configured {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        size => size,
+    };
+    size.clamp(1, 64)
 }
 
 fn check_pg_url(name: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -347,4 +358,17 @@ fn check_pg_url(name: &'static str, url: &str) -> Result<(), ConfigError> {
             name,
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_pool_size;
+
+    #[test]
+    fn a_pool_of_zero_is_one_connection_per_usable_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(redis_pool_size(0), cpus.clamp(1, 64));
+        assert_eq!(redis_pool_size(3), 3);
+        assert_eq!(redis_pool_size(1000), 64);
+    }
 }
