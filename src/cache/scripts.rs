@@ -10,20 +10,27 @@
 /// version (an equal version is re-stamped when its epoch differs, or when the new value
 /// proves it against a later WAL position: the padded `verified` field, compared as a
 /// string); a write also sets the fence. Returns how many it installed.
+///
+/// Every entry and fence is read with one `MGET` up front (a `redis.call` per key was most of
+/// a fill's cost to Redis); what the script itself set is looked up first, so an item that
+/// follows another of the same SKU in one call sees the first one's entry and fence.
 pub const INSTALL: &str = r#"
 local epoch = ARGV[1]
 local fence_ttl = ARGV[2]
 local installed = 0
+local stored = redis.call('MGET', unpack(KEYS))
+local set = {}
 for i = 1, #KEYS / 2 do
+  local entry_key, fence_key = KEYS[2 * i - 1], KEYS[2 * i]
   local version = tonumber(ARGV[3 * i])
   local newer = false
-  local fence = redis.call('GET', KEYS[2 * i])
+  local fence = set[fence_key] or stored[2 * i]
   if fence then
     local fenced = tonumber(string.match(fence, '^(%d+)|'))
     newer = fenced ~= nil and fenced > version
   end
   if not newer then
-    local current = redis.call('GET', KEYS[2 * i - 1])
+    local current = set[entry_key] or stored[2 * i - 1]
     if current then
       local cv, ce, cs = string.match(current, '^(%d+)|([^|]*)|(%d*)')
       cv = tonumber(cv)
@@ -36,9 +43,12 @@ for i = 1, #KEYS / 2 do
     end
   end
   if not newer then
-    redis.call('SET', KEYS[2 * i - 1], ARGV[3 * i + 1], 'PX', ARGV[3 * i + 2])
+    redis.call('SET', entry_key, ARGV[3 * i + 1], 'PX', ARGV[3 * i + 2])
+    set[entry_key] = ARGV[3 * i + 1]
     if fence_ttl ~= '0' then
-      redis.call('SET', KEYS[2 * i], ARGV[3 * i] .. '|' .. epoch, 'PX', fence_ttl)
+      local value = ARGV[3 * i] .. '|' .. epoch
+      redis.call('SET', fence_key, value, 'PX', fence_ttl)
+      set[fence_key] = value
     end
     installed = installed + 1
   end

@@ -407,6 +407,35 @@ async fn a_batched_fill_installs_only_what_is_newer_than_the_cache_and_its_fence
 }
 
 #[tokio::test]
+async fn a_batched_fill_sees_its_own_earlier_items_of_a_sku() {
+    // One script call reads every entry and fence up front: an item that follows another of
+    // its SKU in the same call must see what the first one installed, not what was stored.
+    let cache = cache_of_its_own().await;
+    let redis = fred_client().await;
+    let epoch = Epoch::random();
+    let items = [
+        install("UP", 1),
+        install("UP", 2),
+        install("DOWN", 3),
+        install("DOWN", 2),
+    ];
+    let installed = cache.fill(&items, &epoch).await.unwrap();
+
+    assert_eq!(installed, 3, "UP twice, DOWN once");
+    assert_eq!(
+        stored_entry(&redis, &cache, "UP").await,
+        Some((2, epoch.clone()))
+    );
+    assert_eq!(
+        stored_entry(&redis, &cache, "DOWN").await,
+        Some((3, epoch.clone())),
+        "an older item after a newer one of its SKU installs nothing"
+    );
+    cache.quit().await;
+    redis.quit().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_batched_write_fences_each_sku_and_raises_the_high_water_mark() {
     let cache = cache_of_its_own().await;
     let redis = fred_client().await;
