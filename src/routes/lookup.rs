@@ -35,7 +35,9 @@ pub struct LookupRequest {
 
 fn skus_schema() -> utoipa::openapi::Array {
     utoipa::openapi::ArrayBuilder::new()
-        .items(utoipa::openapi::Ref::from_schema_name("Sku"))
+        .items(utoipa::openapi::Ref::from_schema_name(
+            <Sku as utoipa::ToSchema>::name(),
+        ))
         .description(Some(format!(
             "1 to {MAX_SKUS} SKUs; duplicates are answered once."
         )))

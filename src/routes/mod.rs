@@ -158,7 +158,9 @@ pub fn problem(description: &str) -> utoipa::openapi::Response {
         .content(
             crate::error::PROBLEM_JSON,
             ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Problem")))
+                .schema(Some(Ref::from_schema_name(
+                    <crate::error::Problem as utoipa::ToSchema>::name(),
+                )))
                 .build(),
         )
         .build()

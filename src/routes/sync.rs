@@ -94,7 +94,9 @@ pub struct SyncRequest {
 
 fn updates_schema() -> utoipa::openapi::Array {
     utoipa::openapi::ArrayBuilder::new()
-        .items(utoipa::openapi::Ref::from_schema_name("SyncUpdate"))
+        .items(utoipa::openapi::Ref::from_schema_name(
+            <SyncUpdate as utoipa::ToSchema>::name(),
+        ))
         .min_items(Some(1))
         .max_items(Some(MAX_UPDATES))
         .build()
