@@ -26,7 +26,7 @@ use crate::db::replica::{ReplicaHealth, spawn_probe};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::middleware::Access;
-use crate::middleware::access_log::AccessLog;
+use crate::middleware::access_log::{AccessLog, AccessLogWriter};
 use crate::middleware::auth::{AuthLayer, Authenticator};
 use crate::middleware::metrics::{RequestMetricsLayer, X_REQUEST_ID};
 use crate::middleware::request_id::MakeRandomRequestId;
@@ -64,6 +64,7 @@ pub struct Application {
     grace: Duration,
     limits: server::Limits,
     replica_health: Option<Arc<ReplicaHealth>>,
+    access_log: Option<AccessLogWriter>,
 }
 
 impl Application {
@@ -117,10 +118,12 @@ impl Application {
             sizes: sizes.clone(),
             warm_job: Arc::default(),
         };
+        let (access_log, access_log_writer) =
+            AccessLog::start(config.access_log_hit_sample).unzip();
         let router = router(
             state,
             Authenticator::new(&config.auth),
-            RequestMetricsLayer::new(metrics, AccessLog::start(config.access_log_hit_sample)),
+            RequestMetricsLayer::new(metrics, access_log),
             RequestTimeoutLayer::new(config.request_timeout),
             replica_health.clone(),
         );
@@ -138,6 +141,7 @@ impl Application {
             grace: config.shutdown_grace,
             limits: config.http,
             replica_health,
+            access_log: access_log_writer,
         })
     }
 
@@ -177,6 +181,11 @@ impl Application {
         self.sizes.flush_repairs(Duration::from_secs(2)).await;
         self.sizes.db().close().await;
         self.sizes.cache().quit().await;
+        // The server has dropped the router and with it the log's last handle: the writer
+        // writes what is queued and ends.
+        if let Some(writer) = self.access_log {
+            writer.finished(Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -43,10 +43,22 @@ pub struct AccessLog {
     dropped: AtomicU64,
 }
 
+/// The task that writes an access log. It ends once the log's last handle is gone (the
+/// server drops its router when it stops) and every queued line is written.
+pub struct AccessLogWriter(tokio::task::JoinHandle<()>);
+
+impl AccessLogWriter {
+    /// Waits, `within` at most, until every line recorded is written: lines of the last
+    /// requests before a shutdown are not lost when the process exits.
+    pub async fn finished(self, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, self.0).await;
+    }
+}
+
 impl AccessLog {
     /// The log and the task that writes it; `None` when `info` lines of target `access` would
     /// be filtered out anyway (then requests do not even build records).
-    pub fn start(hit_sample: u32) -> Option<std::sync::Arc<Self>> {
+    pub fn start(hit_sample: u32) -> Option<(std::sync::Arc<Self>, AccessLogWriter)> {
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return None;
         }
@@ -57,12 +69,12 @@ impl AccessLog {
             hits: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         });
-        tokio::spawn(write(
+        let writer = tokio::spawn(write(
             records,
             std::sync::Arc::downgrade(&log),
             crate::telemetry::json_logs(),
         ));
-        Some(log)
+        Some((log, AccessLogWriter(writer)))
     }
 
     /// Whether a request that read `source` is logged (hits are sampled).

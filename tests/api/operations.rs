@@ -335,6 +335,39 @@ async fn readyz_answers_from_the_probes_without_a_query_per_call() {
     );
 }
 
+#[tokio::test]
+async fn the_access_line_of_a_request_answered_just_before_sigterm_is_written() {
+    use tokio::io::AsyncReadExt;
+
+    use crate::helpers::{READ_TOKEN, ServiceProcess};
+    let mut server = ServiceProcess::start("access-exit", &[("RUST_LOG", "info")], true).await;
+    let mut stderr = server.child.stderr.take().unwrap();
+    let output = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).await.unwrap();
+        text
+    });
+    let url = format!("{}/v1/products/EXIT-{}/size", server.base, server.port);
+    let status = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(READ_TOKEN)
+        .header("x-request-id", "just-before-sigterm")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.terminate(std::time::Duration::from_secs(15)).await;
+
+    let output = output.await.unwrap();
+    let written = output.lines().any(|line| {
+        serde_json::from_str::<Value>(line).is_ok_and(|record| {
+            record["target"] == "access" && record["request_id"] == "just-before-sigterm"
+        })
+    });
+    assert!(written, "no access line for the last request in:\n{output}");
+}
+
 /// Access log lines (JSON) the real binary writes, by request id, until `last` appears.
 async fn access_lines(
     stderr: tokio::process::ChildStderr,
