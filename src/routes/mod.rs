@@ -127,7 +127,7 @@ fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
             let responses = &mut operation.responses.responses;
             for (status, response) in responses.iter_mut() {
                 if let RefOr::T(response) = response
-                    && status.as_str() >= "400"
+                    && status.parse::<u16>().is_ok_and(|status| status >= 400)
                     && response.content.is_empty()
                 {
                     *response = problem(&response.description);
