@@ -62,6 +62,15 @@ impl<S: Send + Sync, R: RequestBody> FromRequest<S> for ValidJson<R> {
     }
 }
 
+/// The schema of a body field holding 1 to `max` items of `T` (the bound the conversion
+/// checks, so that the two cannot differ).
+pub fn one_to<T: utoipa::ToSchema>(max: usize) -> utoipa::openapi::schema::ArrayBuilder {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name(T::name()))
+        .min_items(Some(1))
+        .max_items(Some(max))
+}
+
 /// The field names serde's derive declares for `R`, read by asking `R` to deserialize itself
 /// from a deserializer that only records what it is asked for.
 fn declared_fields<R: DeserializeOwned>() -> &'static [&'static str] {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::body::{RequestBody, ValidJson};
+use super::body::{self, RequestBody, ValidJson};
 use super::extract::ConsistencyToken;
 use super::{AppState, X_READ_SOURCE};
 use crate::db::DbRoute;
@@ -34,15 +34,10 @@ pub struct LookupRequest {
 }
 
 fn skus_schema() -> utoipa::openapi::Array {
-    utoipa::openapi::ArrayBuilder::new()
-        .items(utoipa::openapi::Ref::from_schema_name(
-            <Sku as utoipa::ToSchema>::name(),
-        ))
+    body::one_to::<Sku>(MAX_SKUS)
         .description(Some(format!(
             "1 to {MAX_SKUS} SKUs; duplicates are answered once."
         )))
-        .min_items(Some(1))
-        .max_items(Some(MAX_SKUS))
         .build()
 }
 

@@ -93,13 +93,7 @@ pub struct SyncRequest {
 }
 
 fn updates_schema() -> utoipa::openapi::Array {
-    utoipa::openapi::ArrayBuilder::new()
-        .items(utoipa::openapi::Ref::from_schema_name(
-            <SyncUpdate as utoipa::ToSchema>::name(),
-        ))
-        .min_items(Some(1))
-        .max_items(Some(MAX_UPDATES))
-        .build()
+    body::one_to::<SyncUpdate>(MAX_UPDATES).build()
 }
 
 impl RequestBody for SyncRequest {

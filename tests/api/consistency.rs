@@ -503,11 +503,7 @@ async fn stored_entry(
 #[tokio::test]
 async fn a_read_that_joins_an_older_shared_read_is_not_served_its_answer() {
     // The reader's primary answers 3 s late; the writer reaches the primary directly.
-    let primary_port = reqwest::Url::parse(&crate::helpers::primary_url())
-        .unwrap()
-        .port()
-        .unwrap();
-    let database = TcpProxy::to(primary_port).await;
+    let database = TcpProxy::to(crate::helpers::primary_port()).await;
     let reader = TestApp::spawn_with(Options {
         database_url: database.postgres_url(),
         replica: Replica::None,

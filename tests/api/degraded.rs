@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::helpers::{
-    Options, Replica, TestApp, cache_settings, eventually, primary_url, read_source,
+    Options, Replica, TestApp, cache_settings, eventually, primary_port, primary_url, read_source,
     shared_redis_url, size, version_of,
 };
 use crate::processes::{OwnPostgres, OwnRedis};
@@ -158,16 +158,7 @@ async fn reads_and_writes_go_on_while_redis_is_down_and_after_it_restarts_empty(
 
 #[tokio::test]
 async fn a_down_replica_sends_reads_to_the_primary_until_it_is_back() {
-    let primary_port: u16 = primary_url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let replica = OwnPostgres::replica_of(primary_port, None).await;
+    let replica = OwnPostgres::replica_of(primary_port(), None).await;
     let app = TestApp::spawn_with(Options {
         replica: Replica::Url(replica.url()),
         ..Options::default()

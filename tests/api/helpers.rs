@@ -31,6 +31,11 @@ pub fn primary_url() -> String {
         "postgres://postgres@127.0.0.1:55432/product_sizes",
     )
 }
+/// The port of the shared primary (for a replica or a proxy of a test's own).
+pub fn primary_port() -> u16 {
+    reqwest::Url::parse(&primary_url()).unwrap().port().unwrap()
+}
+
 pub fn replica_url() -> String {
     env_or(
         "DATABASE_REPLICA_URL",

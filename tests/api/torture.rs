@@ -19,7 +19,7 @@ use fred::prelude::{ClientLike, KeysInterface};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, Replica, TestApp, primary_url, size};
+use crate::helpers::{Options, Replica, TestApp, primary_port, size};
 use crate::processes::{OwnPostgres, OwnRedis};
 use crate::proxy::TcpProxy;
 
@@ -137,16 +137,7 @@ struct Servers {
 
 impl Servers {
     async fn start() -> Self {
-        let primary_port: u16 = primary_url()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let replica = OwnPostgres::replica_of(primary_port, Some("1s")).await;
+        let replica = OwnPostgres::replica_of(primary_port(), Some("1s")).await;
         let redis = OwnRedis::start_with_snapshots().await;
         let link = TcpProxy::to(redis.port).await;
         Self {
