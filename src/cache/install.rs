@@ -127,12 +127,12 @@ impl Cache {
         let mut installed = 0;
         for chunk in items.chunks(CHUNK) {
             let mut keys = Vec::with_capacity(chunk.len() * 2);
-            let mut args = Vec::with_capacity(chunk.len() * 3 + 2);
+            let mut args = Vec::with_capacity(chunk.len() * 4 + 2);
             args.extend(self.install_header(epoch, written_at.is_some()));
             for item in chunk {
                 keys.push(self.entry_key(item.sku));
                 keys.push(self.fence_key(item.sku));
-                args.extend(self.install_item(item, epoch, ttl));
+                args.extend(self.install_item(item, epoch, written_at.is_some(), ttl));
             }
             let count: i64 = self
                 .install
@@ -154,8 +154,9 @@ impl Cache {
         ttl: Option<Duration>,
     ) -> Result<usize, CacheError> {
         let client = &self.client()?;
+        let is_write = written_at.is_some();
         let results = self
-            .run_installs(client, items, epoch, written_at, ttl)
+            .run_installs(client, items, epoch, is_write, written_at, ttl)
             .await?;
         let no_script = |r: &Result<i64, CacheError>| {
             r.as_ref()
@@ -175,6 +176,7 @@ impl Cache {
             .filter(|(_, r)| no_script(r))
             .map(|(item, _)| item.clone())
             .collect();
+        // A write retried without its bump (which ran) is still a write: it sets its fence.
         let bump_again = written_at.filter(|_| results.get(items.len()).is_some_and(no_script));
         let mut installed = 0;
         for result in results
@@ -185,28 +187,30 @@ impl Cache {
             installed += usize::from(result? == 1);
         }
         let retried = self
-            .run_installs(client, &again, epoch, bump_again, ttl)
+            .run_installs(client, &again, epoch, is_write, bump_again, ttl)
             .await?;
         Ok(installed + count_installed(retried, again.len())?)
     }
 
-    /// One pipeline: an install per item, then the high-water mark for writes.
+    /// One pipeline: an install per item (with its fence for a write), then the high-water
+    /// mark raised to `bump` if given.
     async fn run_installs(
         &self,
         client: &Client,
         items: &[Install<'_>],
         epoch: &Epoch,
-        written_at: Option<Lsn>,
+        is_write: bool,
+        bump: Option<Lsn>,
         ttl: Option<Duration>,
     ) -> Result<Vec<Result<i64, CacheError>>, CacheError> {
         let pipeline = client.pipeline();
         for item in items {
-            let (keys, args) = self.install_call(item, epoch, written_at.is_some(), ttl);
+            let (keys, args) = self.install_call(item, epoch, is_write, ttl);
             let _: () = pipeline
                 .custom(evalsha(&keys[0]), script_args(&self.install, keys, args))
                 .await?;
         }
-        if let Some(lsn) = written_at {
+        if let Some(lsn) = bump {
             let key = self.meta_key();
             let args = vec![Bytes::from(entry::pad_lsn(lsn))];
             let _: () = pipeline
@@ -225,9 +229,9 @@ impl Cache {
         ttl: Option<Duration>,
     ) -> ([String; 2], Vec<Bytes>) {
         let keys = [self.entry_key(item.sku), self.fence_key(item.sku)];
-        let mut args = Vec::with_capacity(5);
+        let mut args = Vec::with_capacity(6);
         args.extend(self.install_header(epoch, is_write));
-        args.extend(self.install_item(item, epoch, ttl));
+        args.extend(self.install_item(item, epoch, is_write, ttl));
         (keys, args)
     }
 
@@ -244,12 +248,25 @@ impl Cache {
         ]
     }
 
-    /// The install script's ARGV for one item: version, encoded entry, entry TTL.
-    fn install_item(&self, item: &Install<'_>, epoch: &Epoch, ttl: Option<Duration>) -> [Bytes; 3] {
+    /// The install script's ARGV for one item: version, encoded entry, entry TTL, and the
+    /// fence a write sets (empty for a fill).
+    fn install_item(
+        &self,
+        item: &Install<'_>,
+        epoch: &Epoch,
+        is_write: bool,
+        ttl: Option<Duration>,
+    ) -> [Bytes; 4] {
+        let fence = if is_write {
+            Bytes::from(format!("{}|{}", item.version, epoch.as_str()))
+        } else {
+            Bytes::new()
+        };
         [
             Bytes::from(item.version.to_string()),
             Entry::encode(item.version, epoch, item.verified, item.body.as_ref()),
             Bytes::from(self.entry_ttl(item, ttl).as_millis().to_string()),
+            fence,
         ]
     }
 

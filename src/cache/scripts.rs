@@ -4,51 +4,65 @@
 /// Redis several times the install's own work).
 ///
 /// KEYS: entry and fence of each item, in pairs. ARGV: epoch, fence TTL (ms; `0` for a fill,
-/// which leaves fences alone), then version, encoded entry and entry TTL (ms) of each item.
+/// which leaves fences alone), then of each item: version, encoded entry, entry TTL (ms) and
+/// the fence value (`<version>|<epoch>`; empty for a fill).
 ///
 /// Installs an item only if its fence names no newer version and its entry holds no newer
 /// version (an equal version is re-stamped when its epoch differs, or when the new value
-/// proves it against a later WAL position: the padded `verified` field, compared as a
+/// proves it against a later WAL position: the 20-digit `verified` field, compared as a
 /// string); a write also sets the fence. Returns how many it installed.
 ///
-/// Every entry and fence is read with one `MGET` up front (a `redis.call` per key was most of
-/// a fill's cost to Redis); what the script itself set is looked up first, so an item that
-/// follows another of the same SKU in one call sees the first one's entry and fence.
+/// Redis runs this for every row of every fill, warm-up page and write, so it does as little
+/// as Lua allows: every entry and fence is read with one `MGET` up front (a `redis.call` per
+/// key was most of a fill's cost to Redis); stored values are compared by position with plain
+/// `find` and `sub`, never a pattern, and without making capture strings; nothing is
+/// formatted per row (the caller sends the fence value). What the script itself set is looked
+/// up first, so an item that follows another of the same SKU in one call sees the first
+/// one's entry and fence.
 pub const INSTALL: &str = r#"
 local epoch = ARGV[1]
 local fence_ttl = ARGV[2]
+local epoch_bar = epoch .. '|'
+local find, sub, byte = string.find, string.sub, string.byte
 local installed = 0
 local stored = redis.call('MGET', unpack(KEYS))
 local set = {}
 for i = 1, #KEYS / 2 do
   local entry_key, fence_key = KEYS[2 * i - 1], KEYS[2 * i]
-  local version = tonumber(ARGV[3 * i])
+  local version_text = ARGV[4 * i - 1]
+  local version = tonumber(version_text)
+  local value = ARGV[4 * i]
   local newer = false
   local fence = set[fence_key] or stored[2 * i]
   if fence then
-    local fenced = tonumber(string.match(fence, '^(%d+)|'))
+    local bar = find(fence, '|', 1, true)
+    local fenced = bar and tonumber(sub(fence, 1, bar - 1))
     newer = fenced ~= nil and fenced > version
   end
   if not newer then
     local current = set[entry_key] or stored[2 * i - 1]
     if current then
-      local cv, ce, cs = string.match(current, '^(%d+)|([^|]*)|(%d*)')
-      cv = tonumber(cv)
-      if cv ~= nil and cv == version and ce == epoch then
-        local ns = string.match(ARGV[3 * i + 1], '^%d+|[^|]*|(%d*)')
-        newer = cs >= ns
+      local bar = find(current, '|', 1, true)
+      local cv = bar and tonumber(sub(current, 1, bar - 1))
+      if cv ~= nil and cv == version and find(current, epoch_bar, bar + 1, true) == bar + 1 then
+        -- Same version and epoch: newer only if its stamp is at least the new one's. An
+        -- entry from before stamps (no 20 digits and a bar there) has none.
+        local at = bar + #epoch_bar + 1
+        local stamp = byte(current, at + 20) == 124 and sub(current, at, at + 19) or ''
+        local new_at = #version_text + #epoch_bar + 2
+        newer = stamp >= sub(value, new_at, new_at + 19)
       else
         newer = cv ~= nil and cv > version
       end
     end
   end
   if not newer then
-    redis.call('SET', entry_key, ARGV[3 * i + 1], 'PX', ARGV[3 * i + 2])
-    set[entry_key] = ARGV[3 * i + 1]
+    redis.call('SET', entry_key, value, 'PX', ARGV[4 * i + 1])
+    set[entry_key] = value
     if fence_ttl ~= '0' then
-      local value = ARGV[3 * i] .. '|' .. epoch
-      redis.call('SET', fence_key, value, 'PX', fence_ttl)
-      set[fence_key] = value
+      local fenced = ARGV[4 * i + 2]
+      redis.call('SET', fence_key, fenced, 'PX', fence_ttl)
+      set[fence_key] = fenced
     end
     installed = installed + 1
   end

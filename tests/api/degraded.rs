@@ -386,6 +386,50 @@ async fn installs_survive_redis_forgetting_its_scripts() {
     assert_eq!(cache.fill(&installs(2), &epoch).await.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn a_write_whose_install_script_was_forgotten_still_sets_its_fence() {
+    use product_size_service::cache::{Epoch, Install};
+    let redis = OwnRedis::start().await;
+    let cache =
+        Cache::connect(&SecretString::from(redis.url()), cache_settings("refenced")).unwrap();
+    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    let epoch = Epoch::random();
+    let write = |version| Install {
+        sku: "W",
+        version,
+        verified: Lsn::ZERO,
+        body: Some(bytes::Bytes::from_static(b"{}")),
+    };
+    cache
+        .record_writes(&[write(1)], &epoch, Lsn::new(1))
+        .await
+        .unwrap();
+    // Redis forgets its scripts, and the high-water mark's script is loaded again first: the
+    // write's install fails with NOSCRIPT in the pipeline where its bump succeeds.
+    let flush = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"])
+        .output()
+        .await
+        .unwrap();
+    assert!(flush.status.success());
+    cache.raise_hwm(Lsn::new(1)).await.unwrap();
+
+    cache
+        .record_writes(&[write(2)], &epoch, Lsn::new(2))
+        .await
+        .unwrap();
+    let fence = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "GET", &cache.fence_key("W")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fence.stdout).trim(),
+        format!("2|{}", epoch.as_str()),
+        "the retried install is still a write, and raises the fence"
+    );
+}
+
 /// An app on a primary of its own whose pool has two connections, and waits long enough
 /// that only shedding can answer 503 while the table is held (nor may the per-request timeout
 /// answer first); and a SKU it serves from the cache.
