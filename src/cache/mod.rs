@@ -57,6 +57,8 @@ pub type CacheError = fred::error::Error;
 #[derive(Debug)]
 pub struct CacheRead {
     pub entries: Vec<Option<Entry>>,
+    /// The SKUs' fences, in the same order.
+    pub fences: Vec<Option<Fence>>,
     pub meta: Option<Meta>,
 }
 
@@ -467,30 +469,30 @@ impl Cache {
             .await
     }
 
-    /// Entries and the meta key for `skus`, in one MGET. Fences are read only for misses
-    /// ([`Cache::fences`]): a hit does not need them.
+    /// Entries, fences and the meta key for `skus`, in one MGET: a miss knows everything it
+    /// needs before the database, and a hit pays for its fence with a few bytes, not a round
+    /// trip. Read together, entry, fence and epoch are one instant of one data set.
     pub async fn read(&self, skus: &[Sku]) -> Result<CacheRead, CacheError> {
         // Never empty: the meta key is always read.
-        let mut keys: Vec<String> = Vec::with_capacity(skus.len() + 1);
+        let mut keys: Vec<String> = Vec::with_capacity(2 * skus.len() + 1);
         keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
+        keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
         keys.push(self.meta_key());
         let mut values: Vec<Option<Bytes>> = self.guarded(self.get_many(keys)).await?;
         let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
+        let fences = values
+            .drain(skus.len()..)
+            .map(|v| v.and_then(|v| Fence::decode(&v)))
+            .collect();
         let entries = values
             .into_iter()
             .map(|v| v.and_then(Entry::decode))
             .collect();
-        Ok(CacheRead { entries, meta })
-    }
-
-    /// The fences of `skus`, in one MGET.
-    pub async fn fences(&self, skus: &[&str]) -> Result<Vec<Option<Fence>>, CacheError> {
-        let keys: Vec<String> = skus.iter().map(|s| self.fence_key(s)).collect();
-        let values = self.guarded(self.get_many(keys)).await?;
-        Ok(values
-            .into_iter()
-            .map(|v| v.and_then(|v| Fence::decode(&v)))
-            .collect())
+        Ok(CacheRead {
+            entries,
+            fences,
+            meta,
+        })
     }
 
     pub async fn read_meta(&self) -> Result<Option<Meta>, CacheError> {

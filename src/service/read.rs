@@ -52,9 +52,9 @@ pub struct ReadResult {
 
 impl SizeService {
     /// Reads `skus` (distinct) as of at least every acknowledged write, and `token` if given,
-    /// in named steps: look the SKUs up in the cache and sort hits from misses; for the misses,
-    /// read their fences, then the replica where it is provably fresh, the primary for the
-    /// rest, and fill the cache with what was read.
+    /// in named steps: look the SKUs up in the cache (entries, fences and epoch in one round
+    /// trip) and sort hits from misses; for the misses, the replica where it is provably
+    /// fresh, the primary for the rest, and fill the cache with what was read.
     #[instrument(skip_all, fields(skus = skus.len(), source = tracing::field::Empty))]
     pub async fn read(
         &self,
@@ -67,7 +67,7 @@ impl SizeService {
             cache,
             meta,
             mut docs,
-            mut misses,
+            misses,
         } = self.look_up(skus, token).await;
         if misses.is_empty() {
             self.metrics.count_read(ReadSource::Cache.as_str());
@@ -80,9 +80,6 @@ impl SizeService {
         // The paths a cache hit does not take are boxed: built only when taken, they keep this
         // future (which every layer above moves) small.
         let (loaded, source) = Box::pin(async {
-            if let Some(meta) = &meta {
-                self.read_fences(cache, &mut misses, &meta.epoch).await;
-            }
             let load = Load {
                 cache,
                 misses: &misses,
@@ -105,8 +102,8 @@ impl SizeService {
         })
     }
 
-    /// Step 1: the cache. Every SKU becomes a hit (its document) or a miss, and the lookups
-    /// are counted by outcome.
+    /// Step 1: the cache. Every SKU becomes a hit (its document) or a miss with its fence, and
+    /// the lookups are counted by outcome.
     #[instrument(
         level = "debug",
         name = "cache.lookup",
@@ -121,20 +118,21 @@ impl SizeService {
             (CacheRole::Secondary, Some(_)) => Box::pin(self.owed_by_secondary(skus)).await,
             _ => HashSet::new(),
         };
-        let (meta, entries) = match cached {
+        let (meta, entries, fences) = match cached {
             Some(cached) => {
                 let meta = match cached.meta.filter(Meta::is_complete) {
                     Some(meta) => Some(meta),
                     None => Box::pin(self.current_meta(cache, None)).await,
                 };
-                (meta, cached.entries)
+                (meta, cached.entries, cached.fences)
             }
-            None => (None, vec![None; skus.len()]),
+            None => (None, vec![None; skus.len()], vec![None; skus.len()]),
         };
         let epoch = meta.as_ref().map(|m| &m.epoch);
         let mut docs: Vec<Option<SizeDoc>> = Vec::with_capacity(skus.len());
         let mut misses = Vec::new();
-        for (index, (sku, entry)) in skus.iter().zip(entries).enumerate() {
+        let looked_up = skus.iter().zip(entries).zip(fences).enumerate();
+        for (index, ((sku, entry), fence)) in looked_up {
             // Until its repair is applied, Redis may hold an older version than this
             // instance acknowledged: neither its entry nor its fence can be trusted.
             let owed = self.repairs.is_pending(role, sku.as_str())
@@ -150,10 +148,15 @@ impl SizeService {
                 }
                 None => {
                     docs.push(None);
+                    // A fence counts only in the epoch it was written in, and not for a SKU
+                    // owed a repair (only the primary is fresh for it).
+                    let fence = fence
+                        .filter(|f| !owed && Some(&f.epoch) == epoch)
+                        .map(|f| f.version);
                     misses.push(Miss {
                         index,
                         sku: sku.clone(),
-                        fence: None,
+                        fence,
                         primary_only: owed,
                     });
                 }
@@ -205,32 +208,6 @@ impl SizeService {
             })
             .collect();
         Some(versions)
-    }
-
-    /// Step 2: notes the fences of the misses that may be read from the replica. A fence
-    /// counts only in the epoch it was written in. Read after the entries, a fence can only be
-    /// newer, which is stricter; without fences (Redis failing just now) the replica must
-    /// reach the high-water mark instead, which is stricter still.
-    async fn read_fences(&self, cache: &Cache, misses: &mut [Miss], epoch: &Epoch) {
-        let wanted: Vec<&str> = misses
-            .iter()
-            .filter(|m| !m.primary_only)
-            .map(|m| m.sku.as_str())
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
-        match cache.fences(&wanted).await {
-            Ok(fences) => {
-                let fenced = misses.iter_mut().filter(|m| !m.primary_only);
-                for (miss, fence) in fenced.zip(fences) {
-                    miss.fence = fence.filter(|f| &f.epoch == epoch).map(|f| f.version);
-                }
-            }
-            Err(error) => {
-                tracing::debug!(%error, "fences unreadable; judging by the high-water mark")
-            }
-        }
     }
 
     /// Reads the misses, sharing a single SKU's read with concurrent misses of it.
@@ -301,7 +278,7 @@ impl SizeService {
         }
     }
 
-    /// Steps 3 to 5: the replica where it is provably fresh, the primary for the rest, then
+    /// Steps 2 to 4: the replica where it is provably fresh, the primary for the rest, then
     /// the fill. One document per miss, in miss order.
     async fn load(&self, load: &Load<'_>) -> Result<Loaded, ServiceError> {
         // sqlx's and fred's futures are tens of kilobytes: boxed here, they are copied once
@@ -334,7 +311,7 @@ impl SizeService {
         })
     }
 
-    /// Step 3: the replica, for the misses it may serve, keeping the rows it proves fresh.
+    /// Step 2: the replica, for the misses it may serve, keeping the rows it proves fresh.
     /// Everything else stays pending for the primary.
     async fn read_replica(&self, load: &Load<'_>) -> DatabaseRead {
         let mut read = DatabaseRead {
@@ -417,7 +394,7 @@ impl SizeService {
         read
     }
 
-    /// Step 4: the primary, for every miss still pending after the replica. Its answer is
+    /// Step 3: the primary, for every miss still pending after the replica. Its answer is
     /// proven from the instant its query was sent.
     async fn read_primary(
         &self,
@@ -455,7 +432,7 @@ impl SizeService {
         Ok(())
     }
 
-    /// Step 5: installs what was read with the compare-and-set, unless the read is too old
+    /// Step 4: installs what was read with the compare-and-set, unless the read is too old
     /// to be sure a write's fence would stop it.
     #[instrument(level = "debug", name = "cache.fill", skip_all, fields(skus = docs.len()))]
     async fn fill(&self, load: &Load<'_>, docs: &[SizeDoc], verified: Lsn) {

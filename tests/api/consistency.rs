@@ -549,3 +549,46 @@ async fn a_read_that_joins_an_older_shared_read_is_not_served_its_answer() {
         "a read that began after the write was served the older shared answer"
     );
 }
+
+/// Calls of `command` since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+fn calls(stats: &str, command: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_miss_reads_entry_fence_and_epoch_in_one_round_trip_and_uses_the_fence() {
+    let redis = OwnRedis::start().await;
+    let app = lagging_app(Some(&redis)).await;
+    let (sku, other) = (app.sku("one-trip"), app.sku("one-trip-other"));
+    app.put(&sku, &size(1)).await;
+    app.wait_replica_caught_up().await;
+    // A later write elsewhere puts the high-water mark past what the replica has replayed:
+    // only the SKU's own fence can show that the replica's row is fresh.
+    app.put(&other, &size(1)).await;
+    app.evict(&sku).await;
+    redis.reset_stats().await;
+
+    let read = app.get(&sku).await;
+    assert_eq!(
+        read_source(&read),
+        "replica",
+        "the fence read with the entry lets the replica answer"
+    );
+    assert_eq!(version_of(&read.json().await.unwrap()), 1);
+    let stats = redis.info("commandstats").await;
+    // The fill's script reads with an `MGET` of its own, counted with the service's.
+    let (mget, get, scripts) = (
+        calls(&stats, "mget"),
+        calls(&stats, "get"),
+        calls(&stats, "evalsha"),
+    );
+    assert_eq!(
+        (mget - scripts, get),
+        (1, 0),
+        "one read before the database:\n{stats}"
+    );
+}

@@ -140,6 +140,12 @@ impl OwnRedis {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `CONFIG RESETSTAT`: `INFO commandstats` counts from here on.
+    pub async fn reset_stats(&self) {
+        run(Command::new("redis-cli").args(["-p", &self.port.to_string(), "CONFIG", "RESETSTAT"]))
+            .await;
+    }
+
     /// `CONFIG SET name value`.
     pub async fn configure(&self, name: &str, value: &str) {
         run(Command::new("redis-cli").args([
