@@ -16,6 +16,7 @@ from collections import Counter
 # pattern decides. More specific layers come first where one frame could match two.
 LAYERS = [
     ("Redis client (fred)", r"^fred::|redis_protocol|fred::"),
+    ("database client (sqlx)", r"sqlx_core::|sqlx_postgres::|sqlx::|db::lease|db::sizes"),
     ("auth", r"middleware::auth"),
     ("DB route", r"middleware::route"),
     ("request timeout", r"middleware::timeout"),
