@@ -100,13 +100,15 @@ impl Leases {
         });
         Ok(match kept {
             Some((conn, _)) => self.lease(conn, true),
-            None => self.lease(self.admission.acquire().await?, false),
+            // Boxed, and only when taken: sqlx's acquire future would otherwise make every
+            // read's future kilobytes larger.
+            None => self.lease(Box::pin(self.admission.acquire()).await?, false),
         })
     }
 
     /// A connection from the pool, which sqlx tests before handing it out.
     pub async fn acquire_tested(&self) -> Result<Lease<'_>, sqlx::Error> {
-        Ok(self.lease(self.admission.acquire().await?, false))
+        Ok(self.lease(Box::pin(self.admission.acquire()).await?, false))
     }
 
     fn lease(&self, conn: PoolConnection<Postgres>, kept: bool) -> Lease<'_> {

@@ -64,10 +64,14 @@ pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sql
 }
 
 pub async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
-    let rows: Vec<FetchedRow> = sqlx::query_as("SELECT * FROM read_product_sizes($1)")
-        .bind(skus)
-        .fetch_all(conn)
-        .await?;
+    // Boxed where it is made: sqlx's query future is kilobytes, and every future that holds
+    // it unboxed is copied whole into each box above it (a miss's read was 45 KB).
+    let rows: Vec<FetchedRow> = Box::pin(
+        sqlx::query_as("SELECT * FROM read_product_sizes($1)")
+            .bind(skus)
+            .fetch_all(conn),
+    )
+    .await?;
     Ok(Fetched::from_rows(rows))
 }
 

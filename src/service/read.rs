@@ -340,10 +340,13 @@ impl SizeService {
         let hwm = async {
             match load.meta {
                 Some(meta) => Some(meta.hwm),
+                // Boxed: taken only while Redis is down, it would size every miss's future.
                 None => {
-                    self.primary_position
-                        .read_after(load.started, self.db.primary_reads())
-                        .await
+                    Box::pin(
+                        self.primary_position
+                            .read_after(load.started, self.db.primary_reads()),
+                    )
+                    .await
                 }
             }
         };
