@@ -372,12 +372,7 @@ async fn installs_survive_redis_forgetting_its_scripts() {
         "scripts loaded on first use"
     );
 
-    let flush = tokio::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"])
-        .output()
-        .await
-        .unwrap();
-    assert!(flush.status.success());
+    redis.command(&["SCRIPT", "FLUSH"]).await;
     assert_eq!(
         cache.fill(&installs(2), &epoch).await.unwrap(),
         10,
@@ -406,25 +401,15 @@ async fn a_write_whose_install_script_was_forgotten_still_sets_its_fence() {
         .unwrap();
     // Redis forgets its scripts, and the high-water mark's script is loaded again first: the
     // write's install fails with NOSCRIPT in the pipeline where its bump succeeds.
-    let flush = tokio::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "SCRIPT", "FLUSH"])
-        .output()
-        .await
-        .unwrap();
-    assert!(flush.status.success());
+    redis.command(&["SCRIPT", "FLUSH"]).await;
     cache.raise_hwm(Lsn::new(1)).await.unwrap();
 
     cache
         .record_writes(&[write(2)], &epoch, Lsn::new(2))
         .await
         .unwrap();
-    let fence = tokio::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "GET", &cache.fence_key("W")])
-        .output()
-        .await
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&fence.stdout).trim(),
+        redis.command(&["GET", &cache.fence_key("W")]).await.trim(),
         format!("2|{}", epoch.as_str()),
         "the retried install is still a write, and raises the fence"
     );

@@ -130,33 +130,31 @@ impl OwnRedis {
         run(Command::new("redis-cli").args(["-p", &self.port.to_string(), "SAVE"])).await;
     }
 
-    /// `INFO section`, as text.
-    pub async fn info(&self, section: &str) -> String {
+    /// Runs one command through `redis-cli`, which must succeed; its output, as text.
+    pub async fn command(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", section])
+            .args(["-p", &self.port.to_string()])
+            .args(args)
             .output()
             .await
             .expect("redis-cli runs");
+        assert!(output.status.success(), "redis-cli {args:?} failed");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `INFO section`, as text.
+    pub async fn info(&self, section: &str) -> String {
+        self.command(&["INFO", section]).await
     }
 
     /// `CONFIG RESETSTAT`: `INFO commandstats` counts from here on.
     pub async fn reset_stats(&self) {
-        run(Command::new("redis-cli").args(["-p", &self.port.to_string(), "CONFIG", "RESETSTAT"]))
-            .await;
+        self.command(&["CONFIG", "RESETSTAT"]).await;
     }
 
     /// `CONFIG SET name value`.
     pub async fn configure(&self, name: &str, value: &str) {
-        run(Command::new("redis-cli").args([
-            "-p",
-            &self.port.to_string(),
-            "CONFIG",
-            "SET",
-            name,
-            value,
-        ]))
-        .await;
+        self.command(&["CONFIG", "SET", name, value]).await;
     }
 
     /// SIGKILL: nothing is flushed or saved on the way out.
