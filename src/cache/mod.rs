@@ -20,6 +20,7 @@
 //! The entry and fence of a SKU share the hash tag `{SKU}`, so the install script touches one
 //! Cluster slot.
 
+mod batch;
 mod breaker;
 pub mod entry;
 mod install;
@@ -99,6 +100,8 @@ pub struct Cache {
     /// A Redis Cluster: multi-key commands must stay within one slot.
     clustered: bool,
     breaker: Breaker,
+    /// Coalesces concurrent single-SKU reads (standalone Redis only: `None` in a Cluster).
+    batcher: Option<batch::Batcher>,
 }
 
 impl Cache {
@@ -112,10 +115,11 @@ impl Cache {
                     .map_err(|e| CacheError::new(fred::error::ErrorKind::Tls, e))?,
             );
         }
-        let cache = Arc::new(Self {
+        let clustered = config.server.is_clustered();
+        let cache = Arc::new_cyclic(|cache| Self {
             link: ArcSwapOption::empty(),
             server: ArcSwapOption::empty(),
-            clustered: config.server.is_clustered(),
+            clustered,
             config,
             relink: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
@@ -128,6 +132,7 @@ impl Cache {
             restart_epoch: Script::from_lua(scripts::RESTART_EPOCH),
             bind_history: Script::from_lua(scripts::BIND_HISTORY),
             breaker: Breaker::default(),
+            batcher: (!clustered).then(|| batch::Batcher::start(cache.clone())),
         });
         tokio::spawn(link::supervise(Arc::downgrade(&cache)));
         Ok(cache)
@@ -321,10 +326,7 @@ impl Cache {
         operation: impl Future<Output = Result<T, CacheError>>,
     ) -> impl Future<Output = Result<T, CacheError>> {
         if !self.breaker.allow() {
-            return Either::Left(std::future::ready(Err(CacheError::new(
-                fred::error::ErrorKind::Canceled,
-                "Redis is failing; the cache breaker is open",
-            ))));
+            return Either::Left(std::future::ready(Err(breaker_open())));
         }
         Either::Right(operation.map(|result| {
             self.breaker.record(result.is_ok());
@@ -471,8 +473,19 @@ impl Cache {
 
     /// Entries, fences and the meta key for `skus`, in one MGET: a miss knows everything it
     /// needs before the database, and a hit pays for its fence with a few bytes, not a round
-    /// trip. Read together, entry, fence and epoch are one instant of one data set.
+    /// trip. Read together, entry, fence and epoch are one instant of one data set. A read of
+    /// one SKU shares its MGET with the other single-SKU reads waiting at the time ([`batch`]).
     pub async fn read(&self, skus: &[Sku]) -> Result<CacheRead, CacheError> {
+        if let ([sku], Some(batcher)) = (skus, &self.batcher) {
+            let slot = batcher
+                .read(self.entry_key(sku.as_str()), self.fence_key(sku.as_str()))
+                .await?;
+            return Ok(CacheRead {
+                entries: vec![slot.entry.and_then(Entry::decode)],
+                fences: vec![slot.fence.and_then(|v| Fence::decode(&v))],
+                meta: slot.meta.and_then(|v| Meta::decode(&v)),
+            });
+        }
         // Never empty: the meta key is always read.
         let mut keys: Vec<String> = Vec::with_capacity(2 * skus.len() + 1);
         keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
@@ -577,6 +590,13 @@ impl Cache {
 /// The origin recorded with `epoch`: the data set it was started on.
 fn origin_value(epoch: &Epoch, server: &ServerIdentity) -> String {
     format!("{}|{}", epoch.as_str(), server.data_set())
+}
+
+fn breaker_open() -> CacheError {
+    CacheError::new(
+        fred::error::ErrorKind::Canceled,
+        "Redis is failing; the cache breaker is open",
+    )
 }
 
 fn no_link() -> CacheError {

@@ -592,3 +592,48 @@ async fn a_miss_reads_entry_fence_and_epoch_in_one_round_trip_and_uses_the_fence
         "one read before the database:\n{stats}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
+    let redis = OwnRedis::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let skus: Vec<String> = (1..=24)
+        .map(|i| app.sku(&format!("shared-mget-{i}")))
+        .collect();
+    for (i, sku) in skus.iter().enumerate() {
+        app.put(sku, &size(i as i64 + 1)).await;
+    }
+    redis.reset_stats().await;
+    // Redis holds every command for a moment: the hits that arrive meanwhile queue behind
+    // the first batch and go out together when it returns.
+    redis.command(&["CLIENT", "PAUSE", "250", "ALL"]).await;
+    let app = &app;
+    let reads = skus.iter().map(|sku| async move {
+        let response = app.get(sku).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let source = read_source(&response);
+        (source, response.json::<Value>().await.unwrap())
+    });
+    let answers = futures_util::future::join_all(reads).await;
+
+    for ((source, body), (i, sku)) in answers.iter().zip(skus.iter().enumerate()) {
+        assert_eq!(source, "cache", "{sku}");
+        assert_eq!(body["sku"], sku.as_str());
+        assert_eq!(
+            body["length_mm"],
+            i as i64 + 1,
+            "{sku} got another SKU's entry"
+        );
+    }
+    let stats = redis.info("commandstats").await;
+    let reads = calls(&stats, "mget") - calls(&stats, "evalsha");
+    assert!(
+        (1..=6).contains(&reads),
+        "{} hits took {reads} MGETs:\n{stats}",
+        skus.len()
+    );
+}
