@@ -134,6 +134,11 @@ impl Db {
         self.replica_reads.as_deref()
     }
 
+    /// The replica's read connections, shared (for a task that reads on them).
+    pub fn replica_leases(&self) -> Option<Arc<Leases>> {
+        self.replica_reads.clone()
+    }
+
     pub async fn close(&self) {
         self.primary_reads.release_all();
         if let Some(reads) = &self.replica_reads {

@@ -1,11 +1,13 @@
 //! Queries on `product_sizes`. Plain SQL with bound parameters, set-based for batches.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Acquire, PgConnection, PgPool, Postgres, Transaction};
 
 use super::lease::{Admission, Leases, leased};
+use crate::coalesce::Coalescer;
 use crate::domain::{Lsn, StoredSize};
 
 /// Rows read in one round trip, with the WAL position the server had replayed before its
@@ -63,6 +65,45 @@ pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sql
     leased!(leases, |conn| fetch_on(conn, skus)).await
 }
 
+/// Concurrent reads of one SKU each on one server, coalesced into one [`fetch`]
+/// ([`crate::coalesce`]): a query's cost is mostly per statement (parse, plan, snapshot, round
+/// trip), not per row. Each read gets its own row with the statement's replay and visibility
+/// positions, which hold for every row of one snapshot, so each read's freshness check is the
+/// one it would make on a query of its own; the statement is sent after every read in it began.
+pub struct SharedFetches(Coalescer<String, Result<Fetched, Arc<sqlx::Error>>>);
+
+/// SKUs per coalesced query at most.
+const MAX_SHARED_FETCH: usize = 64;
+
+impl SharedFetches {
+    pub fn start(leases: Arc<Leases>) -> Self {
+        Self(Coalescer::start(
+            MAX_SHARED_FETCH,
+            move |skus: Vec<String>| {
+                let leases = leases.clone();
+                async move {
+                    let asked: Vec<&str> = skus.iter().map(String::as_str).collect();
+                    match fetch_leased(&leases, &asked).await {
+                        Ok(fetched) => fetched.split(&asked).map(Ok).collect(),
+                        Err(error) => {
+                            let error = Arc::new(error);
+                            skus.iter().map(|_| Err(error.clone())).collect()
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// `sku`'s row (if any) and the positions that bound it, from whichever query takes it.
+    pub async fn fetch(&self, sku: &str) -> Result<Fetched, Arc<sqlx::Error>> {
+        self.0
+            .ask(sku.to_owned())
+            .await
+            .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
+    }
+}
+
 pub async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
     // Boxed where it is made: sqlx's query future is kilobytes, and every future that holds
     // it unboxed is copied whole into each box above it (a miss's read was 45 KB).
@@ -98,6 +139,20 @@ pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
 }
 
 impl Fetched {
+    /// One `Fetched` per SKU of `skus`, in order: its row, if any, and this read's positions.
+    fn split<'a>(self, skus: &'a [&str]) -> impl Iterator<Item = Fetched> + 'a {
+        let rows: HashMap<String, StoredSize> = self
+            .rows
+            .into_iter()
+            .map(|row| (row.sku.clone(), row))
+            .collect();
+        skus.iter().map(move |sku| Fetched {
+            replayed: self.replayed,
+            visible: self.visible,
+            rows: rows.get(*sku).cloned().into_iter().collect(),
+        })
+    }
+
     fn from_rows(rows: Vec<FetchedRow>) -> Self {
         let position = |text: Option<&str>| text.and_then(|text| text.parse().ok());
         let first = rows.first();

@@ -40,7 +40,7 @@ use crate::cache::{Cache, CacheRole, Meta};
 use crate::config::FailoverPolicy;
 use crate::db::Db;
 use crate::db::replica::ReplicaHealth;
-use crate::db::sizes::{DatabaseHistory, primary_position};
+use crate::db::sizes::{DatabaseHistory, SharedFetches, primary_position};
 use crate::metrics::Metrics;
 
 /// Why a warm-up or an audit of the cache stopped.
@@ -77,6 +77,8 @@ pub struct SizeService {
     inspector: inspect::Inspector,
     primary_position: position::PrimaryPosition,
     replica_health: Option<Arc<ReplicaHealth>>,
+    /// Concurrent single-SKU replica reads, one query per batch.
+    replica_fetches: Option<SharedFetches>,
     secondary: Option<Secondary>,
     probed: Probed,
 }
@@ -117,6 +119,7 @@ impl SizeService {
         replica_health: Option<Arc<ReplicaHealth>>,
     ) -> Self {
         Self {
+            replica_fetches: db.replica_leases().map(SharedFetches::start),
             db,
             cache,
             metrics,

@@ -2,6 +2,7 @@
 //! then fill the cache with a versioned compare-and-set.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -350,7 +351,13 @@ impl SizeService {
                 }
             }
         };
-        let (fetched, hwm) = async { tokio::join!(fetch_leased(replica, &replica_skus), hwm) }
+        let fetch = async {
+            match (&replica_skus[..], &self.replica_fetches) {
+                ([sku], Some(shared)) => shared.fetch(sku).await,
+                _ => fetch_leased(replica, &replica_skus).await.map_err(Arc::new),
+            }
+        };
+        let (fetched, hwm) = async { tokio::join!(fetch, hwm) }
             .instrument(tracing::debug_span!(
                 "db.read",
                 db.system = "postgresql",

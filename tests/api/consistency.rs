@@ -637,3 +637,61 @@ async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
         skus.len()
     );
 }
+
+#[tokio::test]
+async fn concurrent_misses_sharing_a_replica_query_each_get_their_own_fresh_row() {
+    let redis = OwnRedis::start().await;
+    let app = lagging_app(Some(&redis)).await;
+    let settled: Vec<String> = (1..=10)
+        .map(|i| app.sku(&format!("shared-settled-{i}")))
+        .collect();
+    let moving: Vec<String> = (1..=5)
+        .map(|i| app.sku(&format!("shared-moving-{i}")))
+        .collect();
+    for (i, sku) in settled.iter().chain(&moving).enumerate() {
+        app.put(sku, &size(i as i64 + 1)).await;
+    }
+    app.wait_replica_caught_up().await;
+    // Newer versions the replica, 2 s behind, has not replayed: only the primary has them.
+    for (i, sku) in moving.iter().enumerate() {
+        app.put(sku, &size(100 + i as i64)).await;
+    }
+    for sku in settled.iter().chain(&moving) {
+        app.evict(sku).await;
+    }
+    // Redis holds the look-ups for a moment, so that the misses reach the replica together.
+    redis.command(&["CLIENT", "PAUSE", "200", "ALL"]).await;
+    let app = &app;
+    let reads = settled.iter().chain(&moving).map(|sku| async move {
+        let response = app.get(sku).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        (
+            read_source(&response),
+            response.json::<Value>().await.unwrap(),
+        )
+    });
+    let answers = futures_util::future::join_all(reads).await;
+
+    for ((source, body), (i, sku)) in answers.iter().zip(settled.iter().enumerate()) {
+        assert_eq!(source, "replica", "{sku}: the replica has its only version");
+        assert_eq!(body["sku"], sku.as_str());
+        assert_eq!(
+            (version_of(body), body["length_mm"].as_i64()),
+            (1, Some(i as i64 + 1))
+        );
+    }
+    for ((source, body), (i, sku)) in answers[settled.len()..]
+        .iter()
+        .zip(moving.iter().enumerate())
+    {
+        assert_eq!(
+            source, "primary",
+            "{sku}: the replica's row is older than its fence"
+        );
+        assert_eq!(body["sku"], sku.as_str());
+        assert_eq!(
+            (version_of(body), body["length_mm"].as_i64()),
+            (2, Some(100 + i as i64))
+        );
+    }
+}
