@@ -12,9 +12,10 @@
 //! entry's epoch, a replica row's replay position) is the batch's own atomic answer.
 
 use std::future::Future;
-use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
 
 /// Batches in flight at once: while they are, new reads queue for the next one. Measured on
 /// cache hits (bench/RESULTS.md): one in flight and four were both slower than two.
@@ -60,13 +61,24 @@ async fn dispatch<Q, A, R, F>(
     R: Fn(Vec<Q>) -> F,
     F: Future<Output = Vec<A>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // The batches in flight are polled here rather than spawned: a task per batch cost more
+    // than the batch saved when batches are small.
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        // A slot first: while every slot is taken, reads gather in the queue.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let next = if in_flight.len() < IN_FLIGHT {
+            tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                next = waiting.recv() => next,
+            }
+        } else {
+            // Every slot is taken: reads gather in the queue until a batch is answered.
+            in_flight.next().await;
+            continue;
         };
-        let Some(first) = waiting.recv().await else {
+        let Some(first) = next else {
+            // Nobody can ask any more: answer what is in flight, then stop.
+            while in_flight.next().await.is_some() {}
             return;
         };
         let mut batch = vec![first];
@@ -84,17 +96,18 @@ async fn dispatch<Q, A, R, F>(
         let (queries, replies): (Vec<Q>, Vec<_>) =
             batch.into_iter().map(|w| (w.query, w.reply)).unzip();
         let answers = run(queries);
-        tokio::spawn(async move {
+        in_flight.push(async move {
             for (reply, answer) in replies.into_iter().zip(answers.await) {
                 let _ = reply.send(answer);
             }
-            drop(slot);
         });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test]
