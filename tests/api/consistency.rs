@@ -551,14 +551,6 @@ async fn a_read_that_joins_an_older_shared_read_is_not_served_its_answer() {
 }
 
 /// Calls of `command` since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
-fn calls(stats: &str, command: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_miss_reads_entry_fence_and_epoch_in_one_round_trip_and_uses_the_fence() {
     let redis = OwnRedis::start().await;
@@ -570,7 +562,7 @@ async fn a_miss_reads_entry_fence_and_epoch_in_one_round_trip_and_uses_the_fence
     // only the SKU's own fence can show that the replica's row is fresh.
     app.put(&other, &size(1)).await;
     app.evict(&sku).await;
-    redis.reset_stats().await;
+    let monitor = redis.monitor().await;
 
     let read = app.get(&sku).await;
     assert_eq!(
@@ -579,17 +571,15 @@ async fn a_miss_reads_entry_fence_and_epoch_in_one_round_trip_and_uses_the_fence
         "the fence read with the entry lets the replica answer"
     );
     assert_eq!(version_of(&read.json().await.unwrap()), 1);
-    let stats = redis.info("commandstats").await;
-    // The fill's script reads with an `MGET` of its own, counted with the service's.
-    let (mget, get, scripts) = (
-        calls(&stats, "mget"),
-        calls(&stats, "get"),
-        calls(&stats, "evalsha"),
-    );
+    let skus = [sku.clone()];
     assert_eq!(
-        (mget - scripts, get),
+        (
+            monitor.client_calls("mget", &skus).await,
+            monitor.client_calls("get", &skus).await
+        ),
         (1, 0),
-        "one read before the database:\n{stats}"
+        "one read before the database:\n{:#?}",
+        monitor.lines().await
     );
 }
 
@@ -607,7 +597,7 @@ async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
     for (i, sku) in skus.iter().enumerate() {
         app.put(sku, &size(i as i64 + 1)).await;
     }
-    redis.reset_stats().await;
+    let monitor = redis.monitor().await;
     // Redis holds every command for a moment: the hits that arrive meanwhile queue behind
     // the first batch and go out together when it returns.
     redis.command(&["CLIENT", "PAUSE", "250", "ALL"]).await;
@@ -629,12 +619,12 @@ async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
             "{sku} got another SKU's entry"
         );
     }
-    let stats = redis.info("commandstats").await;
-    let reads = calls(&stats, "mget") - calls(&stats, "evalsha");
+    let reads = monitor.client_calls("mget", &skus).await;
     assert!(
         (1..=6).contains(&reads),
-        "{} hits took {reads} MGETs:\n{stats}",
-        skus.len()
+        "{} hits took {reads} MGETs:\n{:#?}",
+        skus.len(),
+        monitor.lines().await
     );
 }
 

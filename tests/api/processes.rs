@@ -3,8 +3,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::helpers::free_port;
@@ -31,6 +33,46 @@ pub async fn wait_port(port: u16, up: bool) {
             if up { "open" } else { "closed" }
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `MONITOR` showed of the commands a Redis ran, as its lines (`<time> [<db> <client>]
+/// "COMMAND" "arg" ...`, with `lua` for the client of a command a script ran).
+pub struct Monitor {
+    _child: Child,
+    seen: Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+impl Monitor {
+    /// Every command run so far: a marker is sent after them and awaited, so none is missing.
+    pub async fn lines(&self) -> Vec<String> {
+        let marker = format!("monitor-marker-{:016x}", fastrand::u64(..));
+        run(Command::new("redis-cli").args(["-p", &self.port.to_string(), "ECHO", &marker])).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let seen = self.seen.lock().unwrap();
+                if let Some(end) = seen.iter().position(|line| line.contains(&marker)) {
+                    return seen[..end].to_vec();
+                }
+            }
+            assert!(Instant::now() < deadline, "MONITOR never showed {marker}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Commands named `command` that a client sent (not a script) naming a key of one of
+    /// `skus`: what a test's own requests made Redis do, whatever else runs beside them.
+    pub async fn client_calls(&self, command: &str, skus: &[String]) -> usize {
+        let command = format!("\"{}\"", command.to_ascii_uppercase());
+        let tags: Vec<String> = skus.iter().map(|sku| format!("{{{sku}}}")).collect();
+        self.lines()
+            .await
+            .iter()
+            .filter(|line| !line.contains(" lua] ") && line.to_ascii_uppercase().contains(&command))
+            .filter(|line| tags.iter().any(|tag| line.contains(tag.as_str())))
+            .count()
     }
 }
 
@@ -142,14 +184,35 @@ impl OwnRedis {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Starts watching every command Redis runs (`MONITOR`), from the moment this returns.
+    pub async fn monitor(&self) -> Monitor {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "MONITOR"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-cli runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Redis answers OK once the connection monitors.
+        let first = lines.next_line().await.unwrap();
+        assert_eq!(first.as_deref(), Some("OK"), "MONITOR did not start");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let collected = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        Monitor {
+            _child: child,
+            seen,
+            port: self.port,
+        }
+    }
+
     /// `INFO section`, as text.
     pub async fn info(&self, section: &str) -> String {
         self.command(&["INFO", section]).await
-    }
-
-    /// `CONFIG RESETSTAT`: `INFO commandstats` counts from here on.
-    pub async fn reset_stats(&self) {
-        self.command(&["CONFIG", "RESETSTAT"]).await;
     }
 
     /// `CONFIG SET name value`.
