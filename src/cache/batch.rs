@@ -39,7 +39,7 @@ impl Batcher {
             async move {
                 match cache {
                     Some(cache) => answer(&cache, batch).await,
-                    None => batch.iter().map(|_| Err(closed())).collect(),
+                    None => batch.iter().map(|_| Err(super::closed())).collect(),
                 }
             }
         }))
@@ -50,7 +50,7 @@ impl Batcher {
         self.0
             .ask((entry_key, fence_key))
             .await
-            .unwrap_or_else(|| Err(closed()))
+            .unwrap_or_else(|| Err(super::closed()))
     }
 }
 
@@ -98,8 +98,4 @@ async fn answer(cache: &Cache, batch: Vec<Keys>) -> Vec<Result<Slot, CacheError>
                 .collect()
         }
     }
-}
-
-fn closed() -> CacheError {
-    CacheError::new(fred::error::ErrorKind::Canceled, "the cache is closed")
 }

@@ -1,7 +1,7 @@
 //! Installing versioned values: the compare-and-set pipeline shared by writes, fills,
 //! repairs, warm-up and audit.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::clients::Client;
@@ -11,6 +11,7 @@ use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 
 use super::entry::{self, Entry, Epoch};
+use super::fills::Fill;
 use super::{Cache, CacheError};
 use crate::domain::{Lsn, StoredSize};
 
@@ -43,6 +44,32 @@ impl Cache {
     /// Returns how many were installed.
     pub async fn fill(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<usize, CacheError> {
         self.install_all(items, epoch, None, None).await
+    }
+
+    /// Installs one value read from the database, unless nothing newer is cached or fenced,
+    /// or `deadline` passed first. Concurrent fills share one install call ([`super::fills`]).
+    pub async fn fill_one(
+        &self,
+        item: &Install<'_>,
+        epoch: &Epoch,
+        deadline: Instant,
+    ) -> Result<(), CacheError> {
+        if let Some(fills) = &self.fills {
+            return fills
+                .fill(Fill {
+                    sku: item.sku.to_owned(),
+                    version: item.version,
+                    verified: item.verified,
+                    body: item.body.clone(),
+                    epoch: epoch.clone(),
+                    deadline,
+                })
+                .await;
+        }
+        if Instant::now() < deadline {
+            self.fill(std::slice::from_ref(item), epoch).await?;
+        }
+        Ok(())
     }
 
     /// Invalidates `items` at their versions (fence raised, older entries deleted) and raises

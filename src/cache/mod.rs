@@ -23,6 +23,7 @@
 mod batch;
 mod breaker;
 pub mod entry;
+mod fills;
 mod install;
 pub mod link;
 mod scripts;
@@ -102,6 +103,8 @@ pub struct Cache {
     breaker: Breaker,
     /// Coalesces concurrent single-SKU reads (standalone Redis only: `None` in a Cluster).
     batcher: Option<batch::Batcher>,
+    /// Coalesces concurrent one-SKU fills (standalone Redis only, like `batcher`).
+    fills: Option<fills::Fills>,
 }
 
 impl Cache {
@@ -133,6 +136,7 @@ impl Cache {
             bind_history: Script::from_lua(scripts::BIND_HISTORY),
             breaker: Breaker::default(),
             batcher: (!clustered).then(|| batch::Batcher::start(cache.clone())),
+            fills: (!clustered).then(|| fills::Fills::start(cache.clone())),
         });
         tokio::spawn(link::supervise(Arc::downgrade(&cache)));
         Ok(cache)
@@ -590,6 +594,10 @@ impl Cache {
 /// The origin recorded with `epoch`: the data set it was started on.
 fn origin_value(epoch: &Epoch, server: &ServerIdentity) -> String {
     format!("{}|{}", epoch.as_str(), server.data_set())
+}
+
+fn closed() -> CacheError {
+    CacheError::new(fred::error::ErrorKind::Canceled, "the cache is closed")
 }
 
 fn breaker_open() -> CacheError {

@@ -459,7 +459,16 @@ impl SizeService {
                 body: doc.body.clone(),
             })
             .collect();
-        if let Err(error) = load.cache.fill(&installs, &meta.epoch).await {
+        let filled = match installs.as_slice() {
+            // A single miss's fill may wait for a batch: it is dropped if its read is too old
+            // by the time the batch goes out.
+            [one] => {
+                let deadline = load.started + FILL_MAX_AGE;
+                load.cache.fill_one(one, &meta.epoch, deadline).await
+            }
+            _ => load.cache.fill(&installs, &meta.epoch).await.map(drop),
+        };
+        if let Err(error) = filled {
             tracing::debug!(%error, "cache fill failed");
         }
     }

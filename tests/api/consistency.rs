@@ -629,6 +629,56 @@ async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
 }
 
 #[tokio::test]
+async fn concurrent_fills_share_one_install_call_and_each_installs_its_own_row() {
+    let redis = OwnRedis::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let skus: Vec<String> = (1..=24)
+        .map(|i| app.sku(&format!("shared-fill-{i}")))
+        .collect();
+    for (i, sku) in skus.iter().enumerate() {
+        app.put(sku, &size(i as i64 + 1)).await;
+        // A second version: a fill that installed another SKU's row, or the first version,
+        // would show.
+        app.put(sku, &size(100 + i as i64)).await;
+        app.evict(sku).await;
+    }
+    let monitor = redis.monitor().await;
+    // Redis holds writes (the install script) for a moment: the fills that arrive meanwhile
+    // queue behind the first ones and go out together when they return.
+    redis.command(&["CLIENT", "PAUSE", "250", "WRITE"]).await;
+    let app = &app;
+    let misses = skus.iter().map(|sku| async move {
+        let response = app.get(sku).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_ne!(read_source(&response), "cache", "{sku} was evicted");
+    });
+    futures_util::future::join_all(misses).await;
+    let installs = monitor.client_calls("evalsha", &skus).await;
+    assert!(
+        (1..=8).contains(&installs),
+        "{} fills took {installs} install calls:\n{:#?}",
+        skus.len(),
+        monitor.lines().await
+    );
+
+    for (i, sku) in skus.iter().enumerate() {
+        let response = app.get(sku).await;
+        assert_eq!(read_source(&response), "cache", "{sku} was not filled");
+        let body = response.json::<Value>().await.unwrap();
+        assert_eq!(body["sku"], sku.as_str());
+        assert_eq!(
+            (version_of(&body), body["length_mm"].as_i64()),
+            (2, Some(100 + i as i64)),
+            "{sku} was filled with another row"
+        );
+    }
+}
+
+#[tokio::test]
 async fn concurrent_misses_sharing_a_replica_query_each_get_their_own_fresh_row() {
     let redis = OwnRedis::start().await;
     let app = lagging_app(Some(&redis)).await;
