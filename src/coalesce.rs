@@ -17,10 +17,6 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
-/// Batches in flight at once: while they are, new reads queue for the next one. Measured on
-/// cache hits (bench/RESULTS.md): one in flight and four were both slower than two.
-const IN_FLIGHT: usize = 2;
-
 struct Waiting<Q, A> {
     query: Q,
     reply: oneshot::Sender<A>,
@@ -32,14 +28,15 @@ pub struct Coalescer<Q, A> {
 }
 
 impl<Q: Send + 'static, A: Send + 'static> Coalescer<Q, A> {
-    /// `run` reads a batch of at most `max_batch` queries and answers each, in order.
-    pub fn start<R, F>(max_batch: usize, run: R) -> Self
+    /// `run` reads a batch of at most `max_batch` queries and answers each, in order. At most
+    /// `in_flight` batches are out at once: while they are, new reads queue for the next one.
+    pub fn start<R, F>(max_batch: usize, in_flight: usize, run: R) -> Self
     where
         R: Fn(Vec<Q>) -> F + Send + Sync + 'static,
         F: Future<Output = Vec<A>> + Send + 'static,
     {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(waiting, max_batch, run));
+        tokio::spawn(dispatch(waiting, max_batch, in_flight.max(1), run));
         Self { queue }
     }
 
@@ -54,6 +51,7 @@ impl<Q: Send + 'static, A: Send + 'static> Coalescer<Q, A> {
 async fn dispatch<Q, A, R, F>(
     mut waiting: mpsc::UnboundedReceiver<Waiting<Q, A>>,
     max_batch: usize,
+    slots: usize,
     run: R,
 ) where
     Q: Send + 'static,
@@ -65,7 +63,7 @@ async fn dispatch<Q, A, R, F>(
     // than the batch saved when batches are small.
     let mut in_flight = FuturesUnordered::new();
     loop {
-        let next = if in_flight.len() < IN_FLIGHT {
+        let next = if in_flight.len() < slots {
             tokio::select! {
                 biased;
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
@@ -110,12 +108,14 @@ mod tests {
 
     use super::*;
 
+    const IN_FLIGHT: usize = 2;
+
     #[tokio::test]
     async fn each_read_gets_its_own_answer_and_waiting_reads_share_a_batch() {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
         let (open, opened) = tokio::sync::watch::channel(false);
-        let coalescer = Arc::new(Coalescer::start(64, move |queries: Vec<u32>| {
+        let coalescer = Arc::new(Coalescer::start(64, IN_FLIGHT, move |queries: Vec<u32>| {
             seen.lock().unwrap().push(queries.len());
             let mut opened = opened.clone();
             async move {

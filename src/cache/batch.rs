@@ -20,6 +20,12 @@ use crate::coalesce::Coalescer;
 /// SKUs per `MGET` at most: a larger batch would hold Redis, and every read behind it, longer.
 const MAX_BATCH: usize = 64;
 
+/// One batch out at a time: Redis serves one command at a time, and the service reaches it on
+/// one connection per CPU, so a second batch in flight only splits the queue. Measured
+/// (bench/RESULTS.md, issue 14's third pass): one served hits 2-5% faster than two, and misses
+/// 3-10%.
+const IN_FLIGHT: usize = 1;
+
 /// One SKU's keys as one `MGET` of a batch read them.
 pub struct Slot {
     pub entry: Option<Bytes>,
@@ -34,15 +40,19 @@ pub struct Batcher(Coalescer<Keys, Result<Slot, CacheError>>);
 
 impl Batcher {
     pub fn start(cache: Weak<Cache>) -> Self {
-        Self(Coalescer::start(MAX_BATCH, move |batch: Vec<Keys>| {
-            let cache = cache.upgrade();
-            async move {
-                match cache {
-                    Some(cache) => answer(&cache, batch).await,
-                    None => batch.iter().map(|_| Err(super::closed())).collect(),
+        Self(Coalescer::start(
+            MAX_BATCH,
+            IN_FLIGHT,
+            move |batch: Vec<Keys>| {
+                let cache = cache.upgrade();
+                async move {
+                    match cache {
+                        Some(cache) => answer(&cache, batch).await,
+                        None => batch.iter().map(|_| Err(super::closed())).collect(),
+                    }
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// One SKU's entry, fence and the meta key, read in whichever batch takes it.

@@ -25,6 +25,9 @@ use crate::domain::Lsn;
 /// call, short enough not to hold Redis for the hits behind it.
 const MAX_BATCH: usize = 64;
 
+/// As for the hits' `MGET` ([`super::batch`]): one install call out at a time.
+const IN_FLIGHT: usize = 1;
+
 /// One fill of one SKU, owned while it waits for its batch.
 pub struct Fill {
     pub sku: String,
@@ -40,15 +43,19 @@ pub struct Fills(Coalescer<Fill, Result<(), CacheError>>);
 
 impl Fills {
     pub fn start(cache: Weak<Cache>) -> Self {
-        Self(Coalescer::start(MAX_BATCH, move |batch: Vec<Fill>| {
-            let cache = cache.upgrade();
-            async move {
-                match cache {
-                    Some(cache) => install(&cache, batch).await,
-                    None => batch.iter().map(|_| Err(super::closed())).collect(),
+        Self(Coalescer::start(
+            MAX_BATCH,
+            IN_FLIGHT,
+            move |batch: Vec<Fill>| {
+                let cache = cache.upgrade();
+                async move {
+                    match cache {
+                        Some(cache) => install(&cache, batch).await,
+                        None => batch.iter().map(|_| Err(super::closed())).collect(),
+                    }
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// Installs `fill` in whichever batch takes it.

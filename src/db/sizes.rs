@@ -74,11 +74,15 @@ pub struct SharedFetches(Coalescer<String, Result<Fetched, Arc<sqlx::Error>>>);
 
 /// SKUs per coalesced query at most.
 const MAX_SHARED_FETCH: usize = 64;
+/// Queries out at once: two, so that one slow query (cold pages) does not hold every other
+/// miss behind it.
+const SHARED_FETCHES_IN_FLIGHT: usize = 2;
 
 impl SharedFetches {
     pub fn start(leases: Arc<Leases>) -> Self {
         Self(Coalescer::start(
             MAX_SHARED_FETCH,
+            SHARED_FETCHES_IN_FLIGHT,
             move |skus: Vec<String>| {
                 let leases = leases.clone();
                 async move {
