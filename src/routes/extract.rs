@@ -2,7 +2,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -144,14 +144,26 @@ fn tags(name: &str, value: &str) -> Result<Tags, AppError> {
 }
 
 /// Whether a GET's `If-None-Match` matches `version` (weak comparison, as RFC 9110 asks).
-pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
-    let Some(value) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    value.trim() == "*" || entity_tags(value).any(|t| t.version == Some(version))
+/// `If-None-Match` of a read, as sent (the only header a read's handler needs: taking it alone
+/// spares a copy of every header per request).
+pub struct IfNoneMatch(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(header::IF_NONE_MATCH).cloned()))
+    }
+}
+
+impl IfNoneMatch {
+    /// Whether the client already holds `version` (weak comparison): 304.
+    pub fn hits(&self, version: i64) -> bool {
+        let Some(value) = self.0.as_ref().and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        value.trim() == "*" || entity_tags(value).any(|t| t.version == Some(version))
+    }
 }
 
 pub fn etag(version: i64) -> String {
@@ -189,17 +201,13 @@ fn entity_tags(list: &str) -> impl Iterator<Item = EntityTag> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn if_none_match_uses_weak_comparison() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::IF_NONE_MATCH,
-            HeaderValue::from_static("\"2\", W/\"3\""),
-        );
-        assert!(if_none_match_hits(&headers, 3));
-        assert!(if_none_match_hits(&headers, 2));
-        assert!(!if_none_match_hits(&headers, 4));
+        let held = IfNoneMatch(Some(HeaderValue::from_static("\"2\", W/\"3\"")));
+        assert!(held.hits(3));
+        assert!(held.hits(2));
+        assert!(!held.hits(4));
+        assert!(!IfNoneMatch(None).hits(2));
     }
 }

@@ -1,14 +1,14 @@
 //! `/v1/products/{sku}/size`: read, create or replace, delete one product's size.
 
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::body::{RequestBody, ValidJson};
-use super::extract::{ConsistencyToken, SkuPath, WritePreconditions, etag, if_none_match_hits};
+use super::extract::{ConsistencyToken, IfNoneMatch, SkuPath, WritePreconditions, etag};
 use super::{AppState, X_CONSISTENCY_TOKEN, X_READ_SOURCE};
 use crate::db::DbRoute;
 use crate::domain::write::Decision;
@@ -105,6 +105,9 @@ impl SizeFields {
     }
 }
 
+/// A size's media type, as a header value made once.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 #[utoipa::path(
     get,
     path = "/v1/products/{sku}/size",
@@ -129,7 +132,7 @@ pub async fn get_size(
     Extension(route): Extension<DbRoute>,
     SkuPath(sku): SkuPath,
     ConsistencyToken(token): ConsistencyToken,
-    headers: HeaderMap,
+    if_none_match: IfNoneMatch,
 ) -> Result<Response, AppError> {
     let read = state
         .sizes
@@ -143,15 +146,13 @@ pub async fn get_size(
         return Ok((source, AppError::NotFound(sku.to_string())).into_response());
     };
     let tag = etag(doc.version);
-    if if_none_match_hits(&headers, doc.version) {
+    if if_none_match.hits(doc.version) {
         return Ok((StatusCode::NOT_MODIFIED, source, [(header::ETAG, tag)]).into_response());
     }
     Ok((
         source,
-        [
-            (header::ETAG, tag),
-            (header::CONTENT_TYPE, "application/json".to_owned()),
-        ],
+        [(header::ETAG, tag)],
+        [(header::CONTENT_TYPE, JSON)],
         body,
     )
         .into_response())
