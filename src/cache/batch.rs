@@ -10,7 +10,7 @@
 //! sees every write acknowledged before that. Only a standalone Redis batches: in a Cluster,
 //! one `MGET` cannot span slots.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
@@ -40,19 +40,7 @@ pub struct Batcher(Coalescer<Keys, Result<Slot, CacheError>>);
 
 impl Batcher {
     pub fn start(cache: Weak<Cache>) -> Self {
-        Self(Coalescer::start(
-            MAX_BATCH,
-            IN_FLIGHT,
-            move |batch: Vec<Keys>| {
-                let cache = cache.upgrade();
-                async move {
-                    match cache {
-                        Some(cache) => answer(&cache, batch).await,
-                        None => batch.iter().map(|_| Err(super::closed())).collect(),
-                    }
-                }
-            },
-        ))
+        Self(super::coalescer_on(cache, MAX_BATCH, IN_FLIGHT, answer))
     }
 
     /// One SKU's entry, fence and the meta key, read in whichever batch takes it.
@@ -66,7 +54,7 @@ impl Batcher {
 
 /// Reads one batch. The breaker counts each read, as it would have counted each read's own
 /// `MGET`.
-async fn answer(cache: &Cache, batch: Vec<Keys>) -> Vec<Result<Slot, CacheError>> {
+async fn answer(cache: Arc<Cache>, batch: Vec<Keys>) -> Vec<Result<Slot, CacheError>> {
     let reads = batch.len();
     if !cache.breaker.allow() {
         return (0..reads).map(|_| Err(super::breaker_open())).collect();

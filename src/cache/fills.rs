@@ -10,7 +10,7 @@
 //! A fill is only safe while a write's fence outlives it (see `FILL_MAX_AGE` in
 //! `service::read`): one whose deadline passed while it waited is dropped, not installed.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -43,19 +43,7 @@ pub struct Fills(Coalescer<Fill, Result<(), CacheError>>);
 
 impl Fills {
     pub fn start(cache: Weak<Cache>) -> Self {
-        Self(Coalescer::start(
-            MAX_BATCH,
-            IN_FLIGHT,
-            move |batch: Vec<Fill>| {
-                let cache = cache.upgrade();
-                async move {
-                    match cache {
-                        Some(cache) => install(&cache, batch).await,
-                        None => batch.iter().map(|_| Err(super::closed())).collect(),
-                    }
-                }
-            },
-        ))
+        Self(super::coalescer_on(cache, MAX_BATCH, IN_FLIGHT, install))
     }
 
     /// Installs `fill` in whichever batch takes it.
@@ -69,7 +57,7 @@ impl Fills {
 
 /// Installs one batch: one call per epoch among its fills (there is one but around a change
 /// of epoch), skipping fills past their deadline.
-async fn install(cache: &Cache, batch: Vec<Fill>) -> Vec<Result<(), CacheError>> {
+async fn install(cache: Arc<Cache>, batch: Vec<Fill>) -> Vec<Result<(), CacheError>> {
     let now = Instant::now();
     let mut answers: Vec<Result<(), CacheError>> = batch.iter().map(|_| Ok(())).collect();
     let mut pending: Vec<usize> = (0..batch.len())

@@ -19,6 +19,22 @@ use crate::helpers::{
 use crate::processes::OwnRedis;
 use crate::proxy::TcpProxy;
 
+/// An instance with a fresh replica and a Redis of the test's own.
+async fn app_on(redis: &OwnRedis) -> TestApp {
+    TestApp::spawn_with(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await
+}
+
+/// `count` SKUs of the test's own: `name-1`, `name-2`, ...
+fn numbered_skus(app: &TestApp, name: &str, count: usize) -> Vec<String> {
+    (1..=count)
+        .map(|i| app.sku(&format!("{name}-{i}")))
+        .collect()
+}
+
 async fn lagging_app(redis: Option<&OwnRedis>) -> TestApp {
     TestApp::spawn_with(Options {
         replica: Replica::Lagging,
@@ -586,14 +602,8 @@ async fn a_miss_reads_entry_fence_and_epoch_in_one_round_trip_and_uses_the_fence
 #[tokio::test]
 async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
     let redis = OwnRedis::start().await;
-    let app = TestApp::spawn_with(Options {
-        redis_url: Some(redis.url()),
-        ..Options::default()
-    })
-    .await;
-    let skus: Vec<String> = (1..=24)
-        .map(|i| app.sku(&format!("shared-mget-{i}")))
-        .collect();
+    let app = app_on(&redis).await;
+    let skus = numbered_skus(&app, "shared-mget", 24);
     for (i, sku) in skus.iter().enumerate() {
         app.put(sku, &size(i as i64 + 1)).await;
     }
@@ -631,14 +641,8 @@ async fn concurrent_hits_share_one_mget_and_each_gets_its_own_entry() {
 #[tokio::test]
 async fn concurrent_fills_share_one_install_call_and_each_installs_its_own_row() {
     let redis = OwnRedis::start().await;
-    let app = TestApp::spawn_with(Options {
-        redis_url: Some(redis.url()),
-        ..Options::default()
-    })
-    .await;
-    let skus: Vec<String> = (1..=24)
-        .map(|i| app.sku(&format!("shared-fill-{i}")))
-        .collect();
+    let app = app_on(&redis).await;
+    let skus = numbered_skus(&app, "shared-fill", 24);
     for (i, sku) in skus.iter().enumerate() {
         app.put(sku, &size(i as i64 + 1)).await;
         // A second version: a fill that installed another SKU's row, or the first version,
@@ -682,12 +686,8 @@ async fn concurrent_fills_share_one_install_call_and_each_installs_its_own_row()
 async fn concurrent_misses_sharing_a_replica_query_each_get_their_own_fresh_row() {
     let redis = OwnRedis::start().await;
     let app = lagging_app(Some(&redis)).await;
-    let settled: Vec<String> = (1..=10)
-        .map(|i| app.sku(&format!("shared-settled-{i}")))
-        .collect();
-    let moving: Vec<String> = (1..=5)
-        .map(|i| app.sku(&format!("shared-moving-{i}")))
-        .collect();
+    let settled = numbered_skus(&app, "shared-settled", 10);
+    let moving = numbered_skus(&app, "shared-moving", 5);
     for (i, sku) in settled.iter().chain(&moving).enumerate() {
         app.put(sku, &size(i as i64 + 1)).await;
     }
