@@ -12,9 +12,10 @@
 //! entry's epoch, a replica row's replay position) is the batch's own atomic answer.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 struct Waiting<Q, A> {
@@ -40,7 +41,8 @@ impl<Q: Send + 'static, A: Send + 'static> Coalescer<Q, A> {
         Self { queue }
     }
 
-    /// `query`'s answer from whichever batch takes it; `None` if the coalescer stopped.
+    /// `query`'s answer from whichever batch takes it; `None` if the coalescer stopped or the
+    /// batch panicked.
     pub async fn ask(&self, query: Q) -> Option<A> {
         let (reply, answer) = oneshot::channel();
         self.queue.send(Waiting { query, reply }).ok()?;
@@ -94,11 +96,14 @@ async fn dispatch<Q, A, R, F>(
         let (queries, replies): (Vec<Q>, Vec<_>) =
             batch.into_iter().map(|w| (w.query, w.reply)).unzip();
         let answers = run(queries);
-        in_flight.push(async move {
+        // A batch that panics answers none of its reads (each sees the coalescer as stopped)
+        // and leaves the next batches served, as a task of its own would.
+        let batch = AssertUnwindSafe(async move {
             for (reply, answer) in replies.into_iter().zip(answers.await) {
                 let _ = reply.send(answer);
             }
         });
+        in_flight.push(batch.catch_unwind().map(drop));
     }
 }
 
@@ -109,6 +114,16 @@ mod tests {
     use super::*;
 
     const IN_FLIGHT: usize = 2;
+
+    #[tokio::test]
+    async fn a_batch_that_panics_answers_none_and_later_batches_are_served() {
+        let coalescer = Coalescer::start(64, 1, |queries: Vec<u32>| async move {
+            assert!(!queries.contains(&0), "the batch of 0 panics");
+            queries
+        });
+        assert_eq!(coalescer.ask(0).await, None);
+        assert_eq!(coalescer.ask(7).await, Some(7));
+    }
 
     #[tokio::test]
     async fn each_read_gets_its_own_answer_and_waiting_reads_share_a_batch() {

@@ -1,6 +1,6 @@
 //! Concurrent one-SKU fills coalesced into one install call ([`crate::coalesce`]).
 //!
-//! A miss's fill is one install script call for one item, and most of its cost is per call:
+//! A miss's fill is one install script call for one item, and about half its cost is per call:
 //! Redis's script dispatch (about 7 µs of the 14 µs such a call takes, bench/RESULTS.md) and
 //! fred's command handling. A batch is one call of the same compare-and-set for every waiting
 //! fill of the same epoch: the script judges each item on its own against its entry and
