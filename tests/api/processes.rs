@@ -65,14 +65,19 @@ impl Monitor {
     /// Commands named `command` that a client sent (not a script) naming a key of one of
     /// `skus`: what a test's own requests made Redis do, whatever else runs beside them.
     pub async fn client_calls(&self, command: &str, skus: &[String]) -> usize {
+        self.client_commands(command, skus).await.len()
+    }
+
+    /// The lines of those commands.
+    pub async fn client_commands(&self, command: &str, skus: &[String]) -> Vec<String> {
         let command = format!("\"{}\"", command.to_ascii_uppercase());
         let tags: Vec<String> = skus.iter().map(|sku| format!("{{{sku}}}")).collect();
         self.lines()
             .await
-            .iter()
+            .into_iter()
             .filter(|line| !line.contains(" lua] ") && line.to_ascii_uppercase().contains(&command))
             .filter(|line| tags.iter().any(|tag| line.contains(tag.as_str())))
-            .count()
+            .collect()
     }
 }
 
