@@ -143,7 +143,6 @@ fn tags(name: &str, value: &str) -> Result<Tags, AppError> {
     ))
 }
 
-/// Whether a GET's `If-None-Match` matches `version` (weak comparison, as RFC 9110 asks).
 /// `If-None-Match` of a read, as sent (the only header a read's handler needs: taking it alone
 /// spares a copy of every header per request).
 pub struct IfNoneMatch(Option<HeaderValue>);
@@ -157,7 +156,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
 }
 
 impl IfNoneMatch {
-    /// Whether the client already holds `version` (weak comparison): 304.
+    /// Whether the client already holds `version` (weak comparison, as RFC 9110 asks): 304.
     pub fn hits(&self, version: i64) -> bool {
         let Some(value) = self.0.as_ref().and_then(|v| v.to_str().ok()) else {
             return false;
