@@ -10,7 +10,9 @@
 /// Installs an item only if its fence names no newer version and its entry holds no newer
 /// version (an equal version is re-stamped when its epoch differs, or when the new value
 /// proves it against a later WAL position: the 20-digit `verified` field, compared as a
-/// string); a write also sets the fence. Returns how many it installed.
+/// string). A write sets the fence whenever it names no newer version, whether or not the
+/// entry was installed: a fill that read the write's own version later may have installed it
+/// first. Returns how many entries it installed.
 ///
 /// Redis runs this for every row of every fill, warm-up page and write, so it does as little
 /// as Lua allows: every entry and fence is read with one `MGET` up front (a `redis.call` per
@@ -32,13 +34,14 @@ for i = 1, #KEYS / 2 do
   local version_text = ARGV[4 * i - 1]
   local version = tonumber(version_text)
   local value = ARGV[4 * i]
-  local newer = false
+  local fenced_newer = false
   local fence = set[fence_key] or stored[2 * i]
   if fence then
     local bar = find(fence, '|', 1, true)
     local fenced = bar and tonumber(sub(fence, 1, bar - 1))
-    newer = fenced ~= nil and fenced > version
+    fenced_newer = fenced ~= nil and fenced > version
   end
+  local newer = fenced_newer
   if not newer then
     local current = set[entry_key] or stored[2 * i - 1]
     if current then
@@ -59,12 +62,14 @@ for i = 1, #KEYS / 2 do
   if not newer then
     redis.call('SET', entry_key, value, 'PX', ARGV[4 * i + 1])
     set[entry_key] = value
-    if fence_ttl ~= '0' then
-      local fenced = ARGV[4 * i + 2]
-      redis.call('SET', fence_key, fenced, 'PX', fence_ttl)
-      set[fence_key] = fenced
-    end
     installed = installed + 1
+  end
+  -- A write's fence goes up even when its entry stays out: the entry there may be its own
+  -- version, filled first from a later read, and outlive that entry it must.
+  if fence_ttl ~= '0' and not fenced_newer then
+    local fenced = ARGV[4 * i + 2]
+    redis.call('SET', fence_key, fenced, 'PX', fence_ttl)
+    set[fence_key] = fenced
   end
 end
 return installed

@@ -215,6 +215,49 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
     assert_eq!((entry.version, entry.body), (3, None));
 }
 
+/// A read on the primary just after a commit can fill the committed version before the write
+/// installs it, with a later `verified` stamp: the write's install then leaves that entry, but
+/// its fence must still go up. Else, once the entry is evicted, the fence names the previous
+/// version and a lagging replica's row of it passes as fresh.
+#[tokio::test]
+async fn a_write_raises_its_fence_even_when_a_fill_installed_its_version_first() {
+    let cache = cache_of_its_own().await;
+    let sku = "FENCE-AFTER-FILL";
+    let sku_parsed = product_size_service::domain::Sku::parse(sku).unwrap();
+    let epoch = Epoch::random();
+    let stamped = |version, verified| {
+        [Install {
+            sku,
+            version,
+            verified: Lsn::new(verified),
+            body: body_of(version),
+        }]
+    };
+    cache
+        .record_writes(&stamped(1, 100), &epoch, Lsn::new(100))
+        .await
+        .unwrap();
+
+    // Version 2 commits at 200; a primary read at 250 fills it before the write's install.
+    assert_eq!(cache.fill(&stamped(2, 250), &epoch).await.unwrap(), 1);
+    assert_eq!(
+        cache
+            .record_writes(&stamped(2, 200), &epoch, Lsn::new(200))
+            .await
+            .unwrap(),
+        0,
+        "the fill's entry proves more than the write's"
+    );
+
+    let read = cache.read(std::slice::from_ref(&sku_parsed)).await.unwrap();
+    assert_eq!(
+        read.entries[0].as_ref().map(|e| e.verified),
+        Some(Lsn::new(250))
+    );
+    let fence = read.fences[0].clone().expect("the write's fence");
+    assert_eq!((fence.version, fence.epoch), (2, epoch));
+}
+
 /// A cache client on the shared Redis, under a key prefix of its own.
 async fn cache_of_its_own() -> Arc<Cache> {
     let prefix = format!("c{:08x}", fastrand::u32(..));
