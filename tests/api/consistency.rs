@@ -372,12 +372,13 @@ async fn of_twenty_concurrent_puts_with_one_if_match_exactly_one_wins() {
     for attempt in attempts {
         statuses.push(attempt.await.unwrap());
     }
-    let won = statuses.iter().filter(|s| s.is_success()).count();
-    let lost = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
-        .count();
-    assert_eq!((won, lost), (1, 19), "{statuses:?}");
+    let count = |wanted: fn(&StatusCode) -> bool| statuses.iter().filter(|s| wanted(s)).count();
+    let won = count(StatusCode::is_success);
+    let lost = count(|s| *s == StatusCode::PRECONDITION_FAILED);
+    // On a loaded machine the service may shed a write (503, nothing written): it neither
+    // wins nor breaks the rule.
+    let shed = count(|s| *s == StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!((won, lost + shed), (1, 19), "{statuses:?}");
     assert_eq!(app.primary_row(&sku).await.map(|r| r.0), Some(2));
 }
 
