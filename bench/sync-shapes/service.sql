@@ -1,0 +1,25 @@
+-- D: C, then the settle of B: every statement the service sends for a batch.
+\set start random(0, :rows - 1)
+BEGIN;
+SELECT sku, length_mm, width_mm, height_mm, weight_g, size_label, version, source_version,
+       deleted, updated_at
+  FROM product_sizes
+ WHERE sku = ANY (ARRAY(SELECT 'B' || lpad(((:start + i * 997) % :rows + 1)::text, 7, '0')
+                          FROM generate_series(1, 1000) AS i))
+ ORDER BY sku FOR UPDATE;
+WITH n AS (
+    SELECT 'B' || lpad(((:start + i * 997) % :rows + 1)::text, 7, '0') AS sku,
+           (1 + floor(random() * 100000))::int AS length_mm
+      FROM generate_series(1, 1000) AS i
+)
+UPDATE product_sizes AS p
+   SET length_mm = n.length_mm, version = p.version + 1, updated_at = now()
+  FROM n
+ WHERE p.sku = n.sku;
+COMMIT;
+SELECT p.lsn::text, substr(pg_walfile_name(p.lsn), 1, 8), c.system_identifier::text
+  FROM (SELECT pg_current_wal_insert_lsn() AS lsn) AS p, pg_control_system() AS c;
+DELETE FROM cache_repairs AS r
+ USING (SELECT 'B' || lpad(((:start + i * 997) % :rows + 1)::text, 7, '0') AS sku
+          FROM generate_series(1, 1000) AS i) AS s
+ WHERE r.cache_prefix = 'pgbench' AND r.sku = s.sku;
