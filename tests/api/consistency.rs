@@ -1,7 +1,7 @@
 //! SPEC C1–C4 against real lag: the "lagging" replica applies WAL 2 s late.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -293,13 +293,23 @@ async fn racing_fills_evictions_and_writes_never_serve_an_older_version() {
     let sku = app.sku("race");
     app.put(&sku, &size(1)).await;
     let acknowledged = Arc::new(AtomicI64::new(1));
-    let deadline = Instant::now() + Duration::from_secs(4);
+    let writing = Arc::new(AtomicBool::new(true));
+    // At least 4 s of races and at least 20 writes, however slow the machine is today.
+    let (least, most) = (
+        Instant::now() + Duration::from_secs(4),
+        Instant::now() + Duration::from_secs(60),
+    );
 
     let writer = {
-        let (app, sku, acknowledged) = (app.clone(), sku.clone(), acknowledged.clone());
+        let (app, sku, acknowledged, writing) = (
+            app.clone(),
+            sku.clone(),
+            acknowledged.clone(),
+            writing.clone(),
+        );
         tokio::spawn(async move {
             let mut length = 1;
-            while Instant::now() < deadline {
+            while (Instant::now() < least || length <= 21) && Instant::now() < most {
                 length += 1;
                 let response = app.put(&sku, &size(length)).await;
                 assert!(response.status().is_success());
@@ -309,14 +319,20 @@ async fn racing_fills_evictions_and_writes_never_serve_an_older_version() {
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            writing.store(false, Ordering::SeqCst);
         })
     };
     let readers: Vec<_> = (0..4)
         .map(|n| {
-            let (app, sku, acknowledged) = (app.clone(), sku.clone(), acknowledged.clone());
+            let (app, sku, acknowledged, writing) = (
+                app.clone(),
+                sku.clone(),
+                acknowledged.clone(),
+                writing.clone(),
+            );
             tokio::spawn(async move {
                 let mut reads = 0;
-                while Instant::now() < deadline {
+                while writing.load(Ordering::SeqCst) {
                     if n % 2 == 0 {
                         app.evict(&sku).await;
                     }
