@@ -302,6 +302,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// How many of `skus` this app's cache is still owed a record for (its writes' or
+    /// anyone else's).
+    pub async fn owed_records(&self, skus: &[String]) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM cache_repairs WHERE cache_prefix = $1 AND sku = ANY($2)",
+        )
+        .bind(&self.key_prefix)
+        .bind(skus)
+        .fetch_one(&self.primary)
+        .await
+        .unwrap()
+    }
+
     /// Waits until the app's replica has replayed everything the primary has now.
     pub async fn wait_replica_caught_up(&self) {
         let Some(replica) = &self.replica else { return };
