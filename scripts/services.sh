@@ -113,6 +113,10 @@ create_primary() {
 # product-size-service local primary
 wal_level = replica
 max_wal_senders = 10
+# Replicas and tests' own standbys stream without slots: keep enough WAL that neither a
+# pg_basebackup under way nor a standby a little behind finds its next segment recycled by
+# a checkpoint (every pg_basebackup -c fast forces one).
+wal_keep_size = 512MB
 hot_standby = on
 synchronous_commit = on
 fsync = on

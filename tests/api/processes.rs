@@ -282,6 +282,14 @@ fn as_postgres(tool: &str) -> Command {
     }
 }
 
+/// Adds `lines` to the cluster's `postgresql.auto.conf` (read when it starts).
+fn append_conf(dir: &Path, lines: &str) {
+    let conf = dir.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(lines);
+    std::fs::write(&conf, text).unwrap();
+}
+
 /// A PostgreSQL cluster in a temporary folder on a free port, removed when dropped.
 pub struct OwnPostgres {
     pub port: u16,
@@ -308,6 +316,8 @@ impl OwnPostgres {
             ])
             .stdout(Stdio::null()))
         .await;
+        // Standbys made from it stream without slots (see scripts/services.sh).
+        append_conf(&cluster.dir, "wal_keep_size = 256MB\n");
         if let Some((cert, key)) = certificate {
             for (from, to) in [(cert, "server.pem"), (key, "server.key")] {
                 let to = cluster.dir.join(to);
@@ -320,10 +330,10 @@ impl OwnPostgres {
                     .arg(&to))
                 .await;
             }
-            let conf = cluster.dir.join("postgresql.auto.conf");
-            let mut text = std::fs::read_to_string(&conf).unwrap();
-            text.push_str("ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n");
-            std::fs::write(&conf, text).unwrap();
+            append_conf(
+                &cluster.dir,
+                "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+            );
         }
         cluster.start().await;
         run(Command::new(postgres_bin("psql"))
@@ -361,10 +371,10 @@ impl OwnPostgres {
         ]))
         .await;
         if let Some(delay) = delay {
-            let conf = cluster.dir.join("postgresql.auto.conf");
-            let mut text = std::fs::read_to_string(&conf).unwrap();
-            text.push_str(&format!("recovery_min_apply_delay = '{delay}'\n"));
-            std::fs::write(&conf, text).unwrap();
+            append_conf(
+                &cluster.dir,
+                &format!("recovery_min_apply_delay = '{delay}'\n"),
+            );
         }
         cluster.start().await;
         cluster
