@@ -384,7 +384,7 @@ async fn a_warm_up_misses_no_row_a_restore_wrote_while_the_replica_had_not_repla
         .fetch_one(&app.primary)
         .await
         .unwrap();
-    crate::helpers::eventually(15, "the replica replays the write", || async {
+    crate::helpers::eventually(30, "the replica replays the write", || async {
         sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
             .bind(&target)
             .fetch_one(&replica_pool)

@@ -605,7 +605,7 @@ async fn a_read_that_joins_an_older_shared_read_is_not_served_its_answer() {
     // the first in flight, whose answer predates the write it must see.
     let first = reader.get(&sku);
     let second = async {
-        crate::helpers::eventually(10, "the first read ran on the primary", || async {
+        crate::helpers::eventually(30, "the first read ran on the primary", || async {
             database.has_delayed(sku.as_bytes())
         })
         .await;

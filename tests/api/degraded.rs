@@ -62,7 +62,7 @@ async fn a_write_acknowledged_while_redis_is_paused_is_never_served_stale() {
     .await;
     // The write's durable record may still be claimed once more by the repair pass (it is
     // older than 2 s) before it is cleared: the count drains to zero, it need not be there yet.
-    eventually(10, "no repair is pending", || async {
+    eventually(30, "no repair is pending", || async {
         app.metric("product_size_cache_repairs_pending").await == 0.0
     })
     .await;
@@ -111,7 +111,7 @@ async fn an_instance_started_after_a_crash_applies_recorded_repairs_before_servi
     let second = first.sibling(with_redis(&redis)).await;
     let read = second.get(&sku).await;
     assert_eq!(version_of(&read.json().await.unwrap()), 2);
-    eventually(10, "the recorded repair is applied", || async {
+    eventually(30, "the recorded repair is applied", || async {
         let read = second.get(&sku).await;
         read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 2
     })
@@ -171,7 +171,7 @@ async fn a_down_replica_sends_reads_to_the_primary_until_it_is_back() {
         let read = app.get(&sku).await;
         read.status() == StatusCode::OK && read_source(&read) == "replica"
     };
-    eventually(10, "the replica serves", from_replica).await;
+    eventually(30, "the replica serves", from_replica).await;
 
     replica.stop().await;
     for _ in 0..3 {
@@ -181,7 +181,7 @@ async fn a_down_replica_sends_reads_to_the_primary_until_it_is_back() {
         assert_eq!(read_source(&read), "primary");
     }
     replica.start().await;
-    eventually(15, "the replica serves again", from_replica).await;
+    eventually(30, "the replica serves again", from_replica).await;
 }
 
 #[tokio::test]
@@ -234,7 +234,7 @@ async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
         app.put(&other, &size(1)).await.status(),
         StatusCode::CREATED
     );
-    eventually(10, "the replica has the rows", || async {
+    eventually(30, "the replica has the rows", || async {
         app.evict(&sku).await;
         read_source(&app.get(&sku).await) == "replica"
     })
@@ -257,14 +257,14 @@ async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
         (StatusCode::OK, "replica".to_owned())
     );
     // `/readyz` reports what the probes saw: within a probe interval or so.
-    eventually(10, "readyz reports the primary down", || async {
+    eventually(30, "readyz reports the primary down", || async {
         let ready = app.readiness().await;
         (ready["status"].as_str(), ready["primary"].as_str()) == (Some("degraded"), Some("down"))
     })
     .await;
 
     primary.start().await;
-    eventually(15, "writes succeed again", || async {
+    eventually(30, "writes succeed again", || async {
         app.put(&sku, &size(3)).await.status().is_success()
     })
     .await;

@@ -140,7 +140,7 @@ async fn an_insert_from_outside_needs_no_version_and_no_sku_is_renamed() {
 /// The cache entries live an hour: only the captured change can bring the new version.
 async fn serves_from_cache(app: &TestApp, sku: &str, version: Option<i64>) {
     let what = format!("{sku} is served from the cache at {version:?}");
-    eventually(10, &what, || async {
+    eventually(30, &what, || async {
         let read = app.get(sku).await;
         if read_source(&read) != "cache" {
             return false;
@@ -294,7 +294,7 @@ async fn with_notifications_lost_the_durable_record_still_brings_the_change() {
         .await
         .unwrap();
     drop(paused);
-    eventually(10, "the listener is back", || async {
+    eventually(30, "the listener is back", || async {
         listener_backend(&app).await != backend
     })
     .await;
@@ -337,7 +337,7 @@ async fn replaying_a_change_installs_nothing_older() {
             .execute(&app.primary)
             .await
             .unwrap();
-            eventually(10, "the replayed record is applied", || async {
+            eventually(30, "the replayed record is applied", || async {
                 app.metric("product_size_changes_applied").await > applied
             })
             .await;
@@ -358,7 +358,7 @@ async fn the_inspector_counts_hits_the_cache_keeps_serving_older_than_committed(
     let sku = app.sku("inspected");
     app.put(&sku, &size(1)).await;
     assert_eq!(read_source(&app.get(&sku).await), "cache");
-    eventually(10, "the sampled hit is checked", || async {
+    eventually(30, "the sampled hit is checked", || async {
         app.metric("product_size_consistency_checked_total").await >= 1.0
     })
     .await;
@@ -382,7 +382,7 @@ async fn the_inspector_counts_hits_the_cache_keeps_serving_older_than_committed(
             .unwrap();
     }
     tx.commit().await.unwrap();
-    eventually(10, "the divergence is counted", || async {
+    eventually(30, "the divergence is counted", || async {
         let read = app.get(&sku).await;
         assert_eq!(read_source(&read), "cache");
         app.metric("product_size_consistency_divergent_total").await >= 1.0

@@ -17,7 +17,7 @@ fn with_redis(redis: &OwnRedis) -> Options {
 
 /// Reads `sku` on `app` until one comes from the cache; every read must be `version`.
 async fn served_from_the_cache_at(app: &TestApp, sku: &str, version: i64) {
-    eventually(10, "a read is served from the cache again", || async {
+    eventually(30, "a read is served from the cache again", || async {
         let read = app.get(sku).await;
         let source = read_source(&read);
         let body: Value = read.json().await.unwrap();
@@ -145,7 +145,7 @@ async fn a_redis_that_may_evict_fences_is_reported() {
     assert_eq!(ready["cache_fences_evictable"], false);
 
     redis.configure("maxmemory-policy", "volatile-ttl").await;
-    eventually(10, "the eviction policy is reported", || async {
+    eventually(30, "the eviction policy is reported", || async {
         let ready = app.readiness().await;
         let metrics = app.scrape_metrics().await;
         ready["cache_fences_evictable"] == true

@@ -94,7 +94,7 @@ async fn ten_thousand_updates_lost_while_redis_keeps_its_data_are_never_served_s
 
     link.blackhole();
     sync_all(&app, &skus, 2).await;
-    eventually(10, "the backlog is on /metrics", || async {
+    eventually(30, "the backlog is on /metrics", || async {
         app.metric("product_size_cache_repairs_backlog").await >= OWED as f64
             && app
                 .metric("product_size_cache_repairs_oldest_age_seconds")

@@ -150,7 +150,7 @@ async fn a_rediss_url_is_served_over_tls_verified_against_the_configured_ca() {
     let sku = app.sku("tls");
     assert_eq!(app.put(&sku, &size(1)).await.status(), StatusCode::CREATED);
     // The server speaks TLS only: a hit proves the cache was reached over TLS.
-    crate::helpers::eventually(10, "the SKU is served from Redis over TLS", || async {
+    crate::helpers::eventually(30, "the SKU is served from Redis over TLS", || async {
         read_source(&app.get(&sku).await) == "cache"
     })
     .await;

@@ -17,7 +17,7 @@ fn token_of(written: &Response) -> String {
 
 /// Reads `sku` on `app` until the cache serves it, at `version`.
 async fn cached_at(app: &TestApp, sku: &str, version: i64) {
-    eventually(10, "the read is served from the cache", || async {
+    eventually(30, "the read is served from the cache", || async {
         let read = app.get(sku).await;
         let source = read_source(&read);
         let body: Value = read.json().await.unwrap();
@@ -46,7 +46,7 @@ async fn a_token_from_another_deployment_is_honoured_on_a_cache_hit() {
     );
     // The fill, or the applied change, stamped the new version: reads with the token become
     // hits (right after the write, the applied change may still hold the SKU back).
-    eventually(10, "a read with the token is a hit", || async {
+    eventually(30, "a read with the token is a hit", || async {
         let again = other.get_with_token(&sku, &token_of(&written)).await;
         let source = read_source(&again);
         let version = version_of(&again.json().await.unwrap());

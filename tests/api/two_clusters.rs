@@ -60,7 +60,7 @@ async fn primary_cache_killed_mid_write(policy: FailoverPolicy) {
     let key = app.entry_key(&sku);
     assert!(app.put(&sku, &size(1)).await.status().is_success());
     // A Redis just started may miss the write's own update; its repair follows shortly.
-    eventually(10, "the write is served from the cache", || async {
+    eventually(30, "the write is served from the cache", || async {
         read_source(&app.get(&sku).await) == "cache"
     })
     .await;
@@ -98,7 +98,7 @@ async fn primary_cache_killed_mid_write(policy: FailoverPolicy) {
         assert_eq!(version_of(&read.json().await.unwrap()), 2);
     }
     let primary = client(&primary_cache).await;
-    eventually(10, "the primary cache is repaired", || async {
+    eventually(30, "the primary cache is repaired", || async {
         cached_version(&primary, &key).await == Some(2)
     })
     .await;
@@ -109,7 +109,7 @@ async fn primary_cache_killed_mid_write(policy: FailoverPolicy) {
     );
     // The instance forgets the SKU's pending repair just after applying it: until then it
     // reads the primary, which is also fresh.
-    eventually(10, "reads are served from the cache again", || async {
+    eventually(30, "reads are served from the cache again", || async {
         let read = app.get(&sku).await;
         let source = read_source(&read);
         assert_eq!(version_of(&read.json().await.unwrap()), 2);
@@ -148,7 +148,7 @@ async fn a_write_the_secondary_missed_is_repaired_there_while_the_primary_cache_
     for sku in [&sku, &probe] {
         assert!(writer.put(sku, &size(1)).await.status().is_success());
     }
-    eventually(10, "the writes reach the secondary", || async {
+    eventually(30, "the writes reach the secondary", || async {
         cached_version(&secondary, &key).await == Some(1)
             && cached_version(&secondary, &writer.entry_key(&probe)).await == Some(1)
     })
@@ -161,7 +161,7 @@ async fn a_write_the_secondary_missed_is_repaired_there_while_the_primary_cache_
     writer.stop().await;
     primary_cache.stop().await;
     secondary_link.restore();
-    eventually(10, "the reader serves from the secondary", || async {
+    eventually(30, "the reader serves from the secondary", || async {
         read_source(&reader.get(&probe).await) == "cache"
     })
     .await;
@@ -174,11 +174,11 @@ async fn a_write_the_secondary_missed_is_repaired_there_while_the_primary_cache_
             "served the version the secondary missed"
         );
     }
-    eventually(10, "the secondary is repaired", || async {
+    eventually(30, "the secondary is repaired", || async {
         cached_version(&secondary, &key).await == Some(2)
     })
     .await;
-    eventually(10, "reads are served from the secondary again", || async {
+    eventually(30, "reads are served from the secondary again", || async {
         let read = reader.get(&sku).await;
         let source = read_source(&read);
         assert_eq!(version_of(&read.json().await.unwrap()), 2);
