@@ -322,7 +322,7 @@ impl TestApp {
             .fetch_one(&self.primary)
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let caught_up: bool =
                 sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
@@ -347,7 +347,7 @@ impl TestApp {
         let (Some(_), Some(health)) = (&self.replica, &self.replica_health) else {
             return;
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !health.is_up() {
             assert!(
                 Instant::now() < deadline,
