@@ -22,12 +22,19 @@ done
 cpu1() { awk '$1 == "cpu1" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 echo "| round | shape | rows/s | CPU 1 µs per row |"
 echo "|---|---|---|---|"
+# A and C are statements of their own; B and D append the settle to them.
+data=${PSS_DATA:-.local}/bench
+mkdir -p "$data"
+cp bench/sync-shapes/direct.sql "$data/shape-direct.sql"
+cat bench/sync-shapes/direct.sql bench/sync-shapes/settle.sql >"$data/shape-settle.sql"
+cp bench/sync-shapes/locked.sql "$data/shape-locked.sql"
+cat bench/sync-shapes/locked.sql bench/sync-shapes/settle.sql >"$data/shape-service.sql"
 for round in $(seq 1 "$rounds"); do
   for shape in direct settle locked service; do
     before=$(cpu1)
     text=$(PGOPTIONS="-c product_size.ledgers=pgbench" taskset -c 0 "$pgbin/pgbench" \
       -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$seconds" --max-tries 10 \
-      -D rows="$rows" -f "bench/sync-shapes/$shape.sql" "$db" 2>&1)
+      -D rows="$rows" -f "$data/shape-$shape.sql" "$db" 2>&1)
     after=$(cpu1)
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$text")
     python3 - "$round" "$shape" "$tps" "$before" "$after" "$seconds" <<'PY'

@@ -1,5 +1,5 @@
--- A: the direct upsert (bench/upsert.sql) on a set of 1,000 SKUs that the other shapes can
--- name again: every 997th from a random start.
+-- The direct upsert (bench/upsert.sql) on a set of 1,000 SKUs that settle.sql can name again:
+-- every 997th from a random start.
 \set start random(0, :rows - 1)
 WITH n AS MATERIALIZED (
     SELECT 'B' || lpad(((:start + i * 997) % :rows + 1)::text, 7, '0') AS sku,

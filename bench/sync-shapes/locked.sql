@@ -1,5 +1,5 @@
--- C: the service's transaction shape: whole rows locked and sent to the client (which decides
--- what to store), then one set-based UPDATE, then the position after the commit.
+-- The service's transaction shape: whole rows locked and sent to the client (which decides
+-- what to store), then one set-based UPDATE, then the position read after the commit.
 \set start random(0, :rows - 1)
 BEGIN;
 SELECT sku, length_mm, width_mm, height_mm, weight_g, size_label, version, source_version,
