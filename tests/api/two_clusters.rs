@@ -28,6 +28,12 @@ async fn cached_version(client: &Client, key: &str) -> Option<i64> {
     value.map(|v| v.split('|').next().unwrap().parse().unwrap())
 }
 
+/// The WAL position an entry (`<version>|<epoch>|<verified>|<body>`) is proven at.
+async fn verified_at(client: &Client, key: &str) -> u64 {
+    let value: String = client.get(key).await.unwrap();
+    value.split('|').nth(2).unwrap().parse().unwrap()
+}
+
 /// The WAL position an `X-Consistency-Token` names (16 hexadecimal digits).
 fn lsn(token: &str) -> u64 {
     u64::from_str_radix(token, 16).unwrap()
@@ -92,7 +98,12 @@ async fn primary_cache_killed_mid_write(policy: FailoverPolicy) {
         FailoverPolicy::ShortTtl => {
             assert_eq!(cached_version(&secondary, &key).await, Some(2));
             let ttl: i64 = secondary.pttl(&key).await.unwrap();
-            assert!(ttl > 0 && ttl <= 300_000, "short TTL, got {ttl} ms");
+            // The write's own install is stamped before its commit, below its token; a repair
+            // since (due once the record is 2 s old) stamps a later position and gives the
+            // entry an ordinary TTL, which is right: it was read from the primary.
+            if verified_at(&secondary, &key).await < token {
+                assert!(ttl > 0 && ttl <= 300_000, "short TTL, got {ttl} ms");
+            }
         }
     }
     for _ in 0..3 {
