@@ -112,7 +112,7 @@ create_primary() {
   cat >>"$dir/postgresql.conf" <<CONF
 # product-size-service local primary
 wal_level = replica
-max_wal_senders = 10
+max_wal_senders = 32
 # Replicas and tests' own standbys stream without slots: keep enough WAL that neither a
 # pg_basebackup under way nor a standby a little behind finds its next segment recycled by
 # a checkpoint (every pg_basebackup -c fast forces one).
