@@ -65,7 +65,7 @@ for i = 1, #KEYS / 2 do
     installed = installed + 1
   end
   -- A write's fence goes up even when its entry stays out: the entry there may be its own
-  -- version, filled first from a later read, and outlive that entry it must.
+  -- version, filled first by a later read, and the fence must outlive that entry.
   if fence_ttl ~= '0' and not fenced_newer then
     local fenced = ARGV[4 * i + 2]
     redis.call('SET', fence_key, fenced, 'PX', fence_ttl)
