@@ -131,7 +131,18 @@ async fn instances_share_orphaned_repairs_without_doing_any_twice() {
     );
     read_all(&first, &skus, 2).await;
     all_repaired(&[&first, &second], &skus, 2).await;
-    let applied = first.metric("product_size_cache_repairs_applied").await
-        + second.metric("product_size_cache_repairs_applied").await;
-    assert_eq!(applied, OWED as f64, "each repair applied exactly once");
+    // Counted just after each batch's records are cleared: read once the count is complete.
+    let applied = || async {
+        first.metric("product_size_cache_repairs_applied").await
+            + second.metric("product_size_cache_repairs_applied").await
+    };
+    eventually(30, "every repair is counted", || async {
+        applied().await >= OWED as f64
+    })
+    .await;
+    assert_eq!(
+        applied().await,
+        OWED as f64,
+        "each repair applied exactly once"
+    );
 }
