@@ -15,7 +15,6 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 use super::{Cache, CacheError};
-use crate::coalesce::Coalescer;
 
 /// SKUs per `MGET` at most: a larger batch would hold Redis, and every read behind it, longer.
 const MAX_BATCH: usize = 64;
@@ -36,19 +35,18 @@ pub struct Slot {
 /// A SKU's entry key and fence key.
 type Keys = (String, String);
 
-pub struct Batcher(Coalescer<Keys, Result<Slot, CacheError>>);
+pub struct Batcher(super::CacheCoalescer<Keys, Slot>);
 
 impl Batcher {
     pub fn start(cache: Weak<Cache>) -> Self {
-        Self(super::coalescer_on(cache, MAX_BATCH, IN_FLIGHT, answer))
+        Self(super::CacheCoalescer::start(
+            cache, MAX_BATCH, IN_FLIGHT, answer,
+        ))
     }
 
     /// One SKU's entry, fence and the meta key, read in whichever batch takes it.
     pub async fn read(&self, entry_key: String, fence_key: String) -> Result<Slot, CacheError> {
-        self.0
-            .ask((entry_key, fence_key))
-            .await
-            .unwrap_or_else(|| Err(super::closed()))
+        self.0.ask((entry_key, fence_key)).await
     }
 }
 

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use super::entry::Epoch;
 use super::install::Install;
 use super::{Cache, CacheError};
-use crate::coalesce::Coalescer;
 use crate::domain::Lsn;
 
 /// Fills per install call at most: under the install's own chunk of 100, so a batch is one
@@ -39,19 +38,18 @@ pub struct Fill {
     pub deadline: Instant,
 }
 
-pub struct Fills(Coalescer<Fill, Result<(), CacheError>>);
+pub struct Fills(super::CacheCoalescer<Fill, ()>);
 
 impl Fills {
     pub fn start(cache: Weak<Cache>) -> Self {
-        Self(super::coalescer_on(cache, MAX_BATCH, IN_FLIGHT, install))
+        Self(super::CacheCoalescer::start(
+            cache, MAX_BATCH, IN_FLIGHT, install,
+        ))
     }
 
     /// Installs `fill` in whichever batch takes it.
     pub async fn fill(&self, fill: Fill) -> Result<(), CacheError> {
-        self.0
-            .ask(fill)
-            .await
-            .unwrap_or_else(|| Err(super::closed()))
+        self.0.ask(fill).await
     }
 }
 

@@ -596,28 +596,37 @@ fn origin_value(epoch: &Epoch, server: &ServerIdentity) -> String {
     format!("{}|{}", epoch.as_str(), server.data_set())
 }
 
-/// A coalescer ([`crate::coalesce`]) whose batches `run` on this cache while it exists; once
-/// it is gone, each read is answered that the cache is closed.
-fn coalescer_on<Q, A, R, F>(
-    cache: std::sync::Weak<Cache>,
-    max_batch: usize,
-    in_flight: usize,
-    run: R,
-) -> crate::coalesce::Coalescer<Q, Result<A, CacheError>>
-where
-    Q: Send + 'static,
-    A: Send + 'static,
-    R: Fn(Arc<Cache>, Vec<Q>) -> F + Send + Sync + 'static,
-    F: Future<Output = Vec<Result<A, CacheError>>> + Send + 'static,
-{
-    crate::coalesce::Coalescer::start(max_batch, in_flight, move |batch: Vec<Q>| {
-        match cache.upgrade() {
-            Some(cache) => Either::Left(run(cache, batch)),
-            None => Either::Right(std::future::ready(
-                batch.iter().map(|_| Err(closed())).collect(),
-            )),
-        }
-    })
+/// A coalescer ([`crate::coalesce`]) whose batches run on a cache while it exists; once it is
+/// gone (or the coalescer stopped), each read is answered that the cache is closed.
+struct CacheCoalescer<Q, A>(crate::coalesce::Coalescer<Q, Result<A, CacheError>>);
+
+impl<Q: Send + 'static, A: Send + 'static> CacheCoalescer<Q, A> {
+    fn start<R, F>(
+        cache: std::sync::Weak<Cache>,
+        max_batch: usize,
+        in_flight: usize,
+        run: R,
+    ) -> Self
+    where
+        R: Fn(Arc<Cache>, Vec<Q>) -> F + Send + Sync + 'static,
+        F: Future<Output = Vec<Result<A, CacheError>>> + Send + 'static,
+    {
+        Self(crate::coalesce::Coalescer::start(
+            max_batch,
+            in_flight,
+            move |batch: Vec<Q>| match cache.upgrade() {
+                Some(cache) => Either::Left(run(cache, batch)),
+                None => Either::Right(std::future::ready(
+                    batch.iter().map(|_| Err(closed())).collect(),
+                )),
+            },
+        ))
+    }
+
+    /// `query`'s answer from whichever batch takes it.
+    async fn ask(&self, query: Q) -> Result<A, CacheError> {
+        self.0.ask(query).await.unwrap_or_else(|| Err(closed()))
+    }
 }
 
 fn closed() -> CacheError {
