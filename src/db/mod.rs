@@ -78,7 +78,7 @@ impl Db {
             .after_connect(move |conn, _| {
                 let ledgers = ledgers.clone();
                 Box::pin(async move {
-                    sqlx::query("SELECT set_config('product_size.ledgers', $1, false)")
+                    sqlx::query("SELECT set_config('product_size.own_ledgers', $1, false)")
                         .bind(ledgers.as_str())
                         .execute(conn)
                         .await

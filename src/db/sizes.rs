@@ -232,6 +232,9 @@ pub struct Committed<T> {
     /// wrote: every token at or below it belongs to a commit the written rows include, since
     /// a later writer of those rows commits after this one. Zero when nothing was written.
     pub visible: Lsn,
+    /// The transaction that stored the rows, which names its record in `cache_own_writes`
+    /// (see [`settle_own_writes`]). `None` when nothing was written.
+    pub xact: Option<i64>,
 }
 
 /// How often a write is retried when a concurrent transaction created one of its new SKUs.
@@ -254,12 +257,14 @@ pub async fn write_transaction<T>(
         let current = lock_rows(&mut tx, skus).await?;
         let (rows, outcome) = plan(&current);
         let mut visible = Lsn::ZERO;
+        let mut xact = None;
         if rows.is_empty() {
             tx.commit().await?;
         } else {
-            let stored;
-            (stored, visible) = store(&mut tx, &rows, &current).await?;
-            if stored < rows.len() {
+            let stored = store(&mut tx, &rows, &current).await?;
+            visible = stored.visible;
+            xact = Some(stored.xact);
+            if stored.rows < rows.len() {
                 tx.rollback().await?;
                 continue;
             }
@@ -271,6 +276,7 @@ pub async fn write_transaction<T>(
             lsn,
             history,
             visible,
+            xact,
         });
     }
     Err(sqlx::Error::Protocol(
@@ -293,18 +299,27 @@ async fn lock_rows(
     Ok(rows.into_iter().map(|row| (row.sku.clone(), row)).collect())
 }
 
+/// What one [`store`] statement did.
+struct Stored {
+    /// How many rows were stored.
+    rows: usize,
+    /// The WAL insert position during the statement (see [`Committed::visible`]).
+    visible: Lsn,
+    /// The transaction's id (see [`Committed::xact`]).
+    xact: i64,
+}
+
 /// Stores `rows`: rows that were locked are updated, the others inserted unless a concurrent
-/// transaction created them first. The capture trigger records every stored version in
-/// `cache_repairs` for each cache that follows the table, this instance's caches included (see
-/// [`super::changes`]). Returns how many rows were stored, and the WAL insert position during
-/// the statement (see [`Committed::visible`]).
+/// transaction created them first. The capture trigger records the stored versions once in
+/// `cache_own_writes` for each of this instance's caches, and per row in `cache_repairs` for
+/// every other cache that follows the table (see [`super::changes`]).
 async fn store(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[StoredSize],
     locked: &HashMap<String, StoredSize>,
-) -> Result<(usize, Lsn), sqlx::Error> {
+) -> Result<Stored, sqlx::Error> {
     let column = |f: fn(&StoredSize) -> i32| rows.iter().map(f).collect::<Vec<_>>();
-    let (stored, visible): (i64, String) = sqlx::query_as(
+    let (stored, visible, xact): (i64, String, i64) = sqlx::query_as(
         "WITH n AS ( \
              SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[], \
                                   $7::bigint[], $8::bigint[], $9::bool[], $10::timestamptz[], $11::bool[]) \
@@ -328,7 +343,8 @@ async fn store(
          ), stored AS ( \
              SELECT sku, version FROM updated UNION ALL SELECT sku, version FROM inserted \
          ) \
-         SELECT count(*), pg_current_wal_insert_lsn()::text FROM stored",
+         SELECT count(*), pg_current_wal_insert_lsn()::text, \
+                pg_current_xact_id()::text::bigint FROM stored",
     )
     .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
     .bind(column(|r| r.length_mm))
@@ -346,19 +362,31 @@ async fn store(
     let visible = visible
         .parse()
         .map_err(|_| sqlx::Error::Protocol(format!("unexpected WAL position {visible:?}")))?;
-    Ok((usize::try_from(stored).unwrap_or(0), visible))
+    Ok(Stored {
+        rows: usize::try_from(stored).unwrap_or(0),
+        visible,
+        xact,
+    })
 }
 
-/// The repairs recorded for the cache `ledger` among `skus` (all of them when `skus` is
-/// `None`), and their versions.
+/// What the cache `ledger` is owed among `skus` (all of them when `skus` is `None`), and the
+/// versions: its records, and the own writes not cleared or handed over yet (one statement, so
+/// a record handed over meanwhile is seen once).
 pub async fn owed_repairs(
     pool: &PgPool,
     ledger: &str,
     skus: Option<&[&str]>,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT sku, version FROM cache_repairs \
-         WHERE cache_prefix = $1 AND ($2::text[] IS NULL OR sku = ANY($2))",
+        "WITH owed AS ( \
+             SELECT sku, version FROM cache_repairs WHERE cache_prefix = $1 \
+             UNION ALL \
+             SELECT o.sku, o.version \
+               FROM cache_own_writes AS w, unnest(w.skus, w.versions) AS o(sku, version) \
+              WHERE w.ledger = $1 \
+         ) \
+         SELECT sku, max(version) FROM owed \
+         WHERE $2::text[] IS NULL OR sku = ANY($2) GROUP BY sku",
     )
     .bind(ledger)
     .bind(skus)
@@ -403,14 +431,22 @@ pub async fn claim_repairs(
     .await
 }
 
-/// How many repairs the cache `ledger` is owed, and how long the oldest has waited.
+/// How many records the cache `ledger` is owed (own writes not cleared yet count per SKU),
+/// and how long the oldest has waited.
 pub async fn repair_backlog(
     pool: &PgPool,
     ledger: &str,
 ) -> Result<(i64, std::time::Duration), sqlx::Error> {
     let (count, oldest): (i64, f64) = sqlx::query_as(
-        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
-         FROM cache_repairs WHERE cache_prefix = $1",
+        "WITH owed AS ( \
+             SELECT count(*) AS records, min(created_at) AS oldest \
+               FROM cache_repairs WHERE cache_prefix = $1 \
+             UNION ALL \
+             SELECT COALESCE(sum(cardinality(skus)), 0), min(created_at) \
+               FROM cache_own_writes WHERE ledger = $1 \
+         ) \
+         SELECT sum(records)::bigint, \
+                COALESCE(EXTRACT(EPOCH FROM now() - min(oldest))::float8, 0) FROM owed",
     )
     .bind(ledger)
     .fetch_one(pool)
@@ -445,4 +481,37 @@ pub async fn settle_repairs<'c>(
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Clears the records of own writes that the cache `ledger` now holds: those of the
+/// transactions `xacts`. A record handed over to `cache_repairs` meanwhile is not cleared
+/// here; the repair worker applies it again, which installs nothing older.
+pub async fn settle_own_writes<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    ledger: &str,
+    xacts: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM cache_own_writes WHERE ledger = $1 AND xact = ANY($2)")
+        .bind(ledger)
+        .bind(xacts)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Hands the own writes of the cache `ledger` made by `xacts` (their cache update failed), or
+/// older than `min_age` (their writer died or did not clear them), over to `cache_repairs`,
+/// where the repair worker claims them. Returns how many records that made or raised.
+pub async fn hand_over_own_writes<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    ledger: &str,
+    xacts: &[i64],
+    min_age: std::time::Duration,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT hand_over_own_writes($1, $2, make_interval(secs => $3))")
+        .bind(ledger)
+        .bind(xacts)
+        .bind(min_age.as_secs_f64())
+        .fetch_one(executor)
+        .await
 }

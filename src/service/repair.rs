@@ -2,11 +2,13 @@
 //! change to `product_sizes` is recorded in `cache_repairs` in its own transaction by a
 //! trigger, once per cache that follows the table (its *ledger*; see [`crate::db::changes`]):
 //!
-//! - **This instance's writes** are recorded as its own. When a cache's update succeeds, the
-//!   record is cleared in the background; when it fails, the SKU is also marked pending here,
-//!   and until a repair worker has put the committed version into that cache this instance
-//!   does not serve the SKU from it. Records older than [`ORPHAN_AGE`] (their writer died, or
-//!   handed them over) are repaired by any instance.
+//! - **This instance's writes** are recorded as its own, once per transaction and cache (in
+//!   `cache_own_writes`). When a cache's update succeeds, the record is cleared in the
+//!   background; when it fails, the SKUs are also marked pending here, and until a repair
+//!   worker has put the committed versions into that cache this instance does not serve them
+//!   from it. The worker hands such a record over to `cache_repairs` (one record per SKU) at
+//!   once, and any instance hands over records older than [`ORPHAN_AGE`] (their writer died,
+//!   or could not clear them); from there they are repaired like any other.
 //! - **Everyone else's changes** (psql, a backfill, another deployment's writes) are due at
 //!   once: the primary notifies the instances, whose workers apply them within milliseconds;
 //!   the pass every [`REPAIR_INTERVAL`] picks up whatever a lost notification left.
@@ -30,7 +32,8 @@ use tokio::task::JoinHandle;
 use super::{SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Install};
 use crate::db::sizes::{
-    claim_repairs, current_wal_lsn, fetch_on, owed_repairs, repair_backlog, settle_repairs,
+    claim_repairs, current_wal_lsn, fetch_on, hand_over_own_writes, owed_repairs, repair_backlog,
+    settle_own_writes, settle_repairs,
 };
 use crate::domain::StoredSize;
 
@@ -44,11 +47,10 @@ const BATCH: usize = 1_000;
 /// Batches one pass applies to one cache before it lets the other take a turn.
 const BATCHES_PER_PASS: usize = 50;
 
-/// One SKU's version, settled in one cache.
+/// One write transaction's versions, settled in one cache.
 struct Settled {
     role: CacheRole,
-    sku: String,
-    version: i64,
+    xact: i64,
 }
 
 pub struct Repairs {
@@ -56,6 +58,9 @@ pub struct Repairs {
     pending: Mutex<[HashMap<String, i64>; 2]>,
     /// Fast path: reads skip the lock while nothing is pending.
     pending_count: AtomicUsize,
+    /// Per cache: write transactions whose update of that cache failed on this instance, and
+    /// whose records are still to be handed over to `cache_repairs`.
+    failed_writes: Mutex<[Vec<i64>; 2]>,
     wake: Notify,
     /// Another writer's change was recorded (a notification from the primary).
     changed: Notify,
@@ -69,6 +74,7 @@ impl Default for Repairs {
         Self {
             pending: Mutex::new([HashMap::new(), HashMap::new()]),
             pending_count: AtomicUsize::new(0),
+            failed_writes: Mutex::new([Vec::new(), Vec::new()]),
             wake: Notify::new(),
             changed: Notify::new(),
             settled_tx,
@@ -98,13 +104,31 @@ impl Repairs {
             .unwrap_or_default()
     }
 
-    /// The update of these rows in `cache` failed: stop serving them from it.
-    pub fn mark_pending(&self, cache: CacheRole, rows: &[StoredSize]) {
+    /// The update of these rows in `cache`, written by the transaction `xact` (if it wrote
+    /// any), failed: stop serving them from it, and have the write's record handed over.
+    pub fn mark_pending(&self, cache: CacheRole, rows: &[StoredSize], xact: Option<i64>) {
+        if let (Some(xact), Ok(mut failed)) = (xact, self.failed_writes.lock()) {
+            failed[cache.index()].push(xact);
+        }
         self.mark_owed(
             cache,
             rows.iter().map(|row| (row.sku.as_str(), row.version)),
         );
         self.wake.notify_one();
+    }
+
+    fn failed_writes(&self, cache: CacheRole) -> Vec<i64> {
+        self.failed_writes
+            .lock()
+            .map(|failed| failed[cache.index()].clone())
+            .unwrap_or_default()
+    }
+
+    /// The records of these failed writes are in `cache_repairs` now.
+    fn handed_over(&self, cache: CacheRole, xacts: &[i64]) {
+        if let Ok(mut failed) = self.failed_writes.lock() {
+            failed[cache.index()].retain(|xact| !xacts.contains(xact));
+        }
     }
 
     fn mark_owed<'a>(&self, cache: CacheRole, owed: impl IntoIterator<Item = (&'a str, i64)>) {
@@ -152,16 +176,11 @@ impl Repairs {
         self.changed.notify_one();
     }
 
-    /// The update of these rows in `cache` succeeded: clear their records in the background.
-    /// A record that is not cleared (full queue, crash) is re-applied later, which is harmless.
-    pub fn settled(&self, cache: CacheRole, rows: &[StoredSize]) {
-        for row in rows {
-            let _ = self.settled_tx.try_send(Settled {
-                role: cache,
-                sku: row.sku.clone(),
-                version: row.version,
-            });
-        }
+    /// The update of `cache` with what the transaction `xact` wrote succeeded: clear its
+    /// record in the background. A record that is not cleared (full queue, crash) is handed
+    /// over and applied again later, which is harmless.
+    pub fn settled(&self, cache: CacheRole, xact: i64) {
+        let _ = self.settled_tx.try_send(Settled { role: cache, xact });
     }
 }
 
@@ -214,16 +233,16 @@ impl SizeService {
         let mut batch = Vec::with_capacity(BATCH);
         while settled.recv_many(&mut batch, BATCH).await > 0 {
             for (role, _) in self.ledgers() {
-                let done: Vec<(String, i64)> = batch
+                let done: Vec<i64> = batch
                     .iter()
                     .filter(|s| s.role == role)
-                    .map(|s| (s.sku.clone(), s.version))
+                    .map(|s| s.xact)
                     .collect();
                 if done.is_empty() {
                     continue;
                 }
                 if let Err(error) =
-                    settle_repairs(self.db.primary(), &self.ledger(role), &done).await
+                    settle_own_writes(self.db.primary(), &self.ledger(role), &done).await
                 {
                     tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
                 }
@@ -298,6 +317,9 @@ impl SizeService {
             cache.ping().await?;
         }
         let ledger = self.ledger(role);
+        let failed = self.repairs.failed_writes(role);
+        hand_over_own_writes(self.db.primary(), &ledger, &failed, ORPHAN_AGE).await?;
+        self.repairs.handed_over(role, &failed);
         self.forget_repaired_elsewhere(role, &ledger).await?;
         let mut repaired = 0;
         for _ in 0..BATCHES_PER_PASS {

@@ -144,8 +144,12 @@ impl SizeService {
                 .iter()
                 .map(|row| Install::row(row, committed.visible))
                 .collect();
-            self.record_in_cache(&rows, &installs, &epochs, committed.lsn)
-                .await;
+            let written = Written {
+                rows: &rows,
+                installs: &installs,
+                xact: committed.xact,
+            };
+            self.record_in_cache(&written, &epochs, committed.lsn).await;
         }
         Ok((decisions, committed.lsn))
     }
@@ -201,22 +205,17 @@ impl SizeService {
     /// left to the repair worker, and this instance does not read those SKUs from that cache
     /// until then. A secondary that followed the failover policy is safe to read but still
     /// owed the version: its record stays for the repair worker.
-    #[instrument(level = "debug", name = "cache.update", skip_all, fields(skus = rows.len()))]
-    async fn record_in_cache(
-        &self,
-        rows: &[StoredSize],
-        installs: &[Install<'_>],
-        epochs: &Epochs,
-        lsn: Lsn,
-    ) {
+    #[instrument(level = "debug", name = "cache.update", skip_all, fields(skus = written.rows.len()))]
+    async fn record_in_cache(&self, written: &Written<'_>, epochs: &Epochs, lsn: Lsn) {
+        let installs = written.installs;
         let primary = self
             .cache
             .record_writes(installs, &epochs.primary, lsn)
             .await;
         if let Err(error) = &primary {
-            tracing::warn!(%error, rows = rows.len(), "cache update after commit failed; repair queued");
+            tracing::warn!(%error, rows = written.rows.len(), "cache update after commit failed; repair queued");
         }
-        self.after_update(CacheRole::Primary, rows, primary.is_ok());
+        self.after_update(CacheRole::Primary, written, primary.is_ok());
         let Some((secondary, epoch)) = self.secondary.as_ref().zip(epochs.secondary.as_ref())
         else {
             return;
@@ -241,27 +240,38 @@ impl SizeService {
             },
         };
         match updated {
-            Ok(true) => self.repairs.settled(CacheRole::Secondary, rows),
+            Ok(true) => self.after_update(CacheRole::Secondary, written, true),
             Ok(false) => {}
             Err(error) => {
-                tracing::warn!(%error, rows = rows.len(), "secondary cache update after commit failed; repair queued");
-                self.after_update(CacheRole::Secondary, rows, false);
+                tracing::warn!(%error, rows = written.rows.len(), "secondary cache update after commit failed; repair queued");
+                self.after_update(CacheRole::Secondary, written, false);
             }
         }
     }
 
-    /// Clears the records of an update of `cache` that succeeded, or protects its SKUs
+    /// Clears the record of an update of `cache` that succeeded, or protects its SKUs
     /// until their repair.
-    fn after_update(&self, cache: CacheRole, rows: &[StoredSize], succeeded: bool) {
+    fn after_update(&self, cache: CacheRole, written: &Written<'_>, succeeded: bool) {
         if succeeded {
-            self.repairs.settled(cache, rows);
+            if let Some(xact) = written.xact {
+                self.repairs.settled(cache, xact);
+            }
         } else {
-            self.repairs.mark_pending(cache, rows);
+            self.repairs.mark_pending(cache, written.rows, written.xact);
             self.metrics
                 .repairs_pending
                 .set(self.repairs.pending_count() as i64);
         }
     }
+}
+
+/// What a write puts in the caches: the rows it stored and those it only reported, and the
+/// transaction that stored them, whose record is cleared once a cache holds them.
+struct Written<'a> {
+    rows: &'a [StoredSize],
+    installs: &'a [Install<'a>],
+    /// `None` when the write stored nothing (every row only reported).
+    xact: Option<i64>,
 }
 
 /// The epoch a commit is installed with in each cache.

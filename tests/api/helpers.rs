@@ -302,11 +302,14 @@ impl TestApp {
             .unwrap()
     }
 
-    /// How many of `skus` this app's cache is still owed a record for (its writes' or
-    /// anyone else's).
+    /// How many of `skus` this app's cache is still owed a record for (its writes', per
+    /// transaction until handed over, or anyone else's).
     pub async fn owed_records(&self, skus: &[String]) -> i64 {
         sqlx::query_scalar(
-            "SELECT count(*) FROM cache_repairs WHERE cache_prefix = $1 AND sku = ANY($2)",
+            "SELECT (SELECT count(*) FROM cache_repairs \
+                      WHERE cache_prefix = $1 AND sku = ANY($2)) \
+                  + (SELECT count(*) FROM cache_own_writes AS w, unnest(w.skus) AS o(sku) \
+                      WHERE w.ledger = $1 AND o.sku = ANY($2))",
         )
         .bind(&self.key_prefix)
         .bind(skus)
@@ -504,7 +507,8 @@ impl Drop for TestApp {
         let forget = async move {
             let mut conn = sqlx::PgConnection::connect(&url).await?;
             sqlx::query(
-                "WITH gone AS (DELETE FROM cache_ledgers WHERE ledger = ANY($1)) \
+                "WITH gone AS (DELETE FROM cache_ledgers WHERE ledger = ANY($1)), \
+                      writes AS (DELETE FROM cache_own_writes WHERE ledger = ANY($1)) \
                  DELETE FROM cache_repairs WHERE cache_prefix = ANY($1)",
             )
             .bind(&ledgers[..])
