@@ -80,7 +80,7 @@ ceiling=${CARGO_TARGET_DIR:-target}/$profile/examples/ceiling
 echo "== loading $rows SKUs"
 # No cache follows the table while it loads (a previous run's registrations go too), so the
 # load records nothing for the service to apply during the measurements.
-psql_primary -d "$db" -c "TRUNCATE product_sizes, cache_repairs, cache_ledgers" -c "
+psql_primary -d "$db" -c "TRUNCATE product_sizes, cache_repairs, cache_own_writes, cache_ledgers" -c "
   INSERT INTO product_sizes
   SELECT 'B' || lpad(i::text, 7, '0'), 100 + i % 900, 200, 100, 900 + i % 5000,
          CASE WHEN i % 3 = 0 THEN 'M' END, 1, 1, false, now()
@@ -255,7 +255,7 @@ for round in $(seq 1 "$rounds"); do
     wrk_run "WMS sync x1000" "$round" "http://127.0.0.1:$port" sync.lua 4
     # Named as the service's connections are, so the capture trigger records the batch for
     # the writer's own cache, as it does for the service's statement.
-    text=$(PGOPTIONS="-c product_size.ledgers=pgbench" \
+    text=$(PGOPTIONS="-c product_size.own_ledgers=pgbench" \
       load "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$duration" \
       --max-tries 10 -D rows="$rows" -f bench/upsert.sql "$direct_db" 2>&1)
     record "direct upsert x1000" "$round" "$(python3 bench/report.py pgbench <<<"$text")" tps

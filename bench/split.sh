@@ -104,7 +104,7 @@ PY
 
   # Its ceiling: the same statement through pgbench (from CPU 0).
   c0=$(cpu1) t0=$(now)
-  text=$(PGOPTIONS="-c product_size.ledgers=pgbench" taskset -c 0 "$pgbin/pgbench" -h 127.0.0.1 \
+  text=$(PGOPTIONS="-c product_size.own_ledgers=pgbench" taskset -c 0 "$pgbin/pgbench" -h 127.0.0.1 \
     -p "$pg_port" -U postgres -n -c 4 -j 1 -T 10 --max-tries 10 -D rows="$rows" \
     -f bench/upsert.sql "${db}_direct" 2>&1)
   t1=$(now) c1=$(cpu1)

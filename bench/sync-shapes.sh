@@ -32,7 +32,7 @@ cat bench/sync-shapes/locked.sql bench/sync-shapes/settle.sql >"$data/shape-serv
 for round in $(seq 1 "$rounds"); do
   for shape in direct settle locked service; do
     before=$(cpu1)
-    text=$(PGOPTIONS="-c product_size.ledgers=pgbench" taskset -c 0 "$pgbin/pgbench" \
+    text=$(PGOPTIONS="-c product_size.own_ledgers=pgbench" taskset -c 0 "$pgbin/pgbench" \
       -h 127.0.0.1 -p "$pg_port" -U postgres -n -c 4 -j 1 -T "$seconds" --max-tries 10 \
       -D rows="$rows" -f "$data/shape-$shape.sql" "$db" 2>&1)
     after=$(cpu1)

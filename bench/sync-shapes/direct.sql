@@ -1,5 +1,5 @@
--- The direct upsert (bench/upsert.sql) on a set of 1,000 SKUs that settle.sql can name again:
--- every 997th from a random start.
+-- The direct upsert (bench/upsert.sql) on a set of 1,000 SKUs, every 997th from a random start;
+-- it keeps its transaction's id for settle.sql.
 \set start random(0, :rows - 1)
 WITH n AS MATERIALIZED (
     SELECT 'B' || lpad(((:start + i * 997) % :rows + 1)::text, 7, '0') AS sku,
@@ -15,4 +15,4 @@ WITH n AS MATERIALIZED (
      WHERE p.sku = n.sku AND EXISTS (SELECT 1 FROM locked)
     RETURNING p.sku, p.version
 )
-SELECT count(*) FROM stored;
+SELECT count(*), pg_current_xact_id()::text::bigint AS xact FROM stored \gset
