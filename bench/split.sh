@@ -80,14 +80,15 @@ PY
   line "$round: warm-cache" "$rows" "$(python3 -c "print($t1 - $t0)")" "$c0" "$c1" "$r0" "$r1" \
     "$warm_ticks"
 
-  # Its ceiling: the same rows as plain SETs through redis-cli --pipe (from CPU 0).
-  redis-cli -p "$redis_port" flushall >/dev/null
+  # Its ceiling: the same rows as plain SETs through redis-cli --pipe (from CPU 0), into
+  # database 1, empty: the service's keyspace (database 0) stays as the warm-up left it.
+  redis-cli -p "$redis_port" -n 1 flushdb >/dev/null
   "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d "$db" -qAt \
     -c "COPY (SELECT sku, version, length_mm FROM product_sizes) TO STDOUT" \
     | python3 bench/report.py resp "$redis_port" >"$data/split-pipe.resp"
   redis-cli -p "$redis_port" config resetstat >/dev/null
   c0=$(cpu1) r0=$(ticks "$redis_pid") t0=$(now)
-  taskset -c 0 redis-cli -p "$redis_port" --pipe <"$data/split-pipe.resp" >/dev/null
+  taskset -c 0 redis-cli -p "$redis_port" -n 1 --pipe <"$data/split-pipe.resp" >/dev/null
   t1=$(now) c1=$(cpu1) r1=$(ticks "$redis_pid")
   line "$round: redis-cli --pipe" "$rows" "$(python3 -c "print($t1 - $t0)")" "$c0" "$c1" "$r0" "$r1" \
     0
@@ -102,9 +103,12 @@ PY
   line "$round: WMS sync x1000" "$((requests * 1000))" "$(python3 -c "print($t1 - $t0)")" \
     "$c0" "$c1" "$r0" "$r1" "$((s1 - s0))"
 
-  # Its ceiling: the same statement through pgbench (from CPU 0).
+  # Its ceiling: the same statement through pgbench (from CPU 0), as an outside writer whose
+  # rows the capture trigger records for one following cache (as in bench/run.sh).
+  "$pgbin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d "${db}_direct" -qAt \
+    -c "TRUNCATE cache_repairs" -c "SELECT follow_cache_ledgers('{pgbench}')" >/dev/null
   c0=$(cpu1) t0=$(now)
-  text=$(PGOPTIONS="-c product_size.own_ledgers=pgbench" taskset -c 0 "$pgbin/pgbench" -h 127.0.0.1 \
+  text=$(taskset -c 0 "$pgbin/pgbench" -h 127.0.0.1 \
     -p "$pg_port" -U postgres -n -c 4 -j 1 -T 10 --max-tries 10 -D rows="$rows" \
     -f bench/upsert.sql "${db}_direct" 2>&1)
   t1=$(now) c1=$(cpu1)

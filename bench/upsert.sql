@@ -1,7 +1,7 @@
 -- The service's set-based batch write, run directly: 1,000 random SKUs per transaction, locked
--- in SKU order (as the service does), updated with one statement; the capture trigger records
--- the batch for the writer's own cache, as it does for the service's statement (run with
--- PGOPTIONS="-c product_size.own_ledgers=pgbench").
+-- in SKU order (as the service does), updated with one statement. The capture trigger records
+-- each row for the caches that follow the table, as it does for any writer other than the
+-- service (bench/run.sh registers one).
 WITH n AS MATERIALIZED (
     SELECT DISTINCT ON (sku) sku, (1 + floor(random() * 100000))::int AS length_mm
       FROM (SELECT 'B' || lpad((1 + floor(random() * :rows))::int::text, 7, '0') AS sku
