@@ -108,17 +108,13 @@ LANGUAGE sql AS $$
     WITH lapsed AS (
         DELETE FROM cache_ledgers WHERE seen_at < now() - interval '5 minutes'
         RETURNING ledger
+    ), live AS (
+        SELECT ledger FROM cache_ledgers WHERE seen_at >= now() - interval '5 minutes'
     ), dropped AS (
-        DELETE FROM cache_repairs AS r
-         WHERE NOT EXISTS (SELECT 1 FROM cache_ledgers AS l
-                            WHERE l.ledger = r.cache_prefix
-                              AND l.seen_at >= now() - interval '5 minutes')
+        DELETE FROM cache_repairs WHERE cache_prefix NOT IN (SELECT ledger FROM live)
         RETURNING 1
     ), dropped_writes AS (
-        DELETE FROM cache_own_writes AS w
-         WHERE NOT EXISTS (SELECT 1 FROM cache_ledgers AS l
-                            WHERE l.ledger = w.ledger
-                              AND l.seen_at >= now() - interval '5 minutes')
+        DELETE FROM cache_own_writes WHERE ledger NOT IN (SELECT ledger FROM live)
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM lapsed) + (SELECT count(*) FROM dropped)
