@@ -90,8 +90,11 @@ LANGUAGE sql AS $$
           FROM handed AS h, unnest(h.skus, h.versions) AS o(sku, version)
          GROUP BY o.sku
     ), recorded AS (
+        -- In SKU order, as the service writes its rows: this and a concurrent write of the
+        -- same SKUs take their records' locks in the same order (no deadlock between them).
         INSERT INTO cache_repairs AS r (cache_prefix, sku, version, created_at, own_write)
         SELECT hand_over_own_writes.ledger, sku, version, created_at, true FROM owed
+         ORDER BY sku
         ON CONFLICT (cache_prefix, sku) DO UPDATE
             SET version = GREATEST(r.version, EXCLUDED.version),
                 created_at = LEAST(r.created_at, EXCLUDED.created_at),

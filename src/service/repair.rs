@@ -1,6 +1,6 @@
 //! Durable cache records: what each cache is owed, applied from the database. Every committed
-//! change to `product_sizes` is recorded in `cache_repairs` in its own transaction by a
-//! trigger, once per cache that follows the table (its *ledger*; see [`crate::db::changes`]):
+//! change to `product_sizes` is recorded in its own transaction by a trigger, for each cache
+//! that follows the table (its *ledger*; see [`crate::db::changes`]):
 //!
 //! - **This instance's writes** are recorded as its own, once per transaction and cache (in
 //!   `cache_own_writes`). When a cache's update succeeds, the record is cleared in the
@@ -313,13 +313,15 @@ impl SizeService {
     }
 
     async fn repair_cache(&self, role: CacheRole, cache: &Cache) -> Result<usize, StoreError> {
-        if cache.is_unavailable() {
-            cache.ping().await?;
-        }
         let ledger = self.ledger(role);
+        // Before the cache is asked: during an outage this keeps the list of failed writes
+        // short, one entry per write since the last pass, however long Redis is away.
         let failed = self.repairs.failed_writes(role);
         hand_over_own_writes(self.db.primary(), &ledger, &failed, ORPHAN_AGE).await?;
         self.repairs.handed_over(role, &failed);
+        if cache.is_unavailable() {
+            cache.ping().await?;
+        }
         self.forget_repaired_elsewhere(role, &ledger).await?;
         let mut repaired = 0;
         for _ in 0..BATCHES_PER_PASS {
