@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Where the CPU of a warm-up, a WMS sync and a cache miss goes, per row (a miss: per request),
-# beside their ceilings (redis-cli --pipe, the direct upsert, pgbench -S): the service, Redis and PostgreSQL all on CPU 1, the
+# beside their ceilings (redis-cli --pipe, the direct upsert, pgbench -S) and, for the warm-up,
+# what Redis spends per row on any script (blind SETs from Lua) and on the service's install
+# script alone: the service, Redis and PostgreSQL all on CPU 1, the
 # load generators on CPU 0, as in bench/run.sh, whose database and release build this reuses
 # (run bench/run.sh, or BENCH_ONLY=sync bench/run.sh, first).
 #
@@ -58,6 +60,35 @@ print(f"| {name} | {float(rows) / float(wall):,.0f}/s | {service:.1f} | {redis:.
 PY
 }
 
+# The scripts and arguments for the floor rows: 100 items a call, random keys in a space so
+# large that every key is empty, 4 connections, 4 calls in flight each.
+blind_sha=$(redis-cli -p "$redis_port" script load \
+  "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end return #KEYS")
+install_sha=$(redis-cli -p "$redis_port" script load \
+  "$(sed -n '/^pub const INSTALL: &str = r#"$/,/^"#;$/p' src/cache/scripts.rs | sed '1d;$d')")
+floor_value="1|0123456789abcdef|00000000000000000001|$(printf '{"sku":"SKU-%07d","length_mm":330,"width_mm":210,"height_mm":120,"weight_g":950,"size_label":"EU 42","version":1,"source_version":17,"updated_at":"2026-12-05T00:00:00.000000Z"}' 1)"
+floor_calls=4000
+floor_row() {
+  local name=$1 sha=$2 install=$3 args=()
+  if [ "$install" = 1 ]; then
+    for i in $(seq 1 100); do args+=("splitfloor:e:__rand_int__" "splitfloor:f:__rand_int__"); done
+    args+=(0123456789abcdef 0)
+    for i in $(seq 1 100); do args+=(1 "$floor_value" 3600000 ""); done
+    set -- evalsha "$sha" 200 "${args[@]}"
+  else
+    for i in $(seq 1 100); do args+=("splitfloor:__rand_int__"); done
+    set -- evalsha "$sha" 100 "${args[@]}" "$floor_value" 3600000
+  fi
+  redis-cli -p "$redis_port" -n 2 flushdb >/dev/null
+  local c0 c1 r0 r1 t0 t1
+  c0=$(cpu1) r0=$(ticks "$redis_pid") t0=$(now)
+  taskset -c 0 redis-benchmark -p "$redis_port" --dbnum 2 -c 4 -P 4 -n "$floor_calls" \
+    -r 1000000000 -q "$@" >/dev/null
+  t1=$(now) c1=$(cpu1) r1=$(ticks "$redis_pid")
+  line "$name" "$((floor_calls * 100))" "$(python3 -c "print($t1 - $t0)")" "$c0" "$c1" "$r0" "$r1" 0
+  redis-cli -p "$redis_port" -n 2 flushdb >/dev/null
+}
+
 echo "| round: scenario | rows (requests)/s | service µs | Redis µs | PostgreSQL µs | CPU 1 busy µs |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq 1 "$rounds"); do
@@ -92,6 +123,14 @@ PY
   t1=$(now) c1=$(cpu1) r1=$(ticks "$redis_pid")
   line "$round: redis-cli --pipe" "$rows" "$(python3 -c "print($t1 - $t0)")" "$c0" "$c1" "$r0" "$r1" \
     0
+
+  # What Redis spends per row on a script, whatever the service does: a script of 100 blind
+  # SETs (the floor of any compare-and-set in Lua: Redis 7.0 has no conditional SET that
+  # reads another key), then the service's own install script filling 100 empty entries, as
+  # a warm-up page does. Called by redis-benchmark from CPU 0 into database 2, ~200-byte
+  # values as the warm-up's; only Redis's CPU counts.
+  floor_row "$round: Lua SET x100 (any script's floor)" "$blind_sha" 0
+  floor_row "$round: install x100 into empty keys" "$install_sha" 1
 
   # WMS sync: batches of 1,000 from wrk on CPU 0, for 10 s.
   redis-cli -p "$redis_port" config resetstat >/dev/null
