@@ -268,7 +268,7 @@ for round in $(seq 1 "$rounds"); do
       redis-cli -p "$redis_port" config resetstat >/dev/null
       wrk_run "$period" "$round" "http://127.0.0.1:$port" sync.lua 4
       record "$period: Redis per SET" "$round" "$(redis-cli -p "$redis_port" info commandstats \
-        | awk -F'[=,]' '/^cmdstat_set:/ {print $6 * 1000}')" ns
+        | awk -F'[=,]' '/^cmdstat_set:/ {ns = $6 * 1000} END {print ns + 0}')" ns
     done
     # As an outside writer (the WMS writing the table itself) runs it where the service's cache
     # follows the table: the capture trigger records each row for that cache (C7). Each period
