@@ -64,8 +64,9 @@ PY
 # large that every key is empty, 4 connections, 4 calls in flight each.
 blind_sha=$(redis-cli -p "$redis_port" script load \
   "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end return #KEYS")
-install_sha=$(redis-cli -p "$redis_port" script load \
-  "$(sed -n '/^pub const INSTALL: &str = r#"$/,/^"#;$/p' src/cache/scripts.rs | sed '1d;$d')")
+install_script=$(sed -n '/^pub const INSTALL: &str = r#"$/,/^"#;$/p' src/cache/scripts.rs | sed '1d;$d')
+[ -n "$install_script" ] || { echo "no INSTALL script found in src/cache/scripts.rs" >&2; exit 1; }
+install_sha=$(redis-cli -p "$redis_port" script load "$install_script")
 floor_value="1|0123456789abcdef|00000000000000000001|$(printf '{"sku":"SKU-%07d","length_mm":330,"width_mm":210,"height_mm":120,"weight_g":950,"size_label":"EU 42","version":1,"source_version":17,"updated_at":"2026-12-05T00:00:00.000000Z"}' 1)"
 floor_calls=4000
 floor_row() {
