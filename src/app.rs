@@ -86,7 +86,8 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let sizes = Arc::new(
             SizeService::new(db, cache, metrics.clone(), replica_health.clone())
-                .with_secondary(secondary),
+                .with_secondary(secondary)
+                .with_readers(config.readers),
         );
         match sizes.adopt_owed_repairs().await {
             Ok(0) => {}
@@ -110,6 +111,9 @@ impl Application {
         if let Err(error) = sizes.follow_changes().await {
             tracing::warn!(%error, "cannot follow the table's changes yet; retrying in the background");
         }
+        // No hit is served before this instance knows what the cache is owed.
+        sizes.join_readers().await;
+        background.push(tokio::spawn(sizes.clone().keep_leases()));
         background.extend(sizes.spawn_repair_tasks());
         background.push(tokio::spawn(sizes.clone().keep_following()));
         background.push(tokio::spawn(sizes.clone().listen_for_changes()));
@@ -178,6 +182,7 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
+        self.sizes.leave_readers().await;
         self.sizes.flush_repairs(Duration::from_secs(2)).await;
         self.sizes.db().close().await;
         self.sizes.cache().quit().await;

@@ -131,6 +131,17 @@ pub struct ConnectionArgs {
     /// Entry lifetime on the secondary under the `short-ttl` policy, in seconds.
     #[arg(long, env = "CACHE_FAILOVER_TTL_SECS", default_value_t = 300)]
     pub cache_failover_ttl_secs: u64,
+
+    /// How long an instance serves from the cache after it last learned, from the database,
+    /// which SKUs the cache is owed (milliseconds). A write whose cache update failed may wait
+    /// this long for an instance that stopped renewing.
+    #[arg(long, env = "CACHE_READ_LEASE_MS", default_value_t = 2000)]
+    pub cache_read_lease_ms: u64,
+
+    /// How long a write whose cache update failed waits for every instance to learn that the
+    /// cache is owed its SKUs; then it is answered 503 although committed (milliseconds).
+    #[arg(long, env = "CACHE_ACK_TIMEOUT_MS", default_value_t = 5000)]
+    pub cache_ack_timeout_ms: u64,
 }
 
 /// When a write's compare-and-set on the primary cache fails, what it does to the secondary.
@@ -184,6 +195,25 @@ pub struct Config {
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
     pub cache: CacheSettings,
+    pub readers: ReaderSettings,
+}
+
+/// Reader leases (docs/reader-leases.md).
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderSettings {
+    /// How long a renewal lets an instance serve from the cache.
+    pub lease: Duration,
+    /// How long a write whose cache update failed waits for every reader to learn of it.
+    pub ack_timeout: Duration,
+}
+
+impl Default for ReaderSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +336,11 @@ impl Config {
                 "CACHE_KEY_PREFIX must be non-empty, without braces or spaces".into(),
             ));
         }
+        if args.cache_read_lease_ms < 500 {
+            return Err(ConfigError::Invalid(
+                "CACHE_READ_LEASE_MS must be at least 500: leases are renewed every 250 ms".into(),
+            ));
+        }
         let entry_ttl = Duration::from_secs(args.cache_ttl_secs);
         Ok(Self {
             database_url: SecretString::from(args.database.database_url.clone()),
@@ -337,6 +372,10 @@ impl Config {
                 command_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
                 pool_size: redis_pool_size(args.redis_pool_size),
                 tls_ca_file: args.redis_tls_ca_file,
+            },
+            readers: ReaderSettings {
+                lease: Duration::from_millis(args.cache_read_lease_ms),
+                ack_timeout: Duration::from_millis(args.cache_ack_timeout_ms),
             },
         })
     }

@@ -38,6 +38,12 @@ pub enum AppError {
     Validation(FieldErrors),
     #[error("{dependency} is unavailable; try again shortly")]
     Unavailable { dependency: &'static str },
+    /// A write committed whose cache update failed and could not be announced to every
+    /// instance in time: not acknowledged, and safe to retry.
+    #[error(
+        "the write is committed, but the cache could not be updated and not every instance could be told in time; retrying it is safe"
+    )]
+    Unacknowledged,
     #[error("the request took longer than {limit_ms} ms; try again shortly")]
     TimedOut { limit_ms: u64 },
     /// A bug or an unexpected failure: its cause is logged once, when the response is made,
@@ -79,7 +85,9 @@ impl AppError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } | Self::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::TimedOut { .. } | Self::Unacknowledged => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,7 +145,7 @@ impl IntoResponse for AppError {
                     ),
                 );
             }
-            Self::Unavailable { .. } | Self::TimedOut { .. } => {
+            Self::Unavailable { .. } | Self::TimedOut { .. } | Self::Unacknowledged => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -159,6 +167,7 @@ impl From<ServiceError> for AppError {
                     dependency: "the database",
                 }
             }
+            ServiceError::Unacknowledged => Self::Unacknowledged,
             error @ (ServiceError::Database(_) | ServiceError::Invariant(_)) => {
                 Self::Internal(Box::new(error))
             }

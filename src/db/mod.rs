@@ -2,6 +2,7 @@
 
 pub mod changes;
 pub mod lease;
+pub mod readers;
 pub mod replica;
 pub mod sizes;
 

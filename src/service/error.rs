@@ -12,6 +12,10 @@ pub enum ServiceError {
     /// The database refused a query that should have run: a bug or a broken schema.
     #[error("the database refused a query")]
     Database(#[source] sqlx::Error),
+    /// The write committed, but its cache update failed and not every instance learned that
+    /// the cache is owed it within `CACHE_ACK_TIMEOUT_MS` (docs/reader-leases.md).
+    #[error("the write is committed but could not be acknowledged")]
+    Unacknowledged,
     /// A broken invariant of the service, said in the message.
     #[error("{0}")]
     Invariant(&'static str),

@@ -75,6 +75,7 @@ impl SizeService {
                 continue;
             }
             renewals += 1;
+            self.forget_gone_readers().await;
             if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
                 match changes::forget_lapsed(self.db.primary()).await {
                     Ok(0) => {}
@@ -107,9 +108,13 @@ impl SizeService {
             }
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(_)) => self.repairs.change_announced(),
+                    Ok(Some(_)) => {
+                        self.readers.renew_soon();
+                        self.repairs.change_announced();
+                    }
                     Ok(None) => {
                         tracing::debug!("the change listener reconnected");
+                        self.readers.renew_soon();
                         self.repairs.change_announced();
                     }
                     Err(sqlx::Error::PoolClosed) => return,

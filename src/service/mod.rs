@@ -23,6 +23,7 @@ mod follow;
 mod inspect;
 mod position;
 mod read;
+mod readers;
 pub mod repair;
 pub mod warm;
 mod write;
@@ -37,7 +38,7 @@ pub use read::{ReadResult, ReadSource, SizeDoc};
 pub use write::{SyncItemOutcome, WriteOutcome};
 
 use crate::cache::{Cache, CacheRole, Meta};
-use crate::config::FailoverPolicy;
+use crate::config::{FailoverPolicy, ReaderSettings};
 use crate::db::Db;
 use crate::db::replica::ReplicaHealth;
 use crate::db::sizes::{DatabaseHistory, SharedFetches, primary_position};
@@ -81,6 +82,8 @@ pub struct SizeService {
     replica_fetches: Option<SharedFetches>,
     secondary: Option<Secondary>,
     probed: Probed,
+    /// This instance's leases on its caches (docs/reader-leases.md).
+    readers: readers::Readers,
 }
 
 /// Whether the primary and Redis answered the last probe.
@@ -130,7 +133,14 @@ impl SizeService {
             primary_position: position::PrimaryPosition::default(),
             secondary: None,
             probed: Probed::default(),
+            readers: readers::Readers::new(ReaderSettings::default()),
         }
+    }
+
+    /// Sets the reader lease and how long a write waits for the other readers.
+    pub fn with_readers(mut self, settings: ReaderSettings) -> Self {
+        self.readers = readers::Readers::new(settings);
+        self
     }
 
     /// Adds a second cache cluster (`REDIS_SECONDARY_URL`).

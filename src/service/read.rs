@@ -135,8 +135,10 @@ impl SizeService {
         let looked_up = skus.iter().zip(entries).zip(fences).enumerate();
         for (index, ((sku, entry), fence)) in looked_up {
             // Until its repair is applied, Redis may hold an older version than this
-            // instance acknowledged: neither its entry nor its fence can be trusted.
+            // instance, or any other, acknowledged: neither its entry nor its fence can be
+            // trusted.
             let owed = self.repairs.is_pending(role, sku.as_str())
+                || self.readers.is_owed(role, sku.as_str())
                 || owed_by_secondary.contains(sku.as_str());
             match entry.filter(|e| servable(e, epoch, owed, token)) {
                 Some(entry) => {
@@ -202,7 +204,8 @@ impl SizeService {
             .iter()
             .zip(cached.entries)
             .map(|(sku, entry)| {
-                let owed = self.repairs.is_pending(role, sku.as_str());
+                let owed = self.repairs.is_pending(role, sku.as_str())
+                    || self.readers.is_owed(role, sku.as_str());
                 entry
                     .filter(|e| servable(e, epoch, owed, None))
                     .map(|e| e.version)
@@ -248,13 +251,19 @@ impl SizeService {
         })
     }
 
-    /// The primary cache cluster, or the secondary while the primary does not answer.
+    /// The primary cache cluster, or the secondary while the primary does not answer; neither
+    /// without a reader lease (this instance may not know what the cache is owed).
     async fn read_caches(&self, skus: &[Sku]) -> (CacheRole, &Cache, Option<CacheRead>) {
+        if !self.readers.has_lease(CacheRole::Primary) {
+            return (CacheRole::Primary, &self.cache, None);
+        }
         let error = match self.cache.read(skus).await {
             Ok(read) => return (CacheRole::Primary, &self.cache, Some(read)),
             Err(error) => error,
         };
-        if let Some(secondary) = &self.secondary {
+        if let Some(secondary) = &self.secondary
+            && self.readers.has_lease(CacheRole::Secondary)
+        {
             match secondary.cache.read(skus).await {
                 Ok(read) => return (CacheRole::Secondary, &secondary.cache, Some(read)),
                 Err(error) => tracing::debug!(%error, "secondary cache unavailable too"),

@@ -149,7 +149,11 @@ impl SizeService {
                 installs: &installs,
                 xact: committed.xact,
             };
-            self.record_in_cache(&written, &epochs, committed.lsn).await;
+            if !self.record_in_cache(&written, &epochs, committed.lsn).await {
+                // Other instances still read the older entry: acknowledged only once each
+                // of them knows the cache is owed these SKUs.
+                self.confirm_owed(&rows, committed.xact).await?;
+            }
         }
         Ok((decisions, committed.lsn))
     }
@@ -205,8 +209,9 @@ impl SizeService {
     /// left to the repair worker, and this instance does not read those SKUs from that cache
     /// until then. A secondary that followed the failover policy is safe to read but still
     /// owed the version: its record stays for the repair worker.
+    /// Returns whether the primary cache took the update.
     #[instrument(level = "debug", name = "cache.update", skip_all, fields(skus = written.rows.len()))]
-    async fn record_in_cache(&self, written: &Written<'_>, epochs: &Epochs, lsn: Lsn) {
+    async fn record_in_cache(&self, written: &Written<'_>, epochs: &Epochs, lsn: Lsn) -> bool {
         let installs = written.installs;
         let primary = self
             .cache
@@ -215,10 +220,11 @@ impl SizeService {
         if let Err(error) = &primary {
             tracing::warn!(%error, rows = written.rows.len(), "cache update after commit failed; repair queued");
         }
-        self.after_update(CacheRole::Primary, written, primary.is_ok());
+        let updated_primary = primary.is_ok();
+        self.after_update(CacheRole::Primary, written, updated_primary);
         let Some((secondary, epoch)) = self.secondary.as_ref().zip(epochs.secondary.as_ref())
         else {
-            return;
+            return updated_primary;
         };
         let updated = match primary {
             Ok(_) => secondary
@@ -247,6 +253,7 @@ impl SizeService {
                 self.after_update(CacheRole::Secondary, written, false);
             }
         }
+        updated_primary
     }
 
     /// Clears the record of an update of `cache` that succeeded, or protects its SKUs

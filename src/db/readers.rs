@@ -1,0 +1,132 @@
+//! Reader leases on the primary (migration `reader_leases`, docs/reader-leases.md): each
+//! instance renews its row in `cache_readers` and reads the owed book of each cache it serves;
+//! a write whose cache update failed records what it missed and waits until every other
+//! reader has applied a book that includes it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::Lsn;
+
+/// What one renewal (or one read of the book on a replica) returned.
+#[derive(Debug)]
+pub struct Book {
+    /// Every record handed over before a WAL position at or below this is in `owed`.
+    pub visible: Lsn,
+    /// The primary's timeline `visible` belongs to.
+    pub timeline: i32,
+    /// SKU → the version the cache is owed.
+    pub owed: HashMap<String, i64>,
+    /// The reader's row existed before this renewal, and its ledger's registration has not
+    /// lapsed: the book may grant a lease.
+    pub registered: bool,
+}
+
+/// Renews `reader`'s lease on the cache `ledger`, publishing that it applied the book up to
+/// `applied`, and reads the current book.
+pub async fn renew(
+    pool: &PgPool,
+    ledger: &str,
+    reader: &str,
+    applied: (Lsn, i32),
+    lease: Duration,
+) -> Result<Book, sqlx::Error> {
+    let (registered, visible, timeline, skus, versions): (
+        bool,
+        String,
+        i32,
+        Vec<String>,
+        Vec<i64>,
+    ) = sqlx::query_as("SELECT * FROM renew_cache_reader($1, $2, $3, $4, $5)")
+        .bind(ledger)
+        .bind(reader)
+        .bind(applied.0.to_string())
+        .bind(applied.1)
+        .bind(i32::try_from(lease.as_millis()).unwrap_or(i32::MAX))
+        .fetch_one(pool)
+        .await?;
+    Ok(Book {
+        visible: parse(&visible)?,
+        timeline,
+        owed: skus.into_iter().zip(versions).collect(),
+        registered,
+    })
+}
+
+/// Records that the cache `ledger` missed the write of `xacts` and of `owed` (SKU, version),
+/// notifies every instance, and returns the primary's WAL insert position read after that
+/// commit: a reader whose applied book reaches it has the records.
+pub async fn owe_failed_write(
+    conn: &mut PgConnection,
+    ledger: &str,
+    xacts: &[i64],
+    owed: &[(&str, i64)],
+) -> Result<Lsn, sqlx::Error> {
+    sqlx::query("SELECT owe_failed_write($1, $2, $3, $4)")
+        .bind(ledger)
+        .bind(xacts)
+        .bind(owed.iter().map(|(sku, _)| *sku).collect::<Vec<_>>())
+        .bind(owed.iter().map(|(_, version)| *version).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    super::sizes::current_wal_lsn(conn).await
+}
+
+/// The other readers of `ledger` whose applied book does not reach `position` on the primary's
+/// current timeline, with their lease length.
+pub async fn uncovered(
+    pool: &PgPool,
+    ledger: &str,
+    reader: &str,
+    position: Lsn,
+) -> Result<Vec<(String, Duration)>, sqlx::Error> {
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT reader, lease_ms FROM cache_readers \
+         WHERE ledger = $1 AND reader <> $2 \
+           AND (applied < $3::pg_lsn OR applied_on <> cache_reader_timeline())",
+    )
+    .bind(ledger)
+    .bind(reader)
+    .bind(position.to_string())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(reader, ms)| {
+            (
+                reader,
+                Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+            )
+        })
+        .collect())
+}
+
+/// Removes `reader`'s rows: it serves no cache any more.
+pub async fn leave(pool: &PgPool, reader: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM cache_readers WHERE reader = $1")
+        .bind(reader)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Removes the rows of readers that have not renewed for a minute past their lease (crashed,
+/// or cut off from the primary). Writers never needed them (a row past its lease is waited
+/// out by time), so the horizon is long: a reader whose row went (a step of the database's
+/// clock) ends its lease at its next renewal.
+pub async fn forget_gone(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM cache_readers \
+         WHERE renewed_at < now() - make_interval(secs => lease_ms / 1000.0 + 60)",
+    )
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected())
+}
+
+fn parse(text: &str) -> Result<Lsn, sqlx::Error> {
+    text.parse()
+        .map_err(|_| sqlx::Error::Protocol(format!("unexpected WAL position {text:?}")))
+}

@@ -1,0 +1,322 @@
+//! Reader leases: an instance serves a cache only while it knows every SKU that cache is owed,
+//! on every instance (docs/reader-leases.md, where the safety argument is).
+//!
+//! Every [`RENEW_INTERVAL`], and whenever the primary announces a change, this instance renews
+//! its row in `cache_readers` for each cache and reads that cache's whole *owed book*
+//! (`cache_repairs`). Reads never serve an owed SKU from the cache, nor from a replica row that
+//! the cache's fence or high-water mark would call fresh. A renewal grants a lease of
+//! [`ReaderSettings::lease`] counted from when it was sent; without a lease the cache is not
+//! used at all. A write whose cache update failed records what it missed and is acknowledged
+//! only once every other reader has applied a book that includes it, or its lease has ended
+//! ([`SizeService::confirm_owed`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::{ServiceError, SizeService};
+use crate::cache::CacheRole;
+use crate::config::ReaderSettings;
+use crate::db::readers::{self, Book};
+use crate::domain::{Lsn, StoredSize};
+
+/// How often each lease is renewed.
+pub const RENEW_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a write waiting for the other readers looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// This instance as a reader of its caches.
+pub struct Readers {
+    /// Names this instance in `cache_readers` (new on every start).
+    id: String,
+    settings: ReaderSettings,
+    /// Per cache, in [`CacheRole::index`] order.
+    caches: [Lease; 2],
+    /// A renewal is wanted now (a change was announced).
+    wake: Notify,
+}
+
+/// One cache's lease and the owed book it was granted with.
+#[derive(Default)]
+struct Lease {
+    /// Nanoseconds after [`origin`] until which the cache may be served; 0: no lease.
+    until: AtomicU64,
+    /// SKU → the version owed, as the last renewal read it.
+    book: Mutex<HashMap<String, i64>>,
+    /// Fast path: reads skip the lock while the book is empty.
+    owed: AtomicUsize,
+    /// How far the applied book reaches, and the primary's timeline it was read on (published
+    /// by the next renewal; a replica's book keeps the timeline of the last primary book).
+    applied: Mutex<(Lsn, i32)>,
+}
+
+impl Readers {
+    pub fn new(settings: ReaderSettings) -> Self {
+        Self {
+            id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            settings,
+            caches: [Lease::default(), Lease::default()],
+            wake: Notify::new(),
+        }
+    }
+
+    /// Whether this instance may serve from `cache` now.
+    pub fn has_lease(&self, cache: CacheRole) -> bool {
+        since_origin(Instant::now()) < self.caches[cache.index()].until.load(Ordering::Acquire)
+    }
+
+    /// Whether `cache` is owed a version of `sku` (on some instance, its update failed).
+    pub fn is_owed(&self, cache: CacheRole, sku: &str) -> bool {
+        let lease = &self.caches[cache.index()];
+        lease.owed.load(Ordering::Acquire) > 0
+            && lease.book.lock().is_ok_and(|book| book.contains_key(sku))
+    }
+
+    /// A change was announced: renew now.
+    pub fn renew_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Takes `book`, read by a renewal sent at `sent`; grants the lease if the row existed.
+    fn apply(&self, cache: CacheRole, book: Book, sent: Instant) {
+        let lease = &self.caches[cache.index()];
+        if !book.registered {
+            // The row was made now (or had gone) or the ledger lapsed: a writer may have been
+            // acknowledged without this reader.
+            lease.until.store(0, Ordering::Release);
+        }
+        if let (Ok(mut applied), Ok(mut owed)) = (lease.applied.lock(), lease.book.lock()) {
+            lease.owed.store(book.owed.len(), Ordering::Release);
+            *owed = book.owed;
+            *applied = (book.visible, book.timeline);
+        }
+        if book.registered {
+            lease
+                .until
+                .fetch_max(since_origin(sent + self.settings.lease), Ordering::AcqRel);
+        }
+    }
+
+    fn applied(&self, cache: CacheRole) -> (Lsn, i32) {
+        self.caches[cache.index()]
+            .applied
+            .lock()
+            .map_or((Lsn::ZERO, 0), |applied| *applied)
+    }
+
+    /// Ends every lease at once (on shutdown, before the rows go).
+    fn end(&self) {
+        for lease in &self.caches {
+            lease.until.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A fixed instant leases are counted from, so that one fits in an atomic.
+fn since_origin(at: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How long after a reader's lease has ended by its own clock a writer's clock may say so: a
+/// tenth for clocks that run at different rates, and 100 ms.
+fn margin(lease: Duration) -> Duration {
+    lease / 10 + Duration::from_millis(100)
+}
+
+impl SizeService {
+    /// Renews every lease once. Errors are logged, not returned: the lease simply runs out.
+    pub async fn renew_leases(&self) {
+        for (role, _) in self.ledgers() {
+            let ledger = self.ledger(role);
+            let sent = Instant::now();
+            let renewed = tokio::time::timeout(
+                self.readers.settings.lease,
+                readers::renew(
+                    self.db.primary(),
+                    &ledger,
+                    &self.readers.id,
+                    self.readers.applied(role),
+                    self.readers.settings.lease,
+                ),
+            )
+            .await;
+            match renewed {
+                Ok(Ok(book)) => self.readers.apply(role, book, sent),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, cache = %ledger, "could not renew the reader lease");
+                }
+                Err(_) => tracing::debug!(cache = %ledger, "the reader lease renewal timed out"),
+            }
+        }
+    }
+
+    /// Takes the first leases before serving: the first renewal registers this instance, the
+    /// second grants them.
+    pub async fn join_readers(&self) {
+        self.renew_leases().await;
+        self.renew_leases().await;
+        if !self.readers.has_lease(CacheRole::Primary) {
+            tracing::warn!(
+                "no reader lease yet (is the primary reachable?); the cache is not used until one is renewed"
+            );
+        }
+    }
+
+    /// Renews the leases every [`RENEW_INTERVAL`], and at once, twice, when a change is
+    /// announced: the second renewal publishes that the book with the change is applied.
+    pub async fn keep_leases(self: std::sync::Arc<Self>) {
+        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.renew_leases().await,
+                () = self.readers.wake.notified() => {
+                    self.renew_leases().await;
+                    self.renew_leases().await;
+                }
+            }
+        }
+    }
+
+    /// Stops serving from the caches and removes this instance's rows: writers stop waiting
+    /// for it.
+    pub async fn leave_readers(&self) {
+        self.readers.end();
+        if let Err(error) = readers::leave(self.db.primary(), &self.readers.id).await {
+            tracing::debug!(%error, "could not remove this instance's reader rows; they lapse");
+        }
+    }
+
+    /// After a write's update of the primary cache failed: records what it missed, durably
+    /// and for every instance, and returns once every other reader of the cache treats those
+    /// SKUs as owed or has no lease from before the record. A write is acknowledged only then
+    /// (see docs/reader-leases.md for why that is enough).
+    pub(super) async fn confirm_owed(
+        &self,
+        rows: &[StoredSize],
+        xact: Option<i64>,
+    ) -> Result<(), ServiceError> {
+        let role = CacheRole::Primary;
+        let ledger = self.ledger(role);
+        let owed: Vec<(&str, i64)> = rows.iter().map(|r| (r.sku.as_str(), r.version)).collect();
+        let xacts: Vec<i64> = xact.into_iter().collect();
+        let deadline = Instant::now() + self.readers.settings.ack_timeout;
+        let recorded = async {
+            let mut conn = self.db.primary().acquire().await?;
+            readers::owe_failed_write(&mut conn, &ledger, &xacts, &owed).await
+        };
+        let position = tokio::time::timeout(self.readers.settings.ack_timeout, recorded)
+            .await
+            .map_err(|_| ServiceError::Unacknowledged)?
+            .map_err(|error| {
+                tracing::warn!(%error, "could not record a failed cache update for the other instances");
+                ServiceError::Unacknowledged
+            })?;
+        let recorded_at = Instant::now();
+        self.readers.renew_soon();
+        while Instant::now() < deadline {
+            let uncovered =
+                readers::uncovered(self.db.primary(), &ledger, &self.readers.id, position).await;
+            // A reader that has not applied the record is waited out: its lease came from a
+            // renewal sent before the record existed.
+            if let Ok(uncovered) = uncovered
+                && uncovered
+                    .iter()
+                    .all(|(_, lease)| recorded_at.elapsed() >= *lease + margin(*lease))
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        tracing::warn!(
+            skus = rows.len(),
+            "a cache update failed and not every instance learned of it in time; answering 503"
+        );
+        Err(ServiceError::Unacknowledged)
+    }
+
+    /// Removes the rows of readers long gone (see [`readers::forget_gone`]).
+    pub(super) async fn forget_gone_readers(&self) {
+        match readers::forget_gone(self.db.primary()).await {
+            Ok(0) => {}
+            Ok(gone) => tracing::info!(gone, "forgot the reader leases of instances long gone"),
+            Err(error) => tracing::debug!(%error, "could not forget lapsed reader leases"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(visible: u64, owed: &[(&str, i64)], registered: bool) -> Book {
+        Book {
+            visible: Lsn::new(visible),
+            timeline: 1,
+            owed: owed.iter().map(|(s, v)| ((*s).to_owned(), *v)).collect(),
+            registered,
+        }
+    }
+
+    fn readers() -> Readers {
+        Readers::new(ReaderSettings {
+            lease: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn a_new_row_grants_no_lease_and_the_next_renewal_does() {
+        let readers = readers();
+        assert!(!readers.has_lease(CacheRole::Primary));
+        readers.apply(CacheRole::Primary, book(10, &[], false), Instant::now());
+        assert!(!readers.has_lease(CacheRole::Primary));
+        readers.apply(CacheRole::Primary, book(20, &[], true), Instant::now());
+        assert!(readers.has_lease(CacheRole::Primary));
+        assert!(!readers.has_lease(CacheRole::Secondary));
+    }
+
+    #[test]
+    fn a_lease_counts_from_when_its_renewal_was_sent() {
+        let readers = readers();
+        let long_ago = Instant::now() - Duration::from_secs(3);
+        readers.apply(CacheRole::Primary, book(10, &[], true), long_ago);
+        assert!(!readers.has_lease(CacheRole::Primary));
+    }
+
+    #[test]
+    fn the_book_names_the_owed_skus_and_is_replaced_whole() {
+        let readers = readers();
+        readers.apply(
+            CacheRole::Primary,
+            book(10, &[("A", 2)], true),
+            Instant::now(),
+        );
+        assert!(readers.is_owed(CacheRole::Primary, "A"));
+        assert!(!readers.is_owed(CacheRole::Primary, "B"));
+        assert!(!readers.is_owed(CacheRole::Secondary, "A"));
+        readers.apply(
+            CacheRole::Primary,
+            book(20, &[("B", 1)], true),
+            Instant::now(),
+        );
+        assert!(!readers.is_owed(CacheRole::Primary, "A"));
+        assert!(readers.is_owed(CacheRole::Primary, "B"));
+        assert_eq!(readers.applied(CacheRole::Primary), (Lsn::new(20), 1));
+    }
+
+    #[test]
+    fn a_renewal_that_finds_its_row_gone_ends_the_lease() {
+        let readers = readers();
+        readers.apply(CacheRole::Primary, book(10, &[], true), Instant::now());
+        assert!(readers.has_lease(CacheRole::Primary));
+        readers.apply(CacheRole::Primary, book(20, &[], false), Instant::now());
+        assert!(!readers.has_lease(CacheRole::Primary));
+    }
+}
