@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use product_size_service::cache::{Cache, CacheRole};
-use product_size_service::config::DatabaseSettings;
+use product_size_service::config::{DatabaseSettings, ReaderSettings};
 use product_size_service::db::{Db, DbRoute};
 use product_size_service::domain::{Lsn, Sku};
 use product_size_service::metrics::{Database, DatabaseLabels, Metrics};
@@ -218,6 +218,9 @@ async fn a_primary_restart_costs_no_read_a_failure() {
     );
 }
 
+/// Within its reader lease: an instance that cannot reach the primary serves the cache, and
+/// the replica where the cache proves it fresh, for as long as its lease lasts
+/// (`instances::an_instance_cut_off_from_the_primary_stops_serving_the_cache_when_its_lease_ends`).
 #[tokio::test]
 async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
     let primary = OwnPostgres::primary().await;
@@ -225,6 +228,10 @@ async fn with_the_primary_down_writes_are_503_and_reads_go_on() {
     let app = TestApp::spawn_with(Options {
         database_url: primary.url(),
         replica: Replica::Url(replica.url()),
+        readers: Some(ReaderSettings {
+            lease: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(5),
+        }),
         ..Options::default()
     })
     .await;
@@ -309,6 +316,8 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
     .unwrap();
     let metrics = Arc::new(Metrics::default());
     let service = Arc::new(SizeService::new(db, cache, metrics.clone(), None));
+    service.follow_changes().await.unwrap();
+    service.join_readers().await;
     let sku = Sku::parse(&format!("SF-{:08x}", fastrand::u32(..))).unwrap();
     // Warm the epoch so every reader sees the same one.
     service

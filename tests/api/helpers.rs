@@ -78,6 +78,8 @@ pub struct Options {
     pub http: product_size_service::server::Limits,
     /// `HTTP_REQUEST_TIMEOUT_MS`.
     pub request_timeout: Duration,
+    /// `CACHE_READ_LEASE_MS` and `CACHE_ACK_TIMEOUT_MS` (the service's defaults if `None`).
+    pub readers: Option<product_size_service::config::ReaderSettings>,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
             database: None,
             http: product_size_service::server::Limits::default(),
             request_timeout: Duration::from_secs(10),
+            readers: None,
         }
     }
 }
@@ -478,6 +481,9 @@ fn test_config(
     });
     config.http = options.http;
     config.request_timeout = options.request_timeout;
+    if let Some(readers) = options.readers {
+        config.readers = readers;
+    }
     config
 }
 
@@ -508,7 +514,8 @@ impl Drop for TestApp {
             let mut conn = sqlx::PgConnection::connect(&url).await?;
             sqlx::query(
                 "WITH gone AS (DELETE FROM cache_ledgers WHERE ledger = ANY($1)), \
-                      writes AS (DELETE FROM cache_own_writes WHERE ledger = ANY($1)) \
+                      writes AS (DELETE FROM cache_own_writes WHERE ledger = ANY($1)), \
+                      readers AS (DELETE FROM cache_readers WHERE ledger = ANY($1)) \
                  DELETE FROM cache_repairs WHERE cache_prefix = ANY($1)",
             )
             .bind(&ledgers[..])

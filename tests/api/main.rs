@@ -8,6 +8,7 @@ mod deployments;
 mod errors;
 mod failover;
 mod helpers;
+mod instances;
 mod migrations;
 mod operations;
 mod outside_writes;
