@@ -39,6 +39,8 @@ use bytes::Bytes;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::Config as RedisConfig;
+use fred::prelude::Value;
+use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 use futures_util::future::Either;
 use futures_util::{FutureExt, TryStreamExt};
@@ -408,11 +410,45 @@ impl Cache {
     /// Values of `keys` in one round trip: MGET, or, in a Cluster (where one MGET cannot span
     /// slots), a pipeline of GETs that fred routes to each key's node.
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>, CacheError> {
+        // Boxed: the pipeline's futures would double the size of every read's future.
         if self.clustered {
-            // Boxed: the pipeline's futures would double the size of every read's future.
             return Box::pin(self.get_many_clustered(keys)).await;
         }
-        self.client()?.mget(keys).await
+        Box::pin(self.get_many_from_master(keys)).await
+    }
+
+    /// MGET, and `ROLE` right after it on the same connection: a server that is no longer a
+    /// master (demoted, and perhaps already resynchronised from another data set, without
+    /// closing connections) is refused in the same round trip, not at the next identity
+    /// check. Its role as the MGET ran is that of the ROLE after it: a demoted server stays a
+    /// replica until it is promoted again, which gives it a new replication id that the
+    /// identity check refuses.
+    async fn get_many_from_master(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let pipeline = self.client()?.pipeline();
+        let _: () = pipeline.mget(keys).await?;
+        let _: () = pipeline
+            .custom(
+                CustomCommand::new_static("ROLE", None, false),
+                Vec::<Value>::new(),
+            )
+            .await?;
+        let mut replies: Vec<Value> = pipeline.all().await?;
+        let role = replies.pop();
+        let values = replies.pop();
+        let is_master = matches!(&role, Some(Value::Array(role))
+            if role.first().and_then(Value::as_str).as_deref() == Some("master"));
+        if !is_master {
+            // The supervisor checks the server's identity now, and replaces the link.
+            self.relink.notify_one();
+            return Err(CacheError::new(
+                fred::error::ErrorKind::Unknown,
+                "the Redis server is no longer a master",
+            ));
+        }
+        values.map_or_else(|| Ok(Vec::new()), Value::convert)
     }
 
     async fn get_many_clustered(

@@ -267,3 +267,60 @@ async fn an_instance_cut_off_from_the_primary_stops_serving_the_cache_when_its_l
     })
     .await;
 }
+
+/// Waits until `redis` reports its link to its master up (a replica in sync).
+async fn in_sync(redis: &OwnRedis) {
+    eventually(30, "the replica is in sync with its master", || async {
+        redis
+            .info("replication")
+            .await
+            .contains("master_link_status:up")
+    })
+    .await;
+}
+
+/// A master demoted with `REPLICAOF` keeps its clients' connections open and, once it has
+/// resynchronised, serves its new master's data set, which lacks the last writes. A read
+/// checks the server's role in its own round trip: not one read is served from it.
+#[tokio::test]
+async fn a_master_demoted_under_open_connections_is_not_read_at_all() {
+    let master = OwnRedis::start().await;
+    let promoted = OwnRedis::start().await;
+    // Its resync starts at once, so the demoted master holds the older data set within
+    // milliseconds, well inside the periodic identity check.
+    promoted.configure("repl-diskless-sync-delay", "0").await;
+    promoted
+        .command(&["REPLICAOF", "127.0.0.1", &master.port.to_string()])
+        .await;
+    in_sync(&promoted).await;
+    let (writer, reader) = writer_and_reader(&master, None).await;
+    let sku = writer.sku("demoted");
+    cached_at_one(&writer, &reader, &sku).await;
+    let key = writer.entry_key(&sku);
+    eventually(30, "the replica has version 1", || async {
+        promoted.command(&["GET", &key]).await.starts_with("1|")
+    })
+    .await;
+
+    // The replica is promoted while the master runs on; the master takes a write it never
+    // passes on.
+    promoted.command(&["REPLICAOF", "NO", "ONE"]).await;
+    assert_eq!(writer.put(&sku, &size(2)).await.status(), StatusCode::OK);
+    let read = reader.get(&sku).await;
+    assert_eq!(
+        (read_source(&read), version_of(&read.json().await.unwrap())),
+        ("cache".to_owned(), 2)
+    );
+
+    master
+        .command(&["REPLICAOF", "127.0.0.1", &promoted.port.to_string()])
+        .await;
+    let reads = never_older(&reader, &sku, 2, Duration::from_secs(1)).await;
+    in_sync(&master).await;
+    assert!(
+        master.command(&["GET", &key]).await.starts_with("1|"),
+        "the demoted master now holds the promoted data set"
+    );
+    never_older(&reader, &sku, 2, Duration::from_millis(500)).await;
+    assert!(reads > 10, "only {reads} reads");
+}
