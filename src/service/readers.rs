@@ -101,6 +101,23 @@ impl Readers {
         }
     }
 
+    /// This instance has installed these versions into `cache` and cleared their records:
+    /// they are no longer owed here (the next renewal's book says so for every instance).
+    pub fn settled(&self, cache: CacheRole, done: &[(String, i64)]) {
+        let lease = &self.caches[cache.index()];
+        if lease.owed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if let Ok(mut book) = lease.book.lock() {
+            for (sku, version) in done {
+                if book.get(sku).is_some_and(|owed| owed <= version) {
+                    book.remove(sku);
+                }
+            }
+            lease.owed.store(book.len(), Ordering::Release);
+        }
+    }
+
     fn applied(&self, cache: CacheRole) -> (Lsn, i32) {
         self.caches[cache.index()]
             .applied
@@ -309,6 +326,19 @@ mod tests {
         assert!(!readers.is_owed(CacheRole::Primary, "A"));
         assert!(readers.is_owed(CacheRole::Primary, "B"));
         assert_eq!(readers.applied(CacheRole::Primary), (Lsn::new(20), 1));
+    }
+
+    #[test]
+    fn a_repair_settles_what_it_installed_and_nothing_newer() {
+        let readers = readers();
+        readers.apply(
+            CacheRole::Primary,
+            book(10, &[("A", 2), ("B", 5)], true),
+            Instant::now(),
+        );
+        readers.settled(CacheRole::Primary, &[("A".into(), 2), ("B".into(), 4)]);
+        assert!(!readers.is_owed(CacheRole::Primary, "A"));
+        assert!(readers.is_owed(CacheRole::Primary, "B"));
     }
 
     #[test]

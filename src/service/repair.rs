@@ -390,6 +390,7 @@ impl SizeService {
         settle_repairs(&mut *tx, ledger, &done).await?;
         tx.commit().await?;
         self.repairs.clear(role, &done);
+        self.readers.settled(role, &done);
         let repairs = owed.iter().filter(|owed| owed.own_write).count();
         if repairs > 0 {
             tracing::info!(repaired = repairs, cache = cache.prefix(), "cache repaired");

@@ -344,13 +344,21 @@ async fn replaying_a_change_installs_nothing_older() {
             .unwrap();
             all_applied("the replayed record is applied").await;
         }
-        let read = app.get(&sku).await;
-        assert_eq!(read_source(&read), "cache");
-        let read: Value = read.json().await.unwrap();
-        assert_eq!(
-            (version_of(&read), read["weight_g"].as_i64()),
-            (3, Some(602))
-        );
+        // Read from the cache, where the replays landed. (Until its next lease renewal, an
+        // instance may still read a SKU whose record was just applied from the primary.)
+        eventually(30, "the cache serves version 3 as written", || async {
+            let read = app.get(&sku).await;
+            if read_source(&read) != "cache" {
+                return false;
+            }
+            let read: Value = read.json().await.unwrap();
+            assert_eq!(
+                (version_of(&read), read["weight_g"].as_i64()),
+                (3, Some(602))
+            );
+            true
+        })
+        .await;
     }
 }
 
