@@ -20,6 +20,29 @@ CREATE TABLE cache_readers (
     PRIMARY KEY (ledger, reader)
 );
 
+-- Which epoch of each cache is *authoritative*: the data set readers may serve and writers
+-- must install into. An instance that starts an epoch (a new data set, a restart, a failover,
+-- a lapse) records it here before the epoch can be used, and every reader learns it with
+-- its lease: a Redis the deployment moved away from (split brain: an old master still
+-- running after its replica was promoted) is neither read nor counted as a successful
+-- update, whoever can still reach it.
+CREATE TABLE cache_epochs (
+    ledger      text        PRIMARY KEY,
+    epoch       text        NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Records `new_epoch` as the authoritative epoch of `for_ledger` and notifies every instance,
+-- so that each renews its lease (and learns it) at once.
+CREATE FUNCTION record_cache_epoch(for_ledger text, new_epoch text) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    INSERT INTO cache_epochs AS e (ledger, epoch) VALUES (for_ledger, new_epoch)
+    ON CONFLICT (ledger) DO UPDATE SET epoch = EXCLUDED.epoch, recorded_at = now();
+    PERFORM pg_notify('product_size_changes', '');
+END;
+$$;
+
 -- The primary's current timeline (the first 8 hexadecimal digits of its WAL file name).
 CREATE FUNCTION cache_reader_timeline() RETURNS integer
 LANGUAGE sql VOLATILE AS $$
@@ -28,7 +51,8 @@ $$;
 
 -- Renews the lease of `by_reader` on the cache `for_ledger`: publishes `applied_to` (how far
 -- the book the reader applied before this call reaches), then reads the primary's WAL insert
--- position minus one and, in a later snapshot, the whole owed book. `registered` is false
+-- position minus one and, in a later snapshot, the whole owed book and the authoritative
+-- epoch. `registered` is false
 -- (the book grants no lease) when the row was made by this call, since a book read in the
 -- same transaction may predate a writer's check that did not see the row; and when the
 -- ledger's registration as a follower of the table has lapsed, since its records may have
@@ -39,8 +63,8 @@ $$;
 -- would be as old as the call, older than `visible`.
 CREATE FUNCTION renew_cache_reader(for_ledger text, by_reader text, applied_to text,
                                    applied_timeline integer, lease integer)
-RETURNS TABLE (registered boolean, visible text, timeline integer, skus text[],
-               versions bigint[])
+RETURNS TABLE (registered boolean, visible text, timeline integer, authority text,
+               skus text[], versions bigint[])
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     had_row boolean;
@@ -68,7 +92,9 @@ BEGIN
     -- commit that the snapshot therefore includes.
     here := (pg_current_wal_insert_lsn() - 1)::text;
     RETURN QUERY
-        SELECT existed, here, cache_reader_timeline(), coalesce(array_agg(c.sku ORDER BY c.sku), '{}'),
+        SELECT existed, here, cache_reader_timeline(),
+               (SELECT e.epoch FROM cache_epochs AS e WHERE e.ledger = for_ledger),
+               coalesce(array_agg(c.sku ORDER BY c.sku), '{}'),
                coalesce(array_agg(c.version ORDER BY c.sku), '{}')
           FROM cache_repairs AS c
          WHERE c.cache_prefix = for_ledger;

@@ -182,8 +182,9 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
-        self.sizes.leave_readers().await;
+        // Repairs need the lease, which the last renewal left for a while yet.
         self.sizes.flush_repairs(Duration::from_secs(2)).await;
+        self.sizes.leave_readers().await;
         self.sizes.db().close().await;
         self.sizes.cache().quit().await;
         // The server has dropped the router and with it the log's last handle: the writer

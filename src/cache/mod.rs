@@ -31,7 +31,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -92,6 +92,8 @@ pub struct Cache {
     /// Wakes the link supervisor when a connection is found closed.
     relink: Arc<Notify>,
     closed: AtomicBool,
+    /// How many links have been adopted ([`Cache::link_generation`]).
+    generation: AtomicU64,
     prefix: String,
     settings: CacheSettings,
     install: Script,
@@ -128,6 +130,7 @@ impl Cache {
             config,
             relink: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             prefix: settings.key_prefix.clone(),
             settings,
             install: Script::from_lua(scripts::INSTALL),
@@ -230,6 +233,7 @@ impl Cache {
                 }
                 self.server.store(Some(Arc::new(opened.server.clone())));
                 self.link.store(Some(Arc::new(opened)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 true
             }
             Err(error) => {
@@ -611,6 +615,25 @@ impl Cache {
         self.restart_epoch_on(link.client(), None, &link.server)
             .await?;
         Ok(())
+    }
+
+    /// Raises the high-water mark of `epoch`, if it is still the current one, to `lsn`.
+    pub async fn raise_hwm_of(&self, epoch: &Epoch, lsn: Lsn) -> Result<(), CacheError> {
+        let client = self.client()?;
+        self.bump
+            .evalsha_with_reload::<i64, _, _>(
+                &client,
+                vec![self.meta_key()],
+                vec![entry::pad_lsn(lsn), epoch.as_str().to_owned()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Counts the links adopted so far: a new value means a new connection to Redis, possibly
+    /// to another data set than the last one.
+    pub fn link_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Raises the high-water mark to `lsn` (never lowers it; no-op without an epoch).

@@ -78,13 +78,17 @@ return installed
 /// Raises the high-water mark in the meta key; never lowers it, never creates the key.
 ///
 /// KEYS: meta. ARGV: WAL position as 20 zero-padded decimal digits (so string order is
-/// numeric order, with no loss of precision in Lua).
+/// numeric order, with no loss of precision in Lua), and optionally the epoch whose mark it
+/// is (another epoch's is left alone).
 pub const BUMP_HWM: &str = r#"
 local meta = redis.call('GET', KEYS[1])
 if not meta then
   return 0
 end
 local epoch, hwm = string.match(meta, '^([^|]+)|(%d+)$')
+if ARGV[2] and epoch ~= ARGV[2] then
+  return 0
+end
 if epoch and ARGV[1] > hwm then
   redis.call('SET', KEYS[1], epoch .. '|' .. ARGV[1])
 end

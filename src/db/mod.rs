@@ -19,6 +19,8 @@ use lease::{Admission, Leases};
 
 /// The `application_name` of the service's connections.
 const APPLICATION: &str = "product-size-service";
+/// The `application_name` of the connection that renews the reader leases.
+const READERS_APPLICATION: &str = "product-size-service readers";
 
 /// Which database a request's reads go to, decided once per request by
 /// [`DbRouteLayer`](crate::middleware::route::DbRouteLayer).
@@ -43,6 +45,9 @@ pub struct Db {
     primary_writes: Arc<Admission>,
     /// One connection that listens for changes made by other writers (see [`changes`]).
     changes: PgPool,
+    /// The reader leases' renewals ([`readers`]), apart from the requests' pool: a lease must
+    /// not lapse because requests hold every connection.
+    readers: PgPool,
 }
 
 impl Db {
@@ -92,6 +97,11 @@ impl Db {
             .min_connections(0)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options(primary_url, &listener)?);
+        let readers = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options(primary_url, READERS_APPLICATION)?);
         let replica = replica_url
             .map(|url| {
                 let replica = options(url, APPLICATION)?;
@@ -106,6 +116,7 @@ impl Db {
             primary,
             replica,
             changes,
+            readers,
         })
     }
 
@@ -115,6 +126,11 @@ impl Db {
 
     pub fn replica(&self) -> Option<&PgPool> {
         self.replica.as_ref()
+    }
+
+    /// The pool the lease renewals take their one connection from.
+    pub fn readers(&self) -> &PgPool {
+        &self.readers
     }
 
     /// The pool the change listener takes its one connection from.
@@ -146,6 +162,7 @@ impl Db {
             reads.release_all();
         }
         self.changes.close().await;
+        self.readers.close().await;
         self.primary.close().await;
         if let Some(replica) = &self.replica {
             replica.close().await;

@@ -17,6 +17,8 @@ pub struct Book {
     pub visible: Lsn,
     /// The primary's timeline `visible` belongs to.
     pub timeline: i32,
+    /// The cache's authoritative epoch (`None` until one is recorded).
+    pub authority: Option<String>,
     /// SKU → the version the cache is owed.
     pub owed: HashMap<String, i64>,
     /// The reader's row existed before this renewal, and its ledger's registration has not
@@ -33,10 +35,11 @@ pub async fn renew(
     applied: (Lsn, i32),
     lease: Duration,
 ) -> Result<Book, sqlx::Error> {
-    let (registered, visible, timeline, skus, versions): (
+    let (registered, visible, timeline, authority, skus, versions): (
         bool,
         String,
         i32,
+        Option<String>,
         Vec<String>,
         Vec<i64>,
     ) = sqlx::query_as("SELECT * FROM renew_cache_reader($1, $2, $3, $4, $5)")
@@ -50,6 +53,7 @@ pub async fn renew(
     Ok(Book {
         visible: parse(&visible)?,
         timeline,
+        authority,
         owed: skus.into_iter().zip(versions).collect(),
         registered,
     })
@@ -74,10 +78,46 @@ pub async fn owe_failed_write(
     super::sizes::current_wal_lsn(conn).await
 }
 
+/// Records `epoch` as the authoritative epoch of the cache `ledger`, notifies every instance,
+/// and returns the primary's WAL insert position read after that commit (see
+/// [`owe_failed_write`]).
+pub async fn record_epoch(
+    conn: &mut PgConnection,
+    ledger: &str,
+    epoch: &str,
+) -> Result<Lsn, sqlx::Error> {
+    sqlx::query("SELECT record_cache_epoch($1, $2)")
+        .bind(ledger)
+        .bind(epoch)
+        .execute(&mut *conn)
+        .await?;
+    super::sizes::current_wal_lsn(conn).await
+}
+
+/// Takes the lock that serialises epoch changes of the cache `ledger`, for as long as `conn`
+/// is open or until [`unlock_epochs`]: two instances completing epochs at once record them in
+/// the order they check Redis. `conn` must be closed, not returned to a pool, if the unlock
+/// may not run (a cancelled task).
+pub async fn lock_epochs(conn: &mut PgConnection, ledger: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock(hashtext('product_size_epoch ' || $1))")
+        .bind(ledger)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn unlock_epochs(conn: &mut PgConnection, ledger: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('product_size_epoch ' || $1))")
+        .bind(ledger)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// The other readers of `ledger` whose applied book does not reach `position` on the primary's
 /// current timeline, with their lease length.
-pub async fn uncovered(
-    pool: &PgPool,
+pub async fn uncovered<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
     ledger: &str,
     reader: &str,
     position: Lsn,
@@ -90,7 +130,7 @@ pub async fn uncovered(
     .bind(ledger)
     .bind(reader)
     .bind(position.to_string())
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(rows
         .into_iter()

@@ -15,6 +15,9 @@
 //!   client's consistency token. Anything else is read from the primary.
 //! - Redis losing its data (FLUSHALL, restart) ends the epoch: everything stamped before is
 //!   ignored, and the next epoch's high-water mark is taken from the primary.
+//! - Every instance serves a cache only under a reader lease ([`readers`]): it knows every SKU
+//!   the cache is owed, on any instance, and which epoch is the deployment's. A write whose
+//!   update did not land there is acknowledged only once every other instance knows.
 
 pub mod audit;
 mod error;
@@ -84,6 +87,8 @@ pub struct SizeService {
     probed: Probed,
     /// This instance's leases on its caches (docs/reader-leases.md).
     readers: readers::Readers,
+    /// Per cache: one epoch completion at a time in this instance.
+    epoch_changes: [tokio::sync::Mutex<()>; 2],
 }
 
 /// Whether the primary and Redis answered the last probe.
@@ -134,6 +139,7 @@ impl SizeService {
             secondary: None,
             probed: Probed::default(),
             readers: readers::Readers::new(ReaderSettings::default()),
+            epoch_changes: Default::default(),
         }
     }
 
@@ -275,16 +281,61 @@ impl SizeService {
         self.complete_epoch(cache).await
     }
 
-    /// Binds the current epoch of `cache` to the primary's history and raises its high-water
-    /// mark to the primary's position, read after the epoch exists: that covers every write
-    /// acknowledged before it; writes acknowledged later raise the mark themselves. `None` if
-    /// the epoch belongs to another history (a failover this instance has not seen a write
-    /// of yet): nothing cached is trusted until a write on this history replaces it.
+    /// Makes the current epoch of `cache` usable: if it is new, records it as the deployment's
+    /// authoritative epoch and waits until every other instance knows (so none serves, or
+    /// counts as landed an update of, the data set it used before); binds it to the primary's
+    /// history; and raises its high-water mark to the primary's position, read after that:
+    /// it covers every write acknowledged before, on whichever data set; writes acknowledged
+    /// later raise the mark themselves, or count as failed updates. `None` if the epoch
+    /// belongs to another history (a failover this instance has not seen a write of yet):
+    /// nothing cached is trusted until a write on this history replaces it.
     async fn complete_epoch(&self, cache: &Cache) -> Result<Option<Meta>, StoreError> {
-        let (lsn, history) = primary_position(&mut *self.db.primary().acquire().await?).await?;
+        let role = self.role_of(cache);
+        // Concurrent reads that meet a new epoch queue here, holding no connection, and find
+        // it complete when their turn comes.
+        let _one_here = self.epoch_changes[role.index()].lock().await;
         let Some(meta) = cache.read_meta().await? else {
             return Ok(None);
         };
+        if meta.is_complete() {
+            return self.bind_epoch(cache, meta).await;
+        }
+        // One epoch change of a cache at a time, across instances: the last to record its
+        // epoch as the authority is the last to have read it from Redis. The lock is a
+        // session's, on a connection taken out of the pool: closed when done, or when this
+        // task is cancelled, it never goes back to the pool holding the lock.
+        let ledger = self.ledger(role);
+        let mut conn = self.db.primary().acquire().await?.detach();
+        crate::db::readers::lock_epochs(&mut conn, &ledger).await?;
+        let completed = self.complete_new_epoch(cache, role, &mut conn).await;
+        let unlocked = crate::db::readers::unlock_epochs(&mut conn, &ledger).await;
+        let _ = sqlx::Connection::close(conn).await;
+        unlocked?;
+        completed
+    }
+
+    /// Completes the epoch `cache` holds, if still incomplete, under the epoch lock held by
+    /// `conn`: makes it authoritative, then raises its high-water mark.
+    async fn complete_new_epoch(
+        &self,
+        cache: &Cache,
+        role: CacheRole,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<Option<Meta>, StoreError> {
+        let Some(meta) = cache.read_meta().await? else {
+            return Ok(None);
+        };
+        if meta.is_complete() {
+            return self.bind_epoch(cache, meta).await;
+        }
+        if !self.make_authoritative(role, &meta.epoch, conn).await? {
+            tracing::warn!(
+                cache = cache.prefix(),
+                "not every instance learned of the new cache epoch in time; bypassing the cache"
+            );
+            return Ok(None);
+        }
+        let (lsn, history) = primary_position(conn).await?;
         if !cache
             .bind_history(&meta.epoch, &history.to_string())
             .await?
@@ -292,11 +343,32 @@ impl SizeService {
             tracing::warn!(cache = cache.prefix(), %history, "the cache epoch belongs to another database history; bypassing the cache");
             return Ok(None);
         }
-        if !meta.is_complete() {
-            cache.raise_hwm(lsn).await?;
-            tracing::info!(%lsn, %history, cache = cache.prefix(), "cache epoch started");
-        }
+        cache.raise_hwm_of(&meta.epoch, lsn).await?;
+        tracing::info!(%lsn, %history, cache = cache.prefix(), "cache epoch started");
         Ok(cache.read_meta().await?.filter(Meta::is_complete))
+    }
+
+    /// Binds a complete epoch to the primary's history (unless it is bound already); `None` if
+    /// it belongs to another.
+    async fn bind_epoch(&self, cache: &Cache, meta: Meta) -> Result<Option<Meta>, StoreError> {
+        let (_, history) = primary_position(&mut *self.db.primary().acquire().await?).await?;
+        if !cache
+            .bind_history(&meta.epoch, &history.to_string())
+            .await?
+        {
+            tracing::warn!(cache = cache.prefix(), %history, "the cache epoch belongs to another database history; bypassing the cache");
+            return Ok(None);
+        }
+        Ok(Some(meta))
+    }
+
+    /// Which of this instance's caches `cache` is.
+    fn role_of(&self, cache: &Cache) -> CacheRole {
+        if std::ptr::eq(cache, self.cache.as_ref()) {
+            CacheRole::Primary
+        } else {
+            CacheRole::Secondary
+        }
     }
 
     /// Replaces the epoch `seen` of `cache`, whose versions come from another database

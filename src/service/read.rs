@@ -125,6 +125,9 @@ impl SizeService {
                     Some(meta) => Some(meta),
                     None => Box::pin(self.current_meta(cache, None)).await,
                 };
+                // Only the deployment's authoritative data set is served: another (an old
+                // master still running after its replica was promoted) may lack writes.
+                let meta = meta.filter(|meta| self.readers.is_authority(role, &meta.epoch));
                 (meta, cached.entries, cached.fences)
             }
             None => (None, vec![None; skus.len()], vec![None; skus.len()]),
@@ -198,7 +201,9 @@ impl SizeService {
             return None;
         }
         let cached = cached?;
-        let meta = cached.meta.filter(Meta::is_complete);
+        let meta = cached
+            .meta
+            .filter(|meta| meta.is_complete() && self.readers.is_authority(role, &meta.epoch));
         let epoch = meta.as_ref().map(|m| &m.epoch);
         let versions = skus
             .iter()

@@ -9,17 +9,25 @@
 //! used at all. A write whose cache update failed records what it missed and is acknowledged
 //! only once every other reader has applied a book that includes it, or its lease has ended
 //! ([`SizeService::confirm_owed`]).
+//!
+//! The same renewal reads the cache's *authoritative epoch*: only that data set is served, and
+//! only an update landed in it counts. A new epoch is made authoritative, and waits until every
+//! other reader knows, before it can be used ([`SizeService::make_authoritative`]): after a
+//! Redis failover that leaves the old master running (split brain), no instance still on it
+//! serves it, or acknowledges a write that only it holds.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
+use sqlx::PgConnection;
 use tokio::sync::Notify;
 
-use super::{ServiceError, SizeService};
-use crate::cache::CacheRole;
+use super::{ServiceError, SizeService, StoreError};
+use crate::cache::{Cache, CacheRole, Epoch};
 use crate::config::ReaderSettings;
 use crate::db::readers::{self, Book};
 use crate::domain::{Lsn, StoredSize};
@@ -43,15 +51,20 @@ pub struct Readers {
 /// One cache's lease and the owed book it was granted with.
 #[derive(Default)]
 struct Lease {
-    /// Nanoseconds after [`origin`] until which the cache may be served; 0: no lease.
+    /// Until when the cache may be served ([`since_origin`]); 0: no lease.
     until: AtomicU64,
     /// SKU → the version owed, as the last renewal read it.
     book: Mutex<HashMap<String, i64>>,
     /// Fast path: reads skip the lock while the book is empty.
     owed: AtomicUsize,
     /// How far the applied book reaches, and the primary's timeline it was read on (published
-    /// by the next renewal; a replica's book keeps the timeline of the last primary book).
+    /// by the next renewal).
     applied: Mutex<(Lsn, i32)>,
+    /// The cache's authoritative epoch, as the last renewal read it: the only one served.
+    authority: ArcSwapOption<String>,
+    /// The link generation ([`crate::cache::Cache::link_generation`]) whose data set was last
+    /// checked against the authority ([`SizeService::reconcile_epochs`]).
+    reconciled: AtomicU64,
 }
 
 impl Readers {
@@ -76,6 +89,27 @@ impl Readers {
             && lease.book.lock().is_ok_and(|book| book.contains_key(sku))
     }
 
+    /// Whether this instance, under its lease, knows `epoch` to be the authoritative epoch of
+    /// `cache`: the one readers serve, and updates must land in.
+    pub fn is_authority(&self, cache: CacheRole, epoch: &Epoch) -> bool {
+        self.has_lease(cache) && self.names_authority(cache, epoch)
+    }
+
+    fn names_authority(&self, cache: CacheRole, epoch: &Epoch) -> bool {
+        self.caches[cache.index()]
+            .authority
+            .load()
+            .as_deref()
+            .is_some_and(|authority| authority == epoch.as_str())
+    }
+
+    /// This instance recorded `epoch` as the authority, and every other reader knows.
+    fn set_authority(&self, cache: CacheRole, epoch: &Epoch) {
+        self.caches[cache.index()]
+            .authority
+            .store(Some(Arc::new(epoch.as_str().to_owned())));
+    }
+
     /// A change was announced: renew now.
     pub fn renew_soon(&self) {
         self.wake.notify_one();
@@ -93,6 +127,7 @@ impl Readers {
             lease.owed.store(book.owed.len(), Ordering::Release);
             *owed = book.owed;
             *applied = (book.visible, book.timeline);
+            lease.authority.store(book.authority.map(Arc::new));
         }
         if book.registered {
             lease
@@ -155,7 +190,7 @@ impl SizeService {
             let renewed = tokio::time::timeout(
                 self.readers.settings.lease,
                 readers::renew(
-                    self.db.primary(),
+                    self.db.readers(),
                     &ledger,
                     &self.readers.id,
                     self.readers.applied(role),
@@ -198,6 +233,7 @@ impl SizeService {
                     self.renew_leases().await;
                 }
             }
+            self.reconcile_epochs().await;
         }
     }
 
@@ -235,11 +271,38 @@ impl SizeService {
                 tracing::warn!(%error, "could not record a failed cache update for the other instances");
                 ServiceError::Unacknowledged
             })?;
-        let recorded_at = Instant::now();
+        if self
+            .wait_covered(&ledger, position, Instant::now(), deadline, None)
+            .await
+        {
+            return Ok(());
+        }
+        tracing::warn!(
+            skus = rows.len(),
+            "a cache update failed and not every instance learned of it in time; answering 503"
+        );
+        Err(ServiceError::Unacknowledged)
+    }
+
+    /// Waits until every other reader of `ledger` has applied a book that includes what was
+    /// committed before `position` (read at `recorded_at`), or its lease has ended; `false` if
+    /// that is not known by `deadline`.
+    async fn wait_covered(
+        &self,
+        ledger: &str,
+        position: Lsn,
+        recorded_at: Instant,
+        deadline: Instant,
+        mut conn: Option<&mut PgConnection>,
+    ) -> bool {
         self.readers.renew_soon();
         while Instant::now() < deadline {
-            let uncovered =
-                readers::uncovered(self.db.primary(), &ledger, &self.readers.id, position).await;
+            let uncovered = match conn.as_deref_mut() {
+                Some(conn) => readers::uncovered(conn, ledger, &self.readers.id, position).await,
+                None => {
+                    readers::uncovered(self.db.primary(), ledger, &self.readers.id, position).await
+                }
+            };
             // A reader that has not applied the record is waited out: its lease came from a
             // renewal sent before the record existed.
             if let Ok(uncovered) = uncovered
@@ -247,15 +310,80 @@ impl SizeService {
                     .iter()
                     .all(|(_, lease)| recorded_at.elapsed() >= *lease + margin(*lease))
             {
-                return Ok(());
+                return true;
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
-        tracing::warn!(
-            skus = rows.len(),
-            "a cache update failed and not every instance learned of it in time; answering 503"
-        );
-        Err(ServiceError::Unacknowledged)
+        false
+    }
+
+    /// Records `epoch` as the authoritative epoch of the cache `role` and waits until every
+    /// other reader knows (or its lease ended): from then on none serves the data set it used
+    /// before, and none counts an update of it as landed. `false` if that cannot be had now.
+    /// Runs on `conn` alone (which holds the epoch lock).
+    pub(super) async fn make_authoritative(
+        &self,
+        role: CacheRole,
+        epoch: &Epoch,
+        conn: &mut PgConnection,
+    ) -> Result<bool, StoreError> {
+        let ledger = self.ledger(role);
+        let position = readers::record_epoch(conn, &ledger, epoch.as_str()).await?;
+        let recorded_at = Instant::now();
+        let lease = self.readers.settings.lease;
+        let deadline = recorded_at + lease + margin(lease) + Duration::from_secs(1);
+        if !self
+            .wait_covered(&ledger, position, recorded_at, deadline, Some(conn))
+            .await
+        {
+            return Ok(false);
+        }
+        self.readers.set_authority(role, epoch);
+        Ok(true)
+    }
+
+    /// After this instance linked to Redis again: if the data set it reaches holds an epoch
+    /// other than the authoritative one, the deployment used another data set meanwhile (a
+    /// promoted replica, while this one was cut off), and this one may lack writes
+    /// acknowledged there. Its epoch is replaced, and the new one made authoritative, before
+    /// it is served. An instance that stayed linked to such a data set does not take it over:
+    /// it serves nothing from it, and counts no update of it as landed.
+    async fn reconcile_epochs(&self) {
+        for (role, cache) in self.ledgers() {
+            let generation = cache.link_generation();
+            let lease = &self.readers.caches[role.index()];
+            if generation == lease.reconciled.load(Ordering::Acquire)
+                || !self.readers.has_lease(role)
+            {
+                continue;
+            }
+            let meta = match cache.read_meta().await {
+                Ok(Some(meta)) if meta.is_complete() => meta,
+                // No epoch yet, or one still being completed: the next read completes it,
+                // authoritative first.
+                _ => continue,
+            };
+            if !self.readers.is_authority(role, &meta.epoch) {
+                match self.take_over(cache, &meta).await {
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, cache = cache.prefix(), "could not replace a cache epoch that is not the deployment's");
+                        continue;
+                    }
+                }
+            }
+            lease.reconciled.store(generation, Ordering::Release);
+        }
+    }
+
+    async fn take_over(&self, cache: &Cache, seen: &crate::cache::Meta) -> Result<(), StoreError> {
+        if cache.replace_epoch(seen).await? {
+            tracing::warn!(
+                cache = cache.prefix(),
+                "linked to a Redis data set the deployment was not using; new cache epoch"
+            );
+        }
+        self.complete_epoch(cache).await.map(drop)
     }
 
     /// Removes the rows of readers long gone (see [`readers::forget_gone`]).
@@ -271,11 +399,13 @@ impl SizeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Fence;
 
     fn book(visible: u64, owed: &[(&str, i64)], registered: bool) -> Book {
         Book {
             visible: Lsn::new(visible),
             timeline: 1,
+            authority: Some("E".to_owned()),
             owed: owed.iter().map(|(s, v)| ((*s).to_owned(), *v)).collect(),
             registered,
         }
@@ -339,6 +469,25 @@ mod tests {
         readers.settled(CacheRole::Primary, &[("A".into(), 2), ("B".into(), 4)]);
         assert!(!readers.is_owed(CacheRole::Primary, "A"));
         assert!(readers.is_owed(CacheRole::Primary, "B"));
+    }
+
+    #[test]
+    fn only_the_authoritative_epoch_is_served_and_only_under_a_lease() {
+        let readers = readers();
+        let epoch = |name: &str| Fence::decode(format!("1|{name}").as_bytes()).unwrap().epoch;
+        assert!(!readers.is_authority(CacheRole::Primary, &epoch("E")));
+        readers.apply(CacheRole::Primary, book(10, &[], true), Instant::now());
+        assert!(readers.is_authority(CacheRole::Primary, &epoch("E")));
+        assert!(!readers.is_authority(CacheRole::Primary, &epoch("F")));
+        let none = Book {
+            authority: None,
+            ..book(20, &[], true)
+        };
+        readers.apply(CacheRole::Primary, none, Instant::now());
+        assert!(!readers.is_authority(CacheRole::Primary, &epoch("E")));
+        readers.apply(CacheRole::Primary, book(30, &[], true), Instant::now());
+        readers.end();
+        assert!(!readers.is_authority(CacheRole::Primary, &epoch("E")));
     }
 
     #[test]

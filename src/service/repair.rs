@@ -373,9 +373,12 @@ impl SizeService {
         );
         // The epoch is captured before the rows are read, like a write's.
         let seen = cache.read_meta().await?;
+        // Only into the data set the deployment serves: a repair applied elsewhere would clear
+        // the record while readers still lack the version.
         let meta = self
             .current_meta(cache, seen)
             .await
+            .filter(|meta| self.readers.is_authority(role, &meta.epoch))
             .ok_or(StoreError::NoEpoch)?;
         let skus: Vec<&str> = owed.iter().map(|owed| owed.sku.as_str()).collect();
         let fetched = fetch_on(&mut tx, &skus).await?;

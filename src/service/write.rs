@@ -220,7 +220,18 @@ impl SizeService {
         if let Err(error) = &primary {
             tracing::warn!(%error, rows = written.rows.len(), "cache update after commit failed; repair queued");
         }
-        let updated_primary = primary.is_ok();
+        // An update of a data set the deployment does not serve (split brain: this instance
+        // still reaches an old master) has not landed where readers look.
+        let updated_primary = primary.is_ok()
+            && self
+                .readers
+                .is_authority(CacheRole::Primary, &epochs.primary);
+        if primary.is_ok() && !updated_primary {
+            tracing::warn!(
+                rows = written.rows.len(),
+                "cache updated in a Redis data set the deployment does not serve; repair queued"
+            );
+        }
         self.after_update(CacheRole::Primary, written, updated_primary);
         let Some((secondary, epoch)) = self.secondary.as_ref().zip(epochs.secondary.as_ref())
         else {

@@ -284,8 +284,9 @@ async fn in_sync(redis: &OwnRedis) {
 /// checks the server's role in its own round trip: not one read is served from it.
 #[tokio::test]
 async fn a_master_demoted_under_open_connections_is_not_read_at_all() {
-    let master = OwnRedis::start().await;
-    let promoted = OwnRedis::start().await;
+    // With a folder of their own: a replica writes the data set it receives to disk.
+    let master = OwnRedis::start_with_snapshots().await;
+    let promoted = OwnRedis::start_with_snapshots().await;
     // Its resync starts at once, so the demoted master holds the older data set within
     // milliseconds, well inside the periodic identity check.
     promoted.configure("repl-diskless-sync-delay", "0").await;
@@ -323,4 +324,65 @@ async fn a_master_demoted_under_open_connections_is_not_read_at_all() {
     );
     never_older(&reader, &sku, 2, Duration::from_millis(500)).await;
     assert!(reads > 10, "only {reads} reads");
+}
+
+/// Split brain across a Redis failover: a replica is promoted and one instance moves to it,
+/// while the old master runs on and another instance still reaches it. The database names the
+/// deployment's authoritative data set, and every instance learns it with its lease: the
+/// instance on the old master reads nothing from it, and counts its updates there as failed,
+/// so what it acknowledges is owed to the promoted data set and read from the database until
+/// repaired there. Then the old master dies and every instance is on the promoted server.
+#[tokio::test]
+async fn writes_through_an_old_master_after_a_failover_are_never_read_older() {
+    // With a folder of their own: a replica writes the data set it receives to disk.
+    let old_master = OwnRedis::start_with_snapshots().await;
+    let promoted = OwnRedis::start_with_snapshots().await;
+    promoted
+        .command(&["REPLICAOF", "127.0.0.1", &old_master.port.to_string()])
+        .await;
+    in_sync(&promoted).await;
+    // Each instance reaches Redis by an address that a failover moves (a DNS name, a proxy).
+    let writers_address = TcpProxy::to(old_master.port).await;
+    let readers_address = TcpProxy::to(old_master.port).await;
+    let writer = TestApp::spawn_with(on(writers_address.url())).await;
+    let reader = writer.sibling(on(readers_address.url())).await;
+    let sku = writer.sku("split-brain");
+    cached_at_one(&writer, &reader, &sku).await;
+    let key = writer.entry_key(&sku);
+    eventually(30, "the replica has version 1", || async {
+        promoted.command(&["GET", &key]).await.starts_with("1|")
+    })
+    .await;
+
+    promoted.command(&["REPLICAOF", "NO", "ONE"]).await;
+    readers_address.retarget(promoted.port);
+    eventually(30, "the reader serves from the promoted server", || async {
+        let read = reader.get(&sku).await;
+        read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 1
+    })
+    .await;
+
+    // The writer's update lands on the old master, which the deployment no longer serves.
+    assert_eq!(writer.put(&sku, &size(2)).await.status(), StatusCode::OK);
+    never_older(&reader, &sku, 2, Duration::from_secs(2)).await;
+    never_older(&writer, &sku, 2, Duration::from_millis(500)).await;
+
+    // The old master dies; the writer's address moves to the promoted server too.
+    let mut old_master = old_master;
+    old_master.stop().await;
+    writers_address.retarget(promoted.port);
+    for app in [&writer, &reader] {
+        never_older(app, &sku, 2, Duration::from_millis(500)).await;
+    }
+    for app in [&writer, &reader] {
+        eventually(
+            30,
+            "version 2 is served from the promoted server's cache",
+            || async {
+                let read = app.get(&sku).await;
+                read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 2
+            },
+        )
+        .await;
+    }
 }
