@@ -1,9 +1,11 @@
-//! The torture test: writers and readers over a few dozen SKUs, a replica applying WAL 1 s
-//! late, and a chaos task that flushes Redis, deletes cache entries, snapshots Redis and later
-//! restarts it from that older snapshot, pauses it, blackholes the service's connection to it
-//! (a TCP proxy: Redis keeps its data and never sees the commands) and restores it, and
-//! restarts the replica. A checker records every acknowledged write and every read with its
-//! start time.
+//! The torture test: writers and readers over a few dozen SKUs, on two instances of one
+//! deployment (half the reads through the instance that does not write), a replica applying
+//! WAL 1 s late, and a chaos task that flushes Redis, deletes cache entries, snapshots Redis and
+//! later restarts it from that older snapshot, pauses it, pauses its writes (`CLIENT PAUSE
+//! WRITE`, as its `FAILOVER` does), blackholes the writing instance's connection to it (a TCP
+//! proxy: Redis keeps its data and never sees the commands) and restores it, fails over to a
+//! standby that missed the last writes, and restarts the replica. A checker records every
+//! acknowledged write and every read with its start time.
 //!
 //! It fails on any read older than a write acknowledged before the read started, on any
 //! acknowledged write missing from the primary at the end, and on any 5xx (only Redis is made
@@ -82,14 +84,22 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
         })
         .await,
     );
-    let run = Run::create_skus(app.clone()).await;
+    let reader = Arc::new(
+        app.sibling(Options {
+            replica: Replica::Url(servers.replica.url()),
+            redis_url: Some(servers.readers_link.url()),
+            ..Options::default()
+        })
+        .await,
+    );
+    let run = Run::create_skus(app.clone(), reader).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..2 {
         tasks.spawn(run.clone().write(writer == 1));
     }
     for reader in 0..4 {
-        tasks.spawn(run.clone().read(reader == 0));
+        tasks.spawn(run.clone().read(reader % 2 == 0, reader >= 2));
     }
     let chaos = tokio::spawn(run.clone().chaos(servers));
     while let Some(task) = tasks.join_next().await {
@@ -128,31 +138,62 @@ async fn torture_no_stale_reads_and_no_lost_writes_under_cache_chaos() {
 }
 
 /// The test's own servers, which the chaos task stops, pauses and restarts: a replica applying
-/// WAL 1 s late, a Redis that keeps snapshots, and a proxy to it that can drop its traffic.
+/// WAL 1 s late, a Redis that keeps snapshots and a standby Redis replicating it, and the
+/// addresses each instance reaches Redis by (proxies: the writer's can drop its traffic, and
+/// a failover moves both).
 struct Servers {
     replica: OwnPostgres,
     redis: OwnRedis,
+    standby: OwnRedis,
     link: TcpProxy,
+    readers_link: TcpProxy,
 }
 
 impl Servers {
     async fn start() -> Self {
         let replica = OwnPostgres::replica_of(primary_port(), Some("1s")).await;
         let redis = OwnRedis::start_with_snapshots().await;
+        let standby = OwnRedis::start_with_snapshots().await;
+        replicate(&standby, &redis).await;
         let link = TcpProxy::to(redis.port).await;
+        let readers_link = TcpProxy::to(redis.port).await;
         Self {
             replica,
             redis,
+            standby,
             link,
+            readers_link,
         }
     }
+
+    /// The standby is promoted, and keeps running as the master while the old master goes on
+    /// taking the instances' writes for a moment (the standby misses them); then both
+    /// addresses move to it, and the old master becomes its standby.
+    async fn fail_over(&mut self) {
+        self.standby.command(&["REPLICAOF", "NO", "ONE"]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.link.retarget(self.standby.port);
+        self.readers_link.retarget(self.standby.port);
+        std::mem::swap(&mut self.redis, &mut self.standby);
+        replicate(&self.standby, &self.redis).await;
+    }
+}
+
+/// Makes `standby` a replica of `master`.
+async fn replicate(standby: &OwnRedis, master: &OwnRedis) {
+    standby
+        .command(&["REPLICAOF", "127.0.0.1", &master.port.to_string()])
+        .await;
 }
 
 /// What every task of a run shares: the service, its SKUs (each created at version 1), the
 /// checker, and when the run started and ends.
 #[derive(Clone)]
 struct Run {
+    /// Writes, and reads half of the time.
     app: Arc<TestApp>,
+    /// Another instance of the same deployment, which only reads.
+    reader: Arc<TestApp>,
     skus: Arc<Vec<String>>,
     checker: Arc<Mutex<Checker>>,
     started: Instant,
@@ -160,7 +201,7 @@ struct Run {
 }
 
 impl Run {
-    async fn create_skus(app: Arc<TestApp>) -> Self {
+    async fn create_skus(app: Arc<TestApp>, reader: Arc<TestApp>) -> Self {
         let skus: Vec<String> = (0..SKUS).map(|i| app.sku(&format!("t{i}"))).collect();
         let mut checker = Checker::default();
         for sku in &skus {
@@ -171,6 +212,7 @@ impl Run {
         let started = Instant::now();
         Self {
             app,
+            reader,
             skus: Arc::new(skus),
             checker: Arc::new(Mutex::new(checker)),
             started,
@@ -225,14 +267,16 @@ impl Run {
         }
     }
 
-    /// Single GETs until the deadline, or with `lookups`, lookups of 8 SKUs; every read is
-    /// recorded with the instant it began.
-    async fn read(self, lookups: bool) {
+    /// Single GETs until the deadline, or with `lookups`, lookups of 8 SKUs, through the
+    /// writing instance or with `elsewhere` the other one; every read is recorded with the
+    /// instant it began.
+    async fn read(self, lookups: bool, elsewhere: bool) {
+        let app = if elsewhere { &self.reader } else { &self.app };
         while Instant::now() < self.deadline {
             let begun = Instant::now();
             if lookups {
                 let wanted: Vec<&str> = (0..8).map(|_| self.any_sku()).collect();
-                let response = self.app.lookup(&wanted).await;
+                let response = app.lookup(&wanted).await;
                 record_status(&self.checker, response.status(), "lookup");
                 if response.status() == StatusCode::OK {
                     let body: Value = response.json().await.unwrap();
@@ -246,7 +290,7 @@ impl Run {
                 }
             } else {
                 let sku = self.any_sku();
-                let response = self.app.get(sku).await;
+                let response = app.get(sku).await;
                 record_status(&self.checker, response.status(), "get");
                 if response.status() == StatusCode::OK {
                     let version = response.json::<Value>().await.unwrap()["version"]
@@ -267,7 +311,7 @@ impl Run {
         let mut round = 0;
         while Instant::now() + Duration::from_secs(2) < self.deadline {
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let event = match round % 7 {
+            let event = match round % 9 {
                 0 => {
                     let _: () = app.redis.flushall(false).await.unwrap_or(());
                     "flushall"
@@ -298,6 +342,19 @@ impl Run {
                     // Back with the data of the last snapshot: older entries and fences.
                     servers.redis.restart().await;
                     "restart from snapshot"
+                }
+                6 => {
+                    // Reads go on; scripts, every install among them, wait.
+                    servers
+                        .redis
+                        .command(&["CLIENT", "PAUSE", "1200", "WRITE"])
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    "pause writes"
+                }
+                7 => {
+                    servers.fail_over().await;
+                    "failover to a standby that missed writes"
                 }
                 _ => {
                     servers.replica.stop().await;
