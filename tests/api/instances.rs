@@ -386,3 +386,109 @@ async fn writes_through_an_old_master_after_a_failover_are_never_read_older() {
         .await;
     }
 }
+
+/// Four instances of one deployment, writes spread over them and reads on every one, while
+/// Redis kills every client connection again and again (`CLIENT KILL TYPE normal`): an update
+/// is lost with its connection now and then, and no instance ever serves a version older than
+/// one acknowledged before its read began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_never_read_older_while_redis_kills_their_connections() {
+    let redis = OwnRedis::start().await;
+    let first = TestApp::spawn_with(on(redis.url())).await;
+    let mut apps = vec![first];
+    for _ in 0..3 {
+        let sibling = apps[0].sibling(on(redis.url())).await;
+        apps.push(sibling);
+    }
+    let apps = std::sync::Arc::new(apps);
+    let skus: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+        (0..8)
+            .map(|i| apps[0].sku(&format!("killed-{i}")))
+            .collect(),
+    );
+    // SKU -> (acknowledged at, version), and (read began, SKU, version, instance).
+    type Acks = std::collections::HashMap<String, Vec<(Instant, i64)>>;
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Acks::new()));
+    let reads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let until = Instant::now() + Duration::from_secs(8);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..4 {
+        let (apps, skus, acks) = (apps.clone(), skus.clone(), acks.clone());
+        tasks.spawn(async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                n += 1;
+                let sku = &skus[(writer + n) % skus.len()];
+                let response = apps[writer].put(sku, &size(100 + n as i64)).await;
+                assert!(!response.status().is_server_error() || response.status() == 503);
+                if response.status().is_success() {
+                    let version = version_of(&response.json().await.unwrap());
+                    let mut acks = acks.lock().unwrap();
+                    acks.entry(sku.clone())
+                        .or_default()
+                        .push((Instant::now(), version));
+                }
+            }
+        });
+    }
+    for reader in 0..4 {
+        let (apps, skus, reads) = (apps.clone(), skus.clone(), reads.clone());
+        tasks.spawn(async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                n += 1;
+                let sku = &skus[(reader * 3 + n) % skus.len()];
+                let began = Instant::now();
+                let read = apps[reader].get(sku).await;
+                if read.status() == StatusCode::OK {
+                    let source = read_source(&read);
+                    let version = version_of(&read.json().await.unwrap());
+                    reads
+                        .lock()
+                        .unwrap()
+                        .push((began, sku.clone(), version, reader, source));
+                }
+            }
+        });
+    }
+    let mut kills = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+        kills += 1;
+    }
+    while let Some(task) = tasks.join_next().await {
+        task.unwrap();
+    }
+
+    let acks = acks.lock().unwrap();
+    let reads = reads.lock().unwrap();
+    let stale: Vec<String> = reads
+        .iter()
+        .filter_map(|(began, sku, version, reader, source)| {
+            let floor = acks
+                .get(sku)?
+                .iter()
+                .filter(|(at, _)| at < began)
+                .map(|(_, v)| *v)
+                .max()?;
+            (*version < floor).then(|| {
+                format!("{sku} v{version} from {source} on instance {reader}, after v{floor}")
+            })
+        })
+        .collect();
+    let writes: usize = acks.values().map(Vec::len).sum();
+    assert!(
+        stale.is_empty(),
+        "{} of {} reads older than acknowledged ({writes} writes, {kills} kills), e.g. {:?}",
+        stale.len(),
+        reads.len(),
+        &stale[..stale.len().min(5)]
+    );
+    assert!(
+        writes >= 40 && reads.len() >= 200 && kills >= 10,
+        "too little load: {writes} writes, {} reads, {kills} kills",
+        reads.len()
+    );
+}
