@@ -52,12 +52,11 @@ $$;
 -- Renews the lease of `by_reader` on the cache `for_ledger`: publishes `applied_to` (how far
 -- the book the reader applied before this call reaches), then reads the primary's WAL insert
 -- position minus one and, in a later snapshot, the whole owed book and the authoritative
--- epoch. `registered` is false
--- (the book grants no lease) when the row was made by this call, since a book read in the
--- same transaction may predate a writer's check that did not see the row; and when the
--- ledger's registration as a follower of the table has lapsed, since its records may have
--- been forgotten (`forget_lapsed_cache_ledgers`) and its epoch is replaced before it is
--- registered again (`follow_cache_ledgers`' caller).
+-- epoch. `registered` is false (the book grants no lease) when the row was made by this
+-- call, since a book read in the same transaction may predate a writer's check that did not
+-- see the row; and when the ledger's registration as a follower of the table has lapsed,
+-- since its records may have been forgotten (`forget_lapsed_cache_ledgers`) and its epoch is
+-- replaced before it is registered again (`follow_cache_ledgers`' caller).
 --
 -- Each statement must take its own snapshot (READ COMMITTED): under REPEATABLE READ the book
 -- would be as old as the call, older than `visible`.
