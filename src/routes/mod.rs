@@ -110,7 +110,11 @@ fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
         Access::Write => (
             Some("write"),
             Some("The token may only read"),
-            Some("The primary database is unavailable"),
+            Some(
+                "The primary database is unavailable (nothing was written); or the write is \
+                 committed, but its cache update failed and not every instance could learn of \
+                 it in time (not acknowledged: retrying it is safe)",
+            ),
         ),
         Access::Admin => (Some("admin"), Some("Not an admin token"), None),
         Access::Public | Access::NotAllowed => (None, None, None),
