@@ -261,29 +261,40 @@ async fn in_sync(redis: &OwnRedis) {
     .await;
 }
 
+/// A master, and a replica of it in sync. Each with a folder of its own: a replica writes the
+/// data set it receives to disk.
+async fn master_and_replica() -> (OwnRedis, OwnRedis) {
+    let master = OwnRedis::start_with_snapshots().await;
+    let replica = OwnRedis::start_with_snapshots().await;
+    replica
+        .command(&["REPLICAOF", "127.0.0.1", &master.port.to_string()])
+        .await;
+    in_sync(&replica).await;
+    (master, replica)
+}
+
+/// Waits until `replica` holds version 1 at `key`.
+async fn replica_has_version_one(replica: &OwnRedis, key: &str) {
+    eventually(30, "the replica has version 1", || async {
+        replica.command(&["GET", key]).await.starts_with("1|")
+    })
+    .await;
+}
+
 /// A master demoted with `REPLICAOF` keeps its clients' connections open and, once it has
 /// resynchronised, serves its new master's data set, which lacks the last writes. A read
 /// checks the server's role in its own round trip: not one read is served from it.
 #[tokio::test]
 async fn a_master_demoted_under_open_connections_is_not_read_at_all() {
-    // With a folder of their own: a replica writes the data set it receives to disk.
-    let master = OwnRedis::start_with_snapshots().await;
-    let promoted = OwnRedis::start_with_snapshots().await;
+    let (master, promoted) = master_and_replica().await;
     // Its resync starts at once, so the demoted master holds the older data set within
     // milliseconds, well inside the periodic identity check.
     promoted.configure("repl-diskless-sync-delay", "0").await;
-    promoted
-        .command(&["REPLICAOF", "127.0.0.1", &master.port.to_string()])
-        .await;
-    in_sync(&promoted).await;
     let (writer, reader) = writer_and_reader(&master, None).await;
     let sku = writer.sku("demoted");
     cached_at_one(&writer, &reader, &sku).await;
     let key = writer.entry_key(&sku);
-    eventually(30, "the replica has version 1", || async {
-        promoted.command(&["GET", &key]).await.starts_with("1|")
-    })
-    .await;
+    replica_has_version_one(&promoted, &key).await;
 
     // The replica is promoted while the master runs on; the master takes a write it never
     // passes on.
@@ -316,13 +327,7 @@ async fn a_master_demoted_under_open_connections_is_not_read_at_all() {
 /// repaired there. Then the old master dies and every instance is on the promoted server.
 #[tokio::test]
 async fn writes_through_an_old_master_after_a_failover_are_never_read_older() {
-    // With a folder of their own: a replica writes the data set it receives to disk.
-    let old_master = OwnRedis::start_with_snapshots().await;
-    let promoted = OwnRedis::start_with_snapshots().await;
-    promoted
-        .command(&["REPLICAOF", "127.0.0.1", &old_master.port.to_string()])
-        .await;
-    in_sync(&promoted).await;
+    let (old_master, promoted) = master_and_replica().await;
     // Each instance reaches Redis by an address that a failover moves (a DNS name, a proxy).
     let writers_address = TcpProxy::to(old_master.port).await;
     let readers_address = TcpProxy::to(old_master.port).await;
@@ -330,11 +335,7 @@ async fn writes_through_an_old_master_after_a_failover_are_never_read_older() {
     let reader = writer.sibling(on(readers_address.url())).await;
     let sku = writer.sku("split-brain");
     cached_at_one(&writer, &reader, &sku).await;
-    let key = writer.entry_key(&sku);
-    eventually(30, "the replica has version 1", || async {
-        promoted.command(&["GET", &key]).await.starts_with("1|")
-    })
-    .await;
+    replica_has_version_one(&promoted, &writer.entry_key(&sku)).await;
 
     promoted.command(&["REPLICAOF", "NO", "ONE"]).await;
     readers_address.retarget(promoted.port);
