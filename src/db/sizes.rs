@@ -237,7 +237,8 @@ pub struct Committed<T> {
     pub xact: Option<i64>,
 }
 
-/// How often a write is retried when a concurrent transaction created one of its new SKUs.
+/// How often a write is tried: again when a concurrent transaction created one of its new
+/// SKUs, or when PostgreSQL aborted it to break a deadlock or a serialization conflict.
 const MAX_ATTEMPTS: usize = 5;
 
 /// Runs one write transaction on the primary: locks the current rows of `skus`, asks `plan`
@@ -245,43 +246,78 @@ const MAX_ATTEMPTS: usize = 5;
 /// reads the WAL position (and history) after the commit.
 ///
 /// Rows that do not exist yet cannot be locked; if a concurrent transaction inserts one first,
-/// the insert skips it, and the whole transaction is retried against the new row.
+/// the insert skips it, and the whole transaction is retried against the new row. A transaction
+/// PostgreSQL aborted as a deadlock's victim (another session locking the same rows in another
+/// order: a data fix by hand) or for a serialization failure committed nothing: it is retried
+/// too, after a short random pause. After [`MAX_ATTEMPTS`] the last error is returned
+/// ([`is_transient`] tells the caller it may succeed if tried again later).
 pub async fn write_transaction<T>(
     primary: &Admission,
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
 ) -> Result<Committed<T>, sqlx::Error> {
     let mut conn = primary.acquire().await?;
-    for _ in 0..MAX_ATTEMPTS {
-        let mut tx = conn.begin().await?;
-        let current = lock_rows(&mut tx, skus).await?;
-        let (rows, outcome) = plan(&current);
-        let mut visible = Lsn::ZERO;
-        let mut xact = None;
-        if rows.is_empty() {
-            tx.commit().await?;
-        } else {
-            let stored = store(&mut tx, &rows, &current).await?;
-            visible = stored.visible;
-            xact = Some(stored.xact);
-            if stored.rows < rows.len() {
-                tx.rollback().await?;
-                continue;
+    let mut last = None;
+    for attempt in 1..=MAX_ATTEMPTS {
+        match try_write(&mut conn, skus, &plan).await {
+            Ok(Some(committed)) => return Ok(committed),
+            Ok(None) => {}
+            Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
+                tracing::debug!(%error, attempt, "write transaction aborted by the server; retrying");
+                last = Some(error);
+                let pause = 10 * attempt as u64 + fastrand::u64(..20);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
-            tx.commit().await?;
+            Err(error) => return Err(error),
         }
-        let (lsn, history) = primary_position(&mut conn).await?;
-        return Ok(Committed {
-            outcome,
-            lsn,
-            history,
-            visible,
-            xact,
-        });
     }
-    Err(sqlx::Error::Protocol(
-        "write kept conflicting with concurrent creates".to_owned(),
-    ))
+    Err(last.unwrap_or_else(|| {
+        sqlx::Error::Protocol("write kept conflicting with concurrent creates".to_owned())
+    }))
+}
+
+/// One attempt of [`write_transaction`]; `None` when a concurrent create got in first (nothing
+/// was committed).
+async fn try_write<T>(
+    conn: &mut PgConnection,
+    skus: &[&str],
+    plan: &impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
+) -> Result<Option<Committed<T>>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let current = lock_rows(&mut tx, skus).await?;
+    let (rows, outcome) = plan(&current);
+    let mut visible = Lsn::ZERO;
+    let mut xact = None;
+    if rows.is_empty() {
+        tx.commit().await?;
+    } else {
+        let stored = store(&mut tx, &rows, &current).await?;
+        visible = stored.visible;
+        xact = Some(stored.xact);
+        if stored.rows < rows.len() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+    }
+    let (lsn, history) = primary_position(conn).await?;
+    Ok(Some(Committed {
+        outcome,
+        lsn,
+        history,
+        visible,
+        xact,
+    }))
+}
+
+/// Whether PostgreSQL aborted the transaction for a reason that trying again may not meet: a
+/// deadlock (`40P01`), a serialization failure (`40001`), or another transaction rollback
+/// (SQLSTATE class 40). Nothing of it was committed.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| code.starts_with("40")),
+        _ => false,
+    }
 }
 
 async fn lock_rows(

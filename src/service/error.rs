@@ -26,10 +26,12 @@ impl From<sqlx::Error> for ServiceError {
         use sqlx::Error as E;
         let unavailable = match &error {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => true,
-            // Shutdown, crash or failover of the server, and too many connections.
-            E::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("57") || c.starts_with("08") || c == "53300"),
+            // Shutdown, crash or failover of the server, too many connections, and a
+            // transaction the server aborted (a deadlock, a serialization failure) whose
+            // retries ran out: each may succeed shortly.
+            E::Database(db) => db.code().is_some_and(|c| {
+                c.starts_with("57") || c.starts_with("08") || c.starts_with("40") || c == "53300"
+            }),
             _ => false,
         };
         if unavailable {
