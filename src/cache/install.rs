@@ -168,7 +168,7 @@ impl Cache {
             installed += usize::try_from(count).unwrap_or(0);
         }
         if let Some(lsn) = written_at {
-            self.raise_hwm(lsn).await?;
+            self.raise_hwm_of(epoch, lsn).await?;
         }
         Ok(installed)
     }
@@ -190,7 +190,7 @@ impl Cache {
                 .is_err_and(|e| e.details().starts_with("NOSCRIPT"))
         };
         if !results.iter().any(no_script) {
-            return count_installed(results, items.len());
+            return count_installed(results, items.len(), written_at.is_some());
         }
         // Some calls found the script missing (a restarted or flushed-scripts Redis). Others in
         // the same pipeline may have run (another client can load the same script meanwhile):
@@ -205,6 +205,11 @@ impl Cache {
             .collect();
         // A write retried without its bump (which ran) is still a write: it sets its fence.
         let bump_again = written_at.filter(|_| results.get(items.len()).is_some_and(no_script));
+        let mut results = results;
+        let bumped = match (written_at, bump_again) {
+            (Some(_), None) => Some(results.pop()),
+            _ => None,
+        };
         let mut installed = 0;
         for result in results
             .into_iter()
@@ -213,10 +218,13 @@ impl Cache {
         {
             installed += usize::from(result? == 1);
         }
+        if let Some(bumped) = bumped {
+            mark_landed(bumped)?;
+        }
         let retried = self
             .run_installs(client, &again, epoch, is_write, bump_again, ttl)
             .await?;
-        Ok(installed + count_installed(retried, again.len())?)
+        Ok(installed + count_installed(retried, again.len(), bump_again.is_some())?)
     }
 
     /// One pipeline: an install per item (with its fence for a write), then the high-water
@@ -239,7 +247,10 @@ impl Cache {
         }
         if let Some(lsn) = bump {
             let key = self.meta_key();
-            let args = vec![Bytes::from(entry::pad_lsn(lsn))];
+            let args = vec![
+                Bytes::from(entry::pad_lsn(lsn)),
+                Bytes::from(epoch.as_str().to_owned()),
+            ];
             let _: () = pipeline
                 .custom(evalsha(&key), script_args(&self.bump, vec![key], args))
                 .await?;
@@ -311,16 +322,32 @@ impl Cache {
 /// anyone else, so a call stays around a millisecond.
 const CHUNK: usize = 100;
 
-/// How many of the first `items` results installed their value (the rest is the bump).
+/// How many of the first `items` results installed their value. With `bumped`, the result
+/// after them is the high-water mark's: a write whose mark was not raised (its meta key on
+/// another master that failed, or the epoch ended meanwhile) failed, like one whose entry did
+/// not land, since a reader that finds no fence relies on the mark.
 fn count_installed(
-    results: Vec<Result<i64, CacheError>>,
+    mut results: Vec<Result<i64, CacheError>>,
     items: usize,
+    bumped: bool,
 ) -> Result<usize, CacheError> {
+    if bumped {
+        mark_landed(results.pop())?;
+    }
     let mut installed = 0;
     for result in results.into_iter().take(items) {
         installed += usize::from(result? == 1);
     }
     Ok(installed)
+}
+
+/// The high-water mark script's result in a pipeline, as a result.
+fn mark_landed(result: Option<Result<i64, CacheError>>) -> Result<(), CacheError> {
+    match result {
+        Some(Ok(answer)) => super::mark_raised(answer),
+        Some(Err(error)) => Err(error),
+        None => super::mark_raised(0),
+    }
 }
 
 /// `EVALSHA` as a pipelined command, routed to the slot of its first key (fred's pipelines

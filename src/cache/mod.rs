@@ -617,17 +617,20 @@ impl Cache {
         Ok(())
     }
 
-    /// Raises the high-water mark of `epoch`, if it is still the current one, to `lsn`.
+    /// Raises the high-water mark of `epoch`, if it is still the current one, to `lsn` (never
+    /// lowers it). An error if `epoch` is not the current one: what was stamped with it is
+    /// not served, and the mark does not cover `lsn`.
     pub async fn raise_hwm_of(&self, epoch: &Epoch, lsn: Lsn) -> Result<(), CacheError> {
         let client = self.client()?;
-        self.bump
+        let raised = self
+            .bump
             .evalsha_with_reload::<i64, _, _>(
                 &client,
                 vec![self.meta_key()],
                 vec![entry::pad_lsn(lsn), epoch.as_str().to_owned()],
             )
             .await?;
-        Ok(())
+        mark_raised(raised)
     }
 
     /// Counts the links adopted so far: a new value means a new connection to Redis, possibly
@@ -697,6 +700,18 @@ fn breaker_open() -> CacheError {
         fred::error::ErrorKind::Canceled,
         "Redis is failing; the cache breaker is open",
     )
+}
+
+/// The high-water mark script's answer as a result: 1 when the mark covers the position.
+fn mark_raised(answer: i64) -> Result<(), CacheError> {
+    if answer == 1 {
+        Ok(())
+    } else {
+        Err(CacheError::new(
+            fred::error::ErrorKind::Unknown,
+            "the cache epoch ended before its high-water mark was raised",
+        ))
+    }
 }
 
 fn no_link() -> CacheError {

@@ -594,6 +594,11 @@ impl OwnRedisCluster {
         panic!("no master holds {key}")
     }
 
+    /// Runs one command on one master and returns what `redis-cli` printed.
+    pub async fn command_node(&self, port: u16, args: &[&str]) -> String {
+        redis_cli(port, args).await
+    }
+
     /// `SAVE` on one master: its next restart loads this snapshot.
     pub async fn snapshot_node(&self, port: u16) {
         run(Command::new("redis-cli").args(["-p", &port.to_string(), "SAVE"])).await;

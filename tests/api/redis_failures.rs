@@ -89,6 +89,49 @@ async fn a_cluster_master_restarted_from_an_older_snapshot_serves_no_version_old
 }
 
 #[tokio::test]
+async fn a_write_whose_high_water_mark_was_not_raised_counts_as_a_failed_update() {
+    let cluster = OwnRedisCluster::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(cluster.url()),
+        ..Options::default()
+    })
+    .await;
+    // The entry on one master, the epoch's high-water mark on another.
+    let epoch_node = cluster
+        .node_holding(&format!("{}:meta", app.key_prefix))
+        .await;
+    let mut sku = String::new();
+    for i in 0.. {
+        sku = app.sku(&format!("mark-{i}"));
+        if cluster.node_holding(&app.entry_key(&sku)).await != epoch_node {
+            break;
+        }
+    }
+    app.put(&sku, &size(1)).await;
+    served_from_the_cache_at(&app, &sku, 1).await;
+    let repaired = app.metric("product_size_cache_repairs_applied").await;
+
+    // The mark's master is out of memory: the entry lands, the mark does not.
+    for setting in [["maxmemory-policy", "noeviction"], ["maxmemory", "1"]] {
+        let set = ["CONFIG", "SET", setting[0], setting[1]];
+        cluster.command_node(epoch_node, &set).await;
+    }
+    let written = app.put(&sku, &size(2)).await;
+    cluster
+        .command_node(epoch_node, &["CONFIG", "SET", "maxmemory", "0"])
+        .await;
+    assert!(
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(&written.status()),
+        "{}",
+        written.status()
+    );
+    eventually(20, "the update whose mark failed is repaired", || async {
+        app.metric("product_size_cache_repairs_applied").await > repaired
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_instance_that_only_writes_stamps_the_epoch_readers_trust() {
     let redis = OwnRedis::start().await;
     let writer = TestApp::spawn_with(with_redis(&redis)).await;
