@@ -26,6 +26,12 @@ pub struct Book {
     pub registered: bool,
 }
 
+/// Whether an authoritative epoch as recorded names no epoch a cache can hold: the marker a
+/// `TRUNCATE` of the table leaves (the migration `every_writer_seen`).
+pub fn names_no_epoch(authority: &str) -> bool {
+    authority.starts_with("truncated:")
+}
+
 /// Renews `reader`'s lease on the cache `ledger`, publishing that it applied the book up to
 /// `applied`, and reads the current book.
 pub async fn renew(

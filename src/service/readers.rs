@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ struct Lease {
     /// The link generation ([`crate::cache::Cache::link_generation`]) whose data set was last
     /// checked against the authority ([`SizeService::reconcile_epochs`]).
     reconciled: AtomicU64,
+    /// A new epoch is being started after a `TRUNCATE` ended the authoritative one.
+    starting_afresh: AtomicBool,
 }
 
 impl Readers {
@@ -93,6 +95,17 @@ impl Readers {
     /// `cache`: the one readers serve, and updates must land in.
     pub fn is_authority(&self, cache: CacheRole, epoch: &Epoch) -> bool {
         self.has_lease(cache) && self.names_authority(cache, epoch)
+    }
+
+    /// Whether the last renewal found the authoritative epoch of `cache` ended by a
+    /// `TRUNCATE` of the table (the migration `every_writer_seen`): nothing cached before it
+    /// may be served, and a new epoch must begin.
+    fn authority_ended(&self, cache: CacheRole) -> bool {
+        self.caches[cache.index()]
+            .authority
+            .load()
+            .as_deref()
+            .is_some_and(|authority| readers::names_no_epoch(authority))
     }
 
     fn names_authority(&self, cache: CacheRole, epoch: &Epoch) -> bool {
@@ -234,6 +247,50 @@ impl SizeService {
                 }
             }
             self.reconcile_epochs().await;
+            self.start_ended_epochs_afresh();
+        }
+    }
+
+    /// For each cache whose authoritative epoch a `TRUNCATE` ended: replaces the epoch Redis
+    /// holds with a new one, made authoritative once every other instance knows. Runs apart
+    /// from the renewals, which must go on meanwhile (the other instances wait for this one's
+    /// renewal, or its lease to end, before theirs is authoritative); one at a time per cache.
+    fn start_ended_epochs_afresh(self: &Arc<Self>) {
+        for (role, _) in self.ledgers() {
+            let lease = &self.readers.caches[role.index()];
+            if !self.readers.authority_ended(role)
+                || lease.starting_afresh.swap(true, Ordering::AcqRel)
+            {
+                continue;
+            }
+            let service = self.clone();
+            tokio::spawn(async move {
+                let cache = match role {
+                    CacheRole::Primary => service.cache.as_ref(),
+                    CacheRole::Secondary => match &service.secondary {
+                        Some(secondary) => secondary.cache.as_ref(),
+                        None => return,
+                    },
+                };
+                let restarted = match cache.read_meta().await {
+                    // No epoch: the next read starts one, authoritative first.
+                    Ok(None) => Ok(()),
+                    Ok(Some(seen)) => service.take_over(cache, &seen).await,
+                    Err(error) => Err(error.into()),
+                };
+                match restarted {
+                    Ok(()) => tracing::warn!(
+                        cache = cache.prefix(),
+                        "the table was truncated; the cache starts afresh"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, cache = cache.prefix(), "could not start the cache afresh after a truncate; retrying")
+                    }
+                }
+                service.readers.caches[role.index()]
+                    .starting_afresh
+                    .store(false, Ordering::Release);
+            });
         }
     }
 

@@ -400,3 +400,96 @@ async fn the_inspector_counts_hits_the_cache_keeps_serving_older_than_committed(
     .await;
     assert!(app.metric("product_size_consistency_ratio").await < 1.0);
 }
+
+#[tokio::test]
+async fn a_change_made_as_a_replication_replica_reaches_every_instance() {
+    let writer = TestApp::spawn().await;
+    let reader = writer.sibling(Options::default()).await;
+    let sku = writer.sku("applied-as-replica");
+    writer.put(&sku, &size(1)).await;
+    for app in [&writer, &reader] {
+        eventually(10, "the SKU is served from the cache", || async {
+            read_source(&app.get(&sku).await) == "cache"
+        })
+        .await;
+    }
+
+    // What logical replication's apply worker, or a data-only restore, does: ordinary
+    // triggers do not fire in this role.
+    let mut conn = writer.primary.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE product_sizes SET weight_g = 4321 WHERE sku = $1")
+        .bind(&sku)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("RESET session_replication_role")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(stored(&writer, &sku).await, (2, 4321, false));
+
+    for app in [&reader, &writer] {
+        eventually(10, "the change is served", || async {
+            let read: Value = app.get(&sku).await.json().await.unwrap();
+            (version_of(&read), read["weight_g"].as_i64()) == (2, Some(4321))
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn after_a_truncate_nothing_cached_before_it_is_served_on_any_instance() {
+    // A database of its own: a TRUNCATE of the shared one would empty every test's table.
+    let primary = crate::processes::OwnPostgres::primary().await;
+    let options = || Options {
+        database_url: primary.url(),
+        replica: crate::helpers::Replica::None,
+        ..Options::default()
+    };
+    let writer = TestApp::spawn_with(options()).await;
+    let reader = writer.sibling(options()).await;
+    let sku = writer.sku("truncated");
+    for length in 1..=3 {
+        writer.put(&sku, &size(length)).await;
+    }
+    for app in [&writer, &reader] {
+        eventually(10, "the SKU is served from the cache", || async {
+            let read = app.get(&sku).await;
+            read_source(&read) == "cache" && version_of(&read.json().await.unwrap()) == 3
+        })
+        .await;
+    }
+
+    sqlx::query("TRUNCATE product_sizes")
+        .execute(&writer.primary)
+        .await
+        .unwrap();
+    for app in [&reader, &writer] {
+        eventually(10, "the truncated SKU is gone", || async {
+            app.get(&sku).await.status() == StatusCode::NOT_FOUND
+        })
+        .await;
+    }
+    // Created again, it starts over at version 1, below what the caches held.
+    let created = writer.put(&sku, &size(7)).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    for app in [&reader, &writer] {
+        for _ in 0..20 {
+            let read: Value = app.get(&sku).await.json().await.unwrap();
+            assert_eq!(
+                (version_of(&read), read["length_mm"].as_i64()),
+                (1, Some(7)),
+                "served something cached before the truncate"
+            );
+        }
+        eventually(10, "the cache, started afresh, serves again", || async {
+            read_source(&app.get(&sku).await) == "cache"
+        })
+        .await;
+    }
+}
