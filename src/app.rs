@@ -45,6 +45,13 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("Redis configuration: {0}")]
     Cache(#[from] fred::error::Error),
+    /// A server refused what the configuration names (a database that does not exist,
+    /// credentials): waiting does not mend it.
+    #[error("{setting}: the server refused it: {reason}")]
+    Refused {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -217,15 +224,69 @@ pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondar
         }),
         None => None,
     };
-    if !cache.wait_connected(Duration::from_secs(2)).await {
+    let refused = |setting| move |reason| StartupError::Refused { setting, reason };
+    let (primary, replica, linked, secondary_linked) = tokio::join!(
+        check_database("DATABASE_URL", db.primary()),
+        async {
+            match db.replica() {
+                Some(replica) => check_database("DATABASE_REPLICA_URL", replica).await,
+                None => Ok(()),
+            }
+        },
+        cache.wait_connected(Duration::from_secs(2)),
+        async {
+            match &secondary {
+                Some(secondary) => secondary.cache.wait_connected(Duration::from_secs(2)).await,
+                None => Ok(true),
+            }
+        },
+    );
+    primary?;
+    replica?;
+    if !linked.map_err(refused("REDIS_URL"))? {
         tracing::warn!("Redis is not reachable yet; serving from the database until it is");
     }
-    if let Some(secondary) = &secondary
-        && !secondary.cache.wait_connected(Duration::from_secs(2)).await
-    {
+    if !secondary_linked.map_err(refused("REDIS_SECONDARY_URL"))? {
         tracing::warn!("the secondary Redis is not reachable yet");
     }
     Ok((db, cache, secondary))
+}
+
+/// Connects to the database `setting` names once: an error if the server refuses what the
+/// URL says (no such database, credentials, no right to connect), which waiting does not
+/// mend. A server that does not answer yet is only logged: the service starts degraded.
+async fn check_database(setting: &'static str, pool: &sqlx::PgPool) -> Result<(), StartupError> {
+    use sqlx::ConnectOptions;
+    // One attempt, not the pool's retries until its acquire timeout.
+    let options = pool.connect_options();
+    let error = match tokio::time::timeout(Duration::from_secs(3), options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            return Ok(());
+        }
+        Ok(Err(error)) => error,
+        Err(_) => {
+            tracing::warn!(
+                setting,
+                "PostgreSQL did not answer within 3 s; starting degraded"
+            );
+            return Ok(());
+        }
+    };
+    if let sqlx::Error::Database(refusal) = &error
+        && refusal.code().is_some_and(|code| {
+            // No such database; authentication failed or not allowed (pg_hba.conf, no such
+            // role); no CONNECT privilege.
+            matches!(code.as_ref(), "3D000" | "28P01" | "28000" | "42501")
+        })
+    {
+        return Err(StartupError::Refused {
+            setting,
+            reason: refusal.message().to_owned(),
+        });
+    }
+    tracing::warn!(setting, %error, "PostgreSQL is not reachable yet; starting degraded");
+    Ok(())
 }
 
 /// The service without HTTP, for the cache commands.

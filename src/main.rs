@@ -29,8 +29,12 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "failed");
-            eprintln!("error: {error}");
+            // Once: as a log line where logs are JSON (a collector parses them), else as text.
+            if telemetry::json_logs() {
+                tracing::error!(%error, "failed");
+            } else {
+                eprintln!("error: {error}");
+            }
             ExitCode::FAILURE
         }
     }

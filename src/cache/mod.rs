@@ -104,6 +104,8 @@ pub struct Cache {
     bind_history: Script,
     /// A Redis Cluster: multi-key commands must stay within one slot.
     clustered: bool,
+    /// Why the last connection attempt was refused, if the server refused its credentials.
+    refused: ArcSwapOption<String>,
     breaker: Breaker,
     /// Coalesces concurrent single-SKU reads (standalone Redis only: `None` in a Cluster).
     batcher: Option<batch::Batcher>,
@@ -128,6 +130,7 @@ impl Cache {
             server: ArcSwapOption::empty(),
             clustered,
             config,
+            refused: ArcSwapOption::empty(),
             relink: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -147,16 +150,21 @@ impl Cache {
         Ok(cache)
     }
 
-    /// Waits up to `timeout` for the first checked link; `false` if Redis is not there yet.
-    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+    /// Waits up to `timeout` for the first checked link: `Ok(false)` if Redis is not there
+    /// yet, an error with the server's words if it refused the connection's credentials (a
+    /// misconfiguration, which waiting does not mend).
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<bool, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.link.load().is_none() {
+            if let Some(refused) = self.refused.load_full() {
+                return Err(refused.as_ref().clone());
+            }
             if tokio::time::Instant::now() >= deadline {
-                return false;
+                return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        true
+        Ok(true)
     }
 
     /// A connection of the current link.
@@ -211,9 +219,14 @@ impl Cache {
             return false;
         }
         let opened = match link::Link::open(&self.config, &self.settings, self.clustered).await {
-            Ok(opened) => opened,
+            Ok(opened) => {
+                self.refused.store(None);
+                opened
+            }
             Err(error) => {
                 tracing::debug!(%error, "cannot connect to Redis yet");
+                self.refused
+                    .store(is_refusal(&error).then(|| Arc::new(error.details().to_owned())));
                 return false;
             }
         };
@@ -712,6 +725,16 @@ fn mark_raised(answer: i64) -> Result<(), CacheError> {
             "the cache epoch ended before its high-water mark was raised",
         ))
     }
+}
+
+/// Whether the server refused the connection's credentials (a wrong password or user, or a
+/// server that wants one), as opposed to not answering.
+fn is_refusal(error: &CacheError) -> bool {
+    let details = error.details();
+    *error.kind() == fred::error::ErrorKind::Auth
+        || ["WRONGPASS", "NOAUTH", "NOPERM"]
+            .iter()
+            .any(|code| details.contains(code))
 }
 
 fn no_link() -> CacheError {

@@ -89,3 +89,93 @@ async fn a_write_a_deadlock_aborts_is_retried_not_a_500() {
         );
     }
 }
+
+/// Starts `product-size serve` against the shared services with `env` on top, expects it to
+/// stop with a non-zero exit within 20 s, and returns what it wrote to stderr.
+async fn refused_start(env: &[(&str, &str)]) -> String {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_product-size"));
+    command
+        .arg("serve")
+        .env("DATABASE_URL", primary_url())
+        .env_remove("DATABASE_REPLICA_URL")
+        .env_remove("REDIS_SECONDARY_URL")
+        .env("REDIS_URL", crate::helpers::shared_redis_url())
+        .env(
+            "CACHE_KEY_PREFIX",
+            format!("refused{:08x}", fastrand::u32(..)),
+        )
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("API_READ_TOKENS", "read")
+        .env("API_WRITE_TOKENS", "write")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), command.output())
+        .await
+        .expect("the service stops instead of serving")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
+/// The one line of `stderr` that names `setting`, which must also say `reason`.
+fn one_message(stderr: &str, setting: &str, reason: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(setting)).collect();
+    assert_eq!(lines.len(), 1, "one message naming {setting}: {stderr}");
+    assert!(lines[0].contains(reason), "{}", lines[0]);
+    assert!(
+        !lines[0].contains(" line "),
+        "no server internals: {}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_stops_the_start() {
+    let url = primary_url().replace("/product_sizes", "/no_such_database");
+    let stderr = refused_start(&[("DATABASE_URL", &url)]).await;
+    one_message(
+        &stderr,
+        "DATABASE_URL",
+        r#"database \"no_such_database\" does not exist"#,
+    );
+}
+
+#[tokio::test]
+async fn credentials_postgresql_refuses_stop_the_start() {
+    let url = primary_url().replace("postgres@", "nobody_here@");
+    let stderr = refused_start(&[("DATABASE_REPLICA_URL", &url)]).await;
+    one_message(
+        &stderr,
+        "DATABASE_REPLICA_URL",
+        r#"role \"nobody_here\" does not exist"#,
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_url_stops_the_start() {
+    let stderr = refused_start(&[("DATABASE_URL", "postgres://[::1/nope")]).await;
+    one_message(&stderr, "DATABASE_URL", "");
+}
+
+#[tokio::test]
+async fn credentials_redis_refuses_stop_the_start() {
+    let port = crate::helpers::free_port();
+    let _redis = tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--requirepass", "right"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    crate::processes::wait_port(port, true).await;
+    let url = format!("redis://:wrong@127.0.0.1:{port}");
+    let stderr = refused_start(&[("REDIS_URL", &url)]).await;
+    one_message(&stderr, "REDIS_URL", "WRONGPASS");
+}

@@ -266,7 +266,7 @@ async fn cache_of_its_own() -> Arc<Cache> {
         cache_settings(&prefix),
     )
     .unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    assert_eq!(cache.wait_connected(Duration::from_secs(5)).await, Ok(true));
     cache
 }
 

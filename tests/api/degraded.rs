@@ -300,7 +300,7 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
     let prefix = format!("sf{:08x}", fastrand::u32(..));
     let settings = cache_settings(&prefix);
     let cache = Cache::connect(&SecretString::from(shared_redis_url()), settings).unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    assert_eq!(cache.wait_connected(Duration::from_secs(5)).await, Ok(true));
     let db_settings = DatabaseSettings {
         max_connections: 60,
         acquire_timeout: Duration::from_secs(5),
@@ -361,7 +361,7 @@ async fn installs_survive_redis_forgetting_its_scripts() {
     let redis = OwnRedis::start().await;
     let settings = cache_settings("scripts");
     let cache = Cache::connect(&SecretString::from(redis.url()), settings).unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    assert_eq!(cache.wait_connected(Duration::from_secs(5)).await, Ok(true));
     let epoch = Epoch::random();
     let body = bytes::Bytes::from_static(b"{}");
     let skus: Vec<String> = (0..10).map(|i| format!("S{i}")).collect();
@@ -396,7 +396,7 @@ async fn a_write_whose_install_script_was_forgotten_still_sets_its_fence() {
     let redis = OwnRedis::start().await;
     let cache =
         Cache::connect(&SecretString::from(redis.url()), cache_settings("refenced")).unwrap();
-    assert!(cache.wait_connected(Duration::from_secs(5)).await);
+    assert_eq!(cache.wait_connected(Duration::from_secs(5)).await, Ok(true));
     let epoch = Epoch::random();
     let write = |version| Install {
         sku: "W",
