@@ -251,15 +251,21 @@ const MAX_ATTEMPTS: usize = 5;
 /// order: a data fix by hand) or for a serialization failure committed nothing: it is retried
 /// too, after a short random pause. After [`MAX_ATTEMPTS`] the last error is returned
 /// ([`is_transient`] tells the caller it may succeed if tried again later).
+///
+/// `unsure` is told the rows and the transaction of a commit whose outcome this call does not
+/// learn: the call was cancelled (a request's timeout, a client gone) or the connection failed
+/// between the rows' store and the position read after their commit. The transaction may have
+/// committed; its caller's caches may then lack it.
 pub async fn write_transaction<T>(
     primary: &Admission,
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
+    unsure: &(dyn Fn(&[StoredSize], i64) + Sync),
 ) -> Result<Committed<T>, sqlx::Error> {
     let mut conn = primary.acquire().await?;
     let mut last = None;
     for attempt in 1..=MAX_ATTEMPTS {
-        match try_write(&mut conn, skus, &plan).await {
+        match try_write(&mut conn, skus, &plan, unsure).await {
             Ok(Some(committed)) => return Ok(committed),
             Ok(None) => {}
             Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
@@ -282,12 +288,14 @@ async fn try_write<T>(
     conn: &mut PgConnection,
     skus: &[&str],
     plan: &impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
+    unsure: &(dyn Fn(&[StoredSize], i64) + Sync),
 ) -> Result<Option<Committed<T>>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let current = lock_rows(&mut tx, skus).await?;
     let (rows, outcome) = plan(&current);
     let mut visible = Lsn::ZERO;
     let mut xact = None;
+    let mut outcome_unknown = None;
     if rows.is_empty() {
         tx.commit().await?;
     } else {
@@ -298,9 +306,18 @@ async fn try_write<T>(
             tx.rollback().await?;
             return Ok(None);
         }
+        outcome_unknown = Some(Unsure {
+            rows: &rows,
+            xact: stored.xact,
+            tell: unsure,
+            known: false,
+        });
         tx.commit().await?;
     }
     let (lsn, history) = primary_position(conn).await?;
+    if let Some(mut outcome) = outcome_unknown {
+        outcome.known = true;
+    }
     Ok(Some(Committed {
         outcome,
         lsn,
@@ -308,6 +325,23 @@ async fn try_write<T>(
         visible,
         xact,
     }))
+}
+
+/// Tells its caller, when dropped before its commit's outcome is `known`, that it is unknown
+/// (see [`write_transaction`]).
+struct Unsure<'a> {
+    rows: &'a [StoredSize],
+    xact: i64,
+    tell: &'a (dyn Fn(&[StoredSize], i64) + Sync),
+    known: bool,
+}
+
+impl Drop for Unsure<'_> {
+    fn drop(&mut self) {
+        if !self.known {
+            (self.tell)(self.rows, self.xact);
+        }
+    }
 }
 
 /// Whether PostgreSQL aborted the transaction for a reason that trying again may not meet: a

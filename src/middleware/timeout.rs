@@ -6,8 +6,9 @@
 //! refusal of this service is a problem document that says what to do.
 //!
 //! Dropping a handler is the same cancellation a client disconnect causes, which every
-//! handler survives: a write whose commit was cut off is repaired in the cache from its
-//! recorded change, and its client, told nothing was saved, retries.
+//! handler survives: a write cut off after (or during) its commit hands its cache update to
+//! the repair worker at once, and its client, told nothing was acknowledged, retries (an
+//! idempotent repeat).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -92,28 +92,35 @@ impl SizeService {
         skus.sort_unstable();
         skus.dedup();
         let now = Utc::now();
-        let committed = write_transaction(self.db.primary_writes(), &skus, |current| {
-            let mut state = current.clone();
-            let mut written: Vec<&str> = Vec::new();
-            let decisions: Vec<Decision> = changes
-                .iter()
-                .map(|(sku, change)| {
-                    let decision = decide(sku, state.get(sku.as_str()), change, preconditions, now);
-                    if let Decision::Write { row, .. } = &decision {
-                        state.insert(row.sku.clone(), row.clone());
-                        written.push(sku.as_str());
-                    }
-                    decision
-                })
-                .collect();
-            written.sort_unstable();
-            written.dedup();
-            let rows: Vec<StoredSize> = written
-                .iter()
-                .filter_map(|sku| state.get(*sku).cloned())
-                .collect();
-            (rows.clone(), (decisions, rows))
-        })
+        let unsure = |rows: &[StoredSize], xact: i64| self.left_unrecorded(rows, Some(xact));
+        let committed = write_transaction(
+            self.db.primary_writes(),
+            &skus,
+            |current| {
+                let mut state = current.clone();
+                let mut written: Vec<&str> = Vec::new();
+                let decisions: Vec<Decision> = changes
+                    .iter()
+                    .map(|(sku, change)| {
+                        let decision =
+                            decide(sku, state.get(sku.as_str()), change, preconditions, now);
+                        if let Decision::Write { row, .. } = &decision {
+                            state.insert(row.sku.clone(), row.clone());
+                            written.push(sku.as_str());
+                        }
+                        decision
+                    })
+                    .collect();
+                written.sort_unstable();
+                written.dedup();
+                let rows: Vec<StoredSize> = written
+                    .iter()
+                    .filter_map(|sku| state.get(*sku).cloned())
+                    .collect();
+                (rows.clone(), (decisions, rows))
+            },
+            &unsure,
+        )
         .instrument(tracing::debug_span!(
             "db.write",
             db.system = "postgresql",
@@ -125,6 +132,15 @@ impl SizeService {
         let (decisions, mut rows) = committed.outcome;
         rows.extend(already_stored(&decisions, &rows));
         if !rows.is_empty() {
+            // From here until the caches are updated, or their failure recorded, a cancelled
+            // request (its timeout, its client gone) leaves the update to the repair worker at
+            // once, not after the 2 s its record waits for its writer.
+            let mut cancelled = Cancelled {
+                service: self,
+                rows: &rows,
+                xact: committed.xact,
+                done: false,
+            };
             let history = &committed.history;
             let epochs = Epochs {
                 primary: self
@@ -152,10 +168,24 @@ impl SizeService {
             if !self.record_in_cache(&written, &epochs, committed.lsn).await {
                 // Other instances still read the older entry: acknowledged only once each
                 // of them knows the cache is owed these SKUs.
-                self.confirm_owed(&rows, committed.xact).await?;
+                let confirmed = self.confirm_owed(&rows, committed.xact).await;
+                cancelled.done = true;
+                confirmed?;
             }
+            cancelled.done = true;
         }
         Ok((decisions, committed.lsn))
+    }
+
+    /// A write committed (or may have) and its request ended before it updated the caches:
+    /// each is owed its rows, repaired at once, and not served them here until then.
+    fn left_unrecorded(&self, rows: &[StoredSize], xact: Option<i64>) {
+        for (role, _) in self.ledgers() {
+            self.repairs.mark_pending(role, rows, xact);
+        }
+        self.metrics
+            .repairs_pending
+            .set(self.repairs.pending_count() as i64);
     }
 
     /// The epoch `cache` holds now, and the database history it is bound to. Read on every
@@ -279,6 +309,23 @@ impl SizeService {
             self.metrics
                 .repairs_pending
                 .set(self.repairs.pending_count() as i64);
+        }
+    }
+}
+
+/// Hands a write's cache updates to the repair worker if dropped before they are `done`: its
+/// request was cancelled between the commit and the end of the updates.
+struct Cancelled<'a> {
+    service: &'a SizeService,
+    rows: &'a [StoredSize],
+    xact: Option<i64>,
+    done: bool,
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.service.left_unrecorded(self.rows, self.xact);
         }
     }
 }

@@ -2,6 +2,9 @@
 //! a database or Redis that stops answering holds nothing up for long, and a misconfiguration
 //! stops the start.
 
+use std::time::{Duration, Instant};
+
+use fred::prelude::KeysInterface;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -178,4 +181,47 @@ async fn credentials_redis_refuses_stop_the_start() {
     let url = format!("redis://:wrong@127.0.0.1:{port}");
     let stderr = refused_start(&[("REDIS_URL", &url)]).await;
     one_message(&stderr, "REDIS_URL", "WRONGPASS");
+}
+
+#[tokio::test]
+async fn a_write_whose_request_timed_out_after_its_commit_is_repaired_at_once() {
+    let redis = crate::processes::OwnRedis::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(redis.url()),
+        replica: Replica::None,
+        request_timeout: Duration::from_millis(200),
+        ..Options::default()
+    })
+    .await;
+    let sku = app.sku("timed-out");
+    // The first write may start the cache's epoch, which can take longer than the timeout.
+    eventually(10, "the SKU is served from the cache", || async {
+        let _ = app.put(&sku, &crate::helpers::size(1)).await;
+        crate::helpers::read_source(&app.get(&sku).await) == "cache"
+    })
+    .await;
+
+    // The cache update waits for Redis past the request's timeout, after the commit; then
+    // its connection is killed, and the update never runs.
+    redis.command(&["CLIENT", "PAUSE", "400", "WRITE"]).await;
+    let response = app.put(&sku, &crate::helpers::size(2)).await;
+    let answered = Instant::now();
+    redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.primary_row(&sku).await.map(|row| row.0), Some(2));
+
+    // Repaired as soon as Redis takes writes again, not once the write's record is old
+    // enough (2 s after the commit) for any instance to take it over.
+    let key = app.entry_key(&sku);
+    loop {
+        let entry: Option<String> = app.redis.get(&key).await.unwrap_or(None);
+        if entry.is_some_and(|entry| entry.starts_with("2|")) {
+            break;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_millis(1300),
+            "the cache was not repaired before the hand-over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
