@@ -87,6 +87,7 @@ impl Application {
                 health.clone(),
                 REPLICA_PROBE_INTERVAL,
                 config.replica_max_lag,
+                config.database.replica_timeout,
             ));
             health
         });

@@ -88,6 +88,11 @@ pub struct ConnectionArgs {
     #[arg(long, env = "REPLICA_MAX_LAG_MS", default_value_t = 5000)]
     pub replica_max_lag_ms: u64,
 
+    /// How long a replica query (a read's, the probe's) may take, connecting included, before
+    /// the read goes to the primary and the connection is closed (milliseconds).
+    #[arg(long, env = "REPLICA_TIMEOUT_MS", default_value_t = 250)]
+    pub replica_timeout_ms: u64,
+
     /// Redis URL.
     #[arg(
         long,
@@ -228,7 +233,11 @@ pub struct AuthSettings {
 pub struct DatabaseSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// The server's limit on one statement; the client gives a primary query a second more,
+    /// then closes its connection (a server that stopped answering never ends it).
     pub statement_timeout: Duration,
+    /// See `REPLICA_TIMEOUT_MS`.
+    pub replica_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -258,13 +267,23 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// See `REPLICA_TIMEOUT_MS`.
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(250);
+
 impl DatabaseSettings {
+    /// How long a query on the primary may take before its connection is given up: the
+    /// server's statement timeout and a second.
+    pub fn primary_deadline(&self) -> Duration {
+        self.statement_timeout + Duration::from_secs(1)
+    }
+
     pub fn from_args(args: &DatabaseArgs) -> Self {
         let timeout = Duration::from_millis(args.database_timeout_ms.max(1));
         Self {
             max_connections: args.database_max_connections.max(1),
             acquire_timeout: timeout,
             statement_timeout: timeout,
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
         }
     }
 }
@@ -363,7 +382,10 @@ impl Config {
                 admin_tokens: Vec::new(),
                 disabled: true,
             },
-            database: DatabaseSettings::from_args(&args.database),
+            database: DatabaseSettings {
+                replica_timeout: Duration::from_millis(args.replica_timeout_ms.max(1)),
+                ..DatabaseSettings::from_args(&args.database)
+            },
             cache: CacheSettings {
                 key_prefix: args.cache_key_prefix,
                 entry_ttl,

@@ -4,7 +4,7 @@
 //! per transaction, written by a trigger (migrations `capture_every_change` and
 //! `own_writes_once_per_transaction`).
 
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 
 /// The channel the capture trigger notifies when it records a change another writer made.
 pub const CHANNEL: &str = "product_size_changes";
@@ -34,8 +34,8 @@ pub async fn follow<'c>(
 
 /// Forgets ledgers nobody has renewed for minutes, and the records kept for them. Returns how
 /// many ledgers and records went.
-pub async fn forget_lapsed(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn forget_lapsed(executor: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT forget_lapsed_cache_ledgers()")
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await
 }

@@ -79,16 +79,24 @@ pub struct Leases {
     keep: usize,
     /// How reads wait for the pool.
     admission: Admission,
+    /// How long one query may take, connecting included (see [`leased!`]).
+    deadline: Duration,
 }
 
 impl Leases {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, deadline: Duration) -> Self {
         let keep = pool.options().get_max_connections() as usize / 2;
         Self {
             kept: Mutex::new(Vec::with_capacity(keep)),
             keep,
             admission: Admission::new(pool),
+            deadline,
         }
+    }
+
+    /// How long one query may take, connecting included.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// A kept connection, else one from the pool.
@@ -117,6 +125,7 @@ impl Leases {
             leases: self,
             kept,
             settled: false,
+            answered: false,
         }
     }
 
@@ -148,6 +157,10 @@ pub struct Lease<'a> {
     /// Taken from the keep list, so not tested since its last query.
     kept: bool,
     settled: bool,
+    /// The server answered the query (with rows or an error): the connection may go back to
+    /// sqlx. Otherwise the query was cancelled midway, perhaps on a server that stopped
+    /// answering, and the connection is closed.
+    answered: bool,
 }
 
 impl Lease<'_> {
@@ -155,6 +168,7 @@ impl Lease<'_> {
     /// run the query again on a tested connection: this kept connection turned out broken,
     /// and the others, most likely broken with it, have been dropped.
     pub fn finish<T>(mut self, result: &Result<T, sqlx::Error>) -> bool {
+        self.answered = true;
         match result {
             Ok(_) => {
                 self.settled = true;
@@ -171,30 +185,79 @@ impl Lease<'_> {
 }
 
 /// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`) on a connection of
-/// `$leases`, and once more on a tested one if the kept connection turned out broken.
+/// `$leases`, and once more on a tested one if the kept connection turned out broken; all of it
+/// within the leases' deadline, after which the connection in use is closed (a server that
+/// stops answering without closing its connections holds a query until TCP gives up, minutes
+/// later) and the error says it timed out.
 macro_rules! leased {
     ($leases:expr, |$conn:ident| $query:expr) => {
         async {
             let leases: &$crate::db::lease::Leases = $leases;
-            let mut lease = leases.acquire().await?;
-            let result = {
-                let $conn: &mut sqlx::PgConnection = &mut lease;
-                $query.await
+            let attempt = async {
+                let mut lease = leases.acquire().await?;
+                let result = {
+                    let $conn: &mut sqlx::PgConnection = &mut lease;
+                    $query.await
+                };
+                if !lease.finish(&result) {
+                    return result;
+                }
+                let mut lease = leases.acquire_tested().await?;
+                let result = {
+                    let $conn: &mut sqlx::PgConnection = &mut lease;
+                    $query.await
+                };
+                lease.finish(&result);
+                result
             };
-            if !lease.finish(&result) {
-                return result;
-            }
-            let mut lease = leases.acquire_tested().await?;
-            let result = {
-                let $conn: &mut sqlx::PgConnection = &mut lease;
-                $query.await
-            };
-            lease.finish(&result);
-            result
+            tokio::time::timeout(leases.deadline(), attempt)
+                .await
+                .unwrap_or_else(|_| Err($crate::db::lease::timed_out(leases.deadline())))
         }
     };
 }
 pub(crate) use leased;
+
+/// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`) on a connection of
+/// the pool `$pool` within `$deadline`, taking the connection included. A connection whose
+/// query did not end in time is closed, not returned: sqlx tests a returned connection with a
+/// round trip, which on a server that stopped answering never ends and holds the pool's slot
+/// (a one-connection pool would be stuck for good).
+macro_rules! bounded {
+    ($pool:expr, $deadline:expr, |$conn:ident| $query:expr) => {
+        async {
+            let pool: &sqlx::PgPool = $pool;
+            let limit: std::time::Duration = $deadline;
+            let deadline = tokio::time::Instant::now() + limit;
+            let mut conn = tokio::time::timeout_at(deadline, pool.acquire())
+                .await
+                .map_err(|_| $crate::db::lease::timed_out(limit))??;
+            let result = {
+                let $conn: &mut sqlx::PgConnection = &mut conn;
+                tokio::time::timeout_at(deadline, $query).await
+            };
+            match result {
+                Ok(result) => result,
+                Err(_) => {
+                    drop(conn.detach());
+                    Err($crate::db::lease::timed_out(limit).into())
+                }
+            }
+        }
+    };
+}
+pub(crate) use bounded;
+
+/// The error of a query that did not end within `limit`.
+pub fn timed_out(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "the database did not answer within {} ms",
+            limit.as_millis()
+        ),
+    ))
+}
 
 impl Deref for Lease<'_> {
     type Target = PgConnection;
@@ -217,8 +280,13 @@ impl DerefMut for Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
+        if !self.answered {
+            // Cancelled midway: closed (a raw connection closes its socket when dropped).
+            drop(conn.detach());
+            return;
+        }
         if !self.settled {
-            return; // dropped: back to sqlx
+            return; // failed: back to sqlx, which tests it
         }
         if let Ok(mut kept) = self.leases.kept.lock()
             && kept.len() < self.leases.keep

@@ -48,6 +48,11 @@ pub struct Db {
     /// The reader leases' renewals ([`readers`]), apart from the requests' pool: a lease must
     /// not lapse because requests hold every connection.
     readers: PgPool,
+    /// How long a background query on the primary may take before its connection is given
+    /// up ([`lease::bounded!`]).
+    background_deadline: Duration,
+    /// The same for the replica (`REPLICA_TIMEOUT_MS`).
+    replica_deadline: Duration,
 }
 
 impl Db {
@@ -109,19 +114,36 @@ impl Db {
                 Ok::<_, sqlx::Error>(pool().connect_lazy_with(replica))
             })
             .transpose()?;
+        let primary_deadline = settings.primary_deadline();
+        let replica_deadline = settings.replica_timeout;
         Ok(Self {
-            primary_reads: Arc::new(Leases::new(primary.clone())),
+            primary_reads: Arc::new(Leases::new(primary.clone(), primary_deadline)),
             primary_writes: Arc::new(Admission::new(primary.clone())),
-            replica_reads: replica.clone().map(|r| Arc::new(Leases::new(r))),
+            replica_reads: replica
+                .clone()
+                .map(|r| Arc::new(Leases::new(r, replica_deadline))),
             primary,
             replica,
             changes,
             readers,
+            background_deadline: primary_deadline,
+            replica_deadline,
         })
     }
 
     pub fn primary(&self) -> &PgPool {
         &self.primary
+    }
+
+    /// How long one background query on the primary (a probe, a renewal, a repair's
+    /// statement) may take, connecting included, before its connection is closed.
+    pub fn background_deadline(&self) -> Duration {
+        self.background_deadline
+    }
+
+    /// How long one replica query may take, connecting included (`REPLICA_TIMEOUT_MS`).
+    pub fn replica_deadline(&self) -> Duration {
+        self.replica_deadline
     }
 
     pub fn replica(&self) -> Option<&PgPool> {

@@ -33,7 +33,8 @@ pub fn names_no_epoch(authority: &str) -> bool {
 }
 
 /// Renews `reader`'s lease on the cache `ledger`, publishing that it applied the book up to
-/// `applied`, and reads the current book.
+/// `applied`, and reads the current book; within `lease`, after which the connection is closed
+/// (a primary that stopped answering would otherwise hold the renewals' one connection).
 pub async fn renew(
     pool: &PgPool,
     ledger: &str,
@@ -41,20 +42,19 @@ pub async fn renew(
     applied: (Lsn, i32),
     lease: Duration,
 ) -> Result<Book, sqlx::Error> {
-    let (registered, visible, timeline, authority, skus, versions): (
-        bool,
-        String,
-        i32,
-        Option<String>,
-        Vec<String>,
-        Vec<i64>,
-    ) = sqlx::query_as("SELECT * FROM renew_cache_reader($1, $2, $3, $4, $5)")
-        .bind(ledger)
-        .bind(reader)
-        .bind(applied.0.to_string())
-        .bind(applied.1)
-        .bind(i32::try_from(lease.as_millis()).unwrap_or(i32::MAX))
-        .fetch_one(pool)
+    type Renewed = (bool, String, i32, Option<String>, Vec<String>, Vec<i64>);
+    let lease_ms = i32::try_from(lease.as_millis()).unwrap_or(i32::MAX);
+    let applied_to = applied.0.to_string();
+    let (registered, visible, timeline, authority, skus, versions): Renewed =
+        super::lease::bounded!(pool, lease, |conn| {
+            sqlx::query_as("SELECT * FROM renew_cache_reader($1, $2, $3, $4, $5)")
+                .bind(ledger)
+                .bind(reader)
+                .bind(&applied_to)
+                .bind(applied.1)
+                .bind(lease_ms)
+                .fetch_one(conn)
+        })
         .await?;
     Ok(Book {
         visible: parse(&visible)?,
@@ -162,12 +162,12 @@ pub async fn leave(pool: &PgPool, reader: &str) -> Result<(), sqlx::Error> {
 /// or cut off from the primary). Writers never needed them (a row past its lease is waited
 /// out by time), so the horizon is long: a reader whose row went (a step of the database's
 /// clock) ends its lease at its next renewal.
-pub async fn forget_gone(pool: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn forget_gone(executor: impl sqlx::PgExecutor<'_>) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "DELETE FROM cache_readers \
          WHERE renewed_at < now() - make_interval(secs => lease_ms / 1000.0 + 60)",
     )
-    .execute(pool)
+    .execute(executor)
     .await
     .map(|done| done.rows_affected())
 }

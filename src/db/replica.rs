@@ -109,13 +109,16 @@ fn diverged(replay: Replay, primary: Option<(Lsn, u32)>) -> Option<&'static str>
     (replay.replayed > position).then_some("the replica has replayed past the primary's WAL")
 }
 
-/// Probes the replica (and the primary's position) every `interval` until aborted.
+/// Probes the replica (and the primary's position) every `interval` until aborted. A replica
+/// that does not answer within `replica_deadline` (a hung host, a network that drops packets)
+/// is marked down, and its connection closed.
 pub fn spawn_probe(
     primary: PgPool,
     replica: PgPool,
     health: Arc<ReplicaHealth>,
     interval: Duration,
     max_lag: Duration,
+    replica_deadline: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
@@ -126,24 +129,24 @@ pub fn spawn_probe(
         loop {
             ticker.tick().await;
             // The replica first: the primary, read after, has written at least as much.
-            let (replay, reachable) = match tokio::time::timeout(timeout, replay_of(&replica)).await
-            {
-                Ok(Ok(replay)) => (replay, true),
-                Ok(Err(error)) => {
+            let replay = super::lease::bounded!(&replica, replica_deadline, |conn| replay_of(conn));
+            let (replay, reachable) = match replay.await {
+                Ok(replay) => (replay, true),
+                Err(error) => {
                     if was_usable {
                         tracing::warn!(%error, "replica probe failed; reading from the primary");
                     }
                     (None, false)
                 }
-                Err(_) => (None, false),
             };
             let now = Instant::now();
-            let primary = match tokio::time::timeout(timeout, position_of(&primary)).await {
-                Ok(Ok((lsn, timeline))) => {
+            let position = super::lease::bounded!(&primary, timeout, |conn| position_of(conn));
+            let primary = match position.await {
+                Ok((lsn, timeline)) => {
                     history.record(now, lsn, max_lag * 2 + Duration::from_secs(5));
                     Some((lsn, timeline))
                 }
-                _ => None,
+                Err(_) => None,
             };
             let usable = match replay {
                 Some(replay) => {
@@ -183,13 +186,13 @@ pub fn spawn_probe(
     })
 }
 
-async fn position_of(pool: &PgPool) -> Result<(Lsn, u32), sqlx::Error> {
-    let (lsn, history) = crate::db::sizes::primary_position(&mut *pool.acquire().await?).await?;
+async fn position_of(conn: &mut sqlx::PgConnection) -> Result<(Lsn, u32), sqlx::Error> {
+    let (lsn, history) = crate::db::sizes::primary_position(conn).await?;
     Ok((lsn, history.timeline))
 }
 
 /// `None` when the server is not replaying WAL (a promoted or misconfigured replica).
-async fn replay_of(pool: &PgPool) -> Result<Option<Replay>, sqlx::Error> {
+async fn replay_of(conn: &mut sqlx::PgConnection) -> Result<Option<Replay>, sqlx::Error> {
     // pg_stat_wal_receiver shows its timeline only to roles with pg_read_all_stats; without
     // it (or while not receiving) the last restartpoint's timeline stands in.
     let (replayed, timeline): (Option<String>, Option<i32>) = sqlx::query_as(
@@ -197,7 +200,7 @@ async fn replay_of(pool: &PgPool) -> Result<Option<Replay>, sqlx::Error> {
                 COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
                          (SELECT timeline_id FROM pg_control_checkpoint()))",
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(replayed
         .and_then(|text| text.parse().ok())

@@ -123,14 +123,14 @@ pub async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched,
 /// Up to `page_size` rows after `after_sku` in SKU order, tombstones included, with the
 /// replay position that bounds what they reflect.
 pub async fn fetch_page(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     after_sku: &str,
     page_size: i32,
 ) -> Result<Fetched, sqlx::Error> {
     let rows: Vec<FetchedRow> = sqlx::query_as("SELECT * FROM read_product_sizes_page($1, $2)")
         .bind(after_sku)
         .bind(page_size)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     Ok(Fetched::from_rows(rows))
 }
@@ -443,7 +443,7 @@ async fn store(
 /// versions: its records, and the own writes not cleared or handed over yet (one statement, so
 /// a record handed over meanwhile is seen once).
 pub async fn owed_repairs(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     ledger: &str,
     skus: Option<&[&str]>,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
@@ -460,7 +460,7 @@ pub async fn owed_repairs(
     )
     .bind(ledger)
     .bind(skus)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 
@@ -504,7 +504,7 @@ pub async fn claim_repairs(
 /// How many records the cache `ledger` is owed (own writes not cleared yet count per SKU),
 /// and how long the oldest has waited.
 pub async fn repair_backlog(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     ledger: &str,
 ) -> Result<(i64, std::time::Duration), sqlx::Error> {
     let (count, oldest): (i64, f64) = sqlx::query_as(
@@ -519,7 +519,7 @@ pub async fn repair_backlog(
                 COALESCE(EXTRACT(EPOCH FROM now() - min(oldest))::float8, 0) FROM owed",
     )
     .bind(ledger)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?;
     Ok((count, std::time::Duration::from_secs_f64(oldest.max(0.0))))
 }

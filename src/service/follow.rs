@@ -14,11 +14,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use sqlx::PgConnection;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{SizeService, StoreError};
 use crate::cache::Cache;
 use crate::db::changes;
+use crate::db::lease::bounded;
 
 /// How often the registration is renewed. Well under the 45 s after which it lapses.
 const RENEW_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,14 +28,24 @@ const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 const RENEWALS_PER_CLEANUP: u32 = 12;
 /// How long the listener waits before reconnecting after an error.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How long the listener's connection may be silent before it is asked whether it answers.
+const LISTENER_CHECK: Duration = Duration::from_secs(2);
 
 impl SizeService {
     /// Registers (or renews) this instance's caches as followers of the table; a cache whose
     /// registration had lapsed gets a new epoch first. Called before the service serves, and
     /// then every few seconds.
     pub async fn follow_changes(&self) -> Result<(), StoreError> {
+        // Twice the background deadline: a lapsed cache's new epoch waits for the readers.
+        let deadline = self.db.background_deadline() * 2;
+        bounded!(self.db.primary(), deadline, |conn| self
+            .follow_changes_on(conn))
+        .await
+    }
+
+    async fn follow_changes_on(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let ledgers: Vec<String> = self.ledgers().map(|(role, _)| self.ledger(role)).collect();
-        let mut tx = self.db.primary().begin().await?;
+        let mut tx = sqlx::Connection::begin(conn).await?;
         let lapsed = changes::follow(&mut *tx, &ledgers).await?;
         for (role, cache) in self.ledgers() {
             if lapsed.contains(&self.ledger(role)) {
@@ -77,7 +89,11 @@ impl SizeService {
             renewals += 1;
             self.forget_gone_readers().await;
             if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
-                match changes::forget_lapsed(self.db.primary()).await {
+                let forgotten =
+                    bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+                        changes::forget_lapsed(conn)
+                    });
+                match forgotten.await {
                     Ok(0) => {}
                     Ok(forgotten) => {
                         tracing::info!(forgotten, "forgot ledgers nobody follows any more");
@@ -89,38 +105,69 @@ impl SizeService {
     }
 
     /// Wakes the repair worker whenever the primary announces another writer's change, and
-    /// after the listening connection was lost (announcements may have been missed; the
-    /// worker's regular pass would find their records anyway).
+    /// after the listening connection was lost or replaced (announcements may have been
+    /// missed; the worker's regular pass would find their records anyway). A connection that
+    /// stays silent for [`LISTENER_CHECK`] is asked whether it still answers, and replaced if
+    /// it does not within the background deadline: a primary that stopped answering without
+    /// closing it would otherwise keep this listener deaf until TCP gives up, minutes later.
     pub async fn listen_for_changes(self: Arc<Self>) {
+        let deadline = self.db.background_deadline();
         loop {
-            let mut listener = match PgListener::connect_with(self.db.changes()).await {
-                Ok(listener) => listener,
-                Err(error) => {
+            // A pool of its own for each connection: a connection given up on is never
+            // handed back (sqlx would first test it with a round trip that does not end), and
+            // the next one must not wait for it.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(deadline)
+                .connect_lazy_with(self.db.changes().connect_options().as_ref().clone());
+            let connected = tokio::time::timeout(deadline, async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                listener.listen(changes::CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            })
+            .await;
+            let mut listener = match connected {
+                Ok(Ok(listener)) => listener,
+                Ok(Err(error)) => {
                     tracing::debug!(%error, "cannot listen for changes yet");
                     tokio::time::sleep(RECONNECT_DELAY).await;
                     continue;
                 }
+                Err(_) => {
+                    tracing::debug!("listening for changes timed out; trying again");
+                    continue;
+                }
             };
-            if let Err(error) = listener.listen(changes::CHANNEL).await {
-                tracing::debug!(%error, "cannot listen for changes yet");
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                continue;
-            }
+            self.readers.renew_soon();
+            self.repairs.change_announced();
             loop {
-                match listener.try_recv().await {
-                    Ok(Some(_)) => {
+                match tokio::time::timeout(LISTENER_CHECK, listener.try_recv()).await {
+                    Ok(Ok(Some(_))) => {
                         self.readers.renew_soon();
                         self.repairs.change_announced();
                     }
-                    Ok(None) => {
+                    Ok(Ok(None)) => {
                         tracing::debug!("the change listener reconnected");
                         self.readers.renew_soon();
                         self.repairs.change_announced();
                     }
-                    Err(sqlx::Error::PoolClosed) => return,
-                    Err(error) => {
+                    Ok(Err(sqlx::Error::PoolClosed)) => return,
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, "the change listener lost its connection");
                         tokio::time::sleep(RECONNECT_DELAY).await;
+                    }
+                    Err(_) => {
+                        let answered = tokio::time::timeout(
+                            deadline,
+                            sqlx::query("SELECT 1").execute(&mut listener),
+                        )
+                        .await;
+                        if !matches!(answered, Ok(Ok(_))) {
+                            tracing::warn!(
+                                "the change listener's connection stopped answering; replacing it"
+                            );
+                            break;
+                        }
                     }
                 }
             }

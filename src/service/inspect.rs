@@ -18,7 +18,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::SizeService;
-use crate::db::sizes::fetch;
+use crate::db::lease::bounded;
+use crate::db::sizes::fetch_on;
 use crate::domain::Sku;
 
 /// How often the sample is checked.
@@ -152,7 +153,10 @@ impl SizeService {
             return Ok((0, Vec::new()));
         }
         let skus: Vec<&str> = sample.iter().map(|(sku, _)| sku.as_str()).collect();
-        let stored: HashMap<String, i64> = fetch(self.db.primary(), &skus)
+        let stored: HashMap<String, i64> =
+            bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+                fetch_on(conn, &skus)
+            })
             .await?
             .rows
             .into_iter()

@@ -43,6 +43,7 @@ pub use write::{SyncItemOutcome, WriteOutcome};
 use crate::cache::{Cache, CacheRole, Meta};
 use crate::config::{FailoverPolicy, ReaderSettings};
 use crate::db::Db;
+use crate::db::lease::bounded;
 use crate::db::replica::ReplicaHealth;
 use crate::db::sizes::{DatabaseHistory, SharedFetches, primary_position};
 use crate::metrics::Metrics;
@@ -236,9 +237,10 @@ impl SizeService {
     pub async fn probe_dependencies(&self) {
         let timeout = Duration::from_secs(1);
         let primary = async {
-            tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(self.db.primary()))
-                .await
-                .is_ok_and(|r| r.is_ok())
+            bounded!(self.db.primary(), timeout, |conn| sqlx::query("SELECT 1")
+                .execute(conn))
+            .await
+            .is_ok()
         };
         let cache = async {
             tokio::time::timeout(timeout, self.cache.ping())
@@ -351,7 +353,10 @@ impl SizeService {
     /// Binds a complete epoch to the primary's history (unless it is bound already); `None` if
     /// it belongs to another.
     async fn bind_epoch(&self, cache: &Cache, meta: Meta) -> Result<Option<Meta>, StoreError> {
-        let (_, history) = primary_position(&mut *self.db.primary().acquire().await?).await?;
+        let (_, history) = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+            primary_position(conn)
+        })
+        .await?;
         if !cache
             .bind_history(&meta.epoch, &history.to_string())
             .await?

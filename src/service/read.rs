@@ -11,6 +11,7 @@ use tracing::{Instrument, instrument};
 use super::{FILL_MAX_AGE, ServiceError, SizeService};
 use crate::cache::{Cache, CacheRead, CacheRole, Entry, Epoch, Install, Meta};
 use crate::db::DbRoute;
+use crate::db::lease::bounded;
 use crate::db::sizes::{fetch_leased, owed_repairs};
 use crate::domain::{Lsn, Sku, StoredSize};
 use crate::metrics::{CacheOutcome, Database};
@@ -284,7 +285,10 @@ impl SizeService {
     async fn owed_by_secondary(&self, skus: &[Sku]) -> HashSet<String> {
         let asked: Vec<&str> = skus.iter().map(Sku::as_str).collect();
         let ledger = self.ledger(CacheRole::Secondary);
-        match owed_repairs(self.db.primary(), &ledger, Some(&asked)).await {
+        let owed = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+            owed_repairs(conn, &ledger, Some(&asked))
+        });
+        match owed.await {
             Ok(owed) => owed.into_iter().map(|(sku, _)| sku).collect(),
             Err(error) => {
                 tracing::debug!(%error, "repairs owed to the secondary unknown; reading the primary");

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use super::{ServiceError, SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Epoch};
 use crate::config::ReaderSettings;
+use crate::db::lease::bounded;
 use crate::db::readers::{self, Book};
 use crate::domain::{Lsn, StoredSize};
 
@@ -200,23 +201,19 @@ impl SizeService {
         for (role, _) in self.ledgers() {
             let ledger = self.ledger(role);
             let sent = Instant::now();
-            let renewed = tokio::time::timeout(
+            let renewed = readers::renew(
+                self.db.readers(),
+                &ledger,
+                &self.readers.id,
+                self.readers.applied(role),
                 self.readers.settings.lease,
-                readers::renew(
-                    self.db.readers(),
-                    &ledger,
-                    &self.readers.id,
-                    self.readers.applied(role),
-                    self.readers.settings.lease,
-                ),
             )
             .await;
             match renewed {
-                Ok(Ok(book)) => self.readers.apply(role, book, sent),
-                Ok(Err(error)) => {
+                Ok(book) => self.readers.apply(role, book, sent),
+                Err(error) => {
                     tracing::debug!(%error, cache = %ledger, "could not renew the reader lease");
                 }
-                Err(_) => tracing::debug!(cache = %ledger, "the reader lease renewal timed out"),
             }
         }
     }
@@ -317,14 +314,12 @@ impl SizeService {
         let owed: Vec<(&str, i64)> = rows.iter().map(|r| (r.sku.as_str(), r.version)).collect();
         let xacts: Vec<i64> = xact.into_iter().collect();
         let deadline = Instant::now() + self.readers.settings.ack_timeout;
-        let recorded = async {
-            let mut conn = self.db.primary().acquire().await?;
-            readers::owe_failed_write(&mut conn, &ledger, &xacts, &owed).await
-        };
-        let position = tokio::time::timeout(self.readers.settings.ack_timeout, recorded)
-            .await
-            .map_err(|_| ServiceError::Unacknowledged)?
-            .map_err(|error| {
+        let recorded = bounded!(
+            self.db.primary(),
+            self.readers.settings.ack_timeout,
+            |conn| readers::owe_failed_write(conn, &ledger, &xacts, &owed)
+        );
+        let position = recorded.await.map_err(|error| {
                 tracing::warn!(%error, "could not record a failed cache update for the other instances");
                 ServiceError::Unacknowledged
             })?;
@@ -357,7 +352,10 @@ impl SizeService {
             let uncovered = match conn.as_deref_mut() {
                 Some(conn) => readers::uncovered(conn, ledger, &self.readers.id, position).await,
                 None => {
-                    readers::uncovered(self.db.primary(), ledger, &self.readers.id, position).await
+                    bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+                        readers::uncovered(conn, ledger, &self.readers.id, position)
+                    })
+                    .await
                 }
             };
             // A reader that has not applied the record is waited out: its lease came from a
@@ -445,7 +443,10 @@ impl SizeService {
 
     /// Removes the rows of readers long gone (see [`readers::forget_gone`]).
     pub(super) async fn forget_gone_readers(&self) {
-        match readers::forget_gone(self.db.primary()).await {
+        let forgotten = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+            readers::forget_gone(conn)
+        });
+        match forgotten.await {
             Ok(0) => {}
             Ok(gone) => tracing::info!(gone, "forgot the reader leases of instances long gone"),
             Err(error) => tracing::debug!(%error, "could not forget lapsed reader leases"),

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use super::{SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Install};
+use crate::db::lease::bounded;
 use crate::db::sizes::{
     claim_repairs, current_wal_lsn, fetch_on, hand_over_own_writes, owed_repairs, repair_backlog,
     settle_own_writes, settle_repairs,
@@ -241,9 +242,11 @@ impl SizeService {
                 if done.is_empty() {
                     continue;
                 }
-                if let Err(error) =
-                    settle_own_writes(self.db.primary(), &self.ledger(role), &done).await
-                {
+                let ledger = self.ledger(role);
+                let settled = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+                    settle_own_writes(conn, &ledger, &done)
+                });
+                if let Err(error) = settled.await {
                     tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
                 }
             }
@@ -254,7 +257,11 @@ impl SizeService {
     /// Refreshes the backlog gauges: records owed to each cache, and the oldest one's age.
     pub async fn read_backlog(&self) {
         for (role, _) in self.ledgers() {
-            match repair_backlog(self.db.primary(), &self.ledger(role)).await {
+            let ledger = self.ledger(role);
+            let backlog = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+                repair_backlog(conn, &ledger)
+            });
+            match backlog.await {
                 Ok((count, oldest)) => self.metrics.set_repair_backlog(role, count, oldest),
                 Err(error) => tracing::debug!(%error, "could not read the repair backlog"),
             }
@@ -317,7 +324,10 @@ impl SizeService {
         // Before the cache is asked: during an outage this keeps the list of failed writes
         // short, one entry per write since the last pass, however long Redis is away.
         let failed = self.repairs.failed_writes(role);
-        hand_over_own_writes(self.db.primary(), &ledger, &failed, ORPHAN_AGE).await?;
+        bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+            hand_over_own_writes(conn, &ledger, &failed, ORPHAN_AGE)
+        })
+        .await?;
         self.repairs.handed_over(role, &failed);
         if cache.is_unavailable() {
             cache.ping().await?;
@@ -345,22 +355,41 @@ impl SizeService {
             return Ok(());
         }
         let asked: Vec<&str> = pending.iter().map(String::as_str).collect();
-        let recorded = owed_repairs(self.db.primary(), ledger, Some(&asked)).await?;
+        let recorded = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+            owed_repairs(conn, ledger, Some(&asked))
+        })
+        .await?;
         self.repairs.forget_unrecorded(role, &pending, &recorded);
         Ok(())
     }
 
     /// Claims one batch of repairs owed to `cache`, installs the committed rows and clears
     /// their records, all while the claim holds. Returns how many were claimed and repaired.
+    /// Within twice the background deadline (several statements and an install): a primary
+    /// that stopped answering does not hold the worker.
     async fn repair_batch(
         &self,
         role: CacheRole,
         cache: &Cache,
         ledger: &str,
     ) -> Result<(usize, usize), StoreError> {
+        let deadline = self.db.background_deadline() * 2;
+        bounded!(self.db.primary(), deadline, |conn| {
+            self.repair_batch_on(conn, role, cache, ledger)
+        })
+        .await
+    }
+
+    async fn repair_batch_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        role: CacheRole,
+        cache: &Cache,
+        ledger: &str,
+    ) -> Result<(usize, usize), StoreError> {
         let pending = self.repairs.pending_skus(role);
         let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
-        let mut tx = self.db.primary().begin().await?;
+        let mut tx = sqlx::Connection::begin(conn).await?;
         let owed = claim_repairs(&mut tx, ledger, &pending, ORPHAN_AGE, BATCH as i64).await?;
         if owed.is_empty() {
             return Ok((0, 0));

@@ -11,6 +11,7 @@ use tracing::instrument;
 
 use super::{CacheJobError, FILL_MAX_AGE, SizeService};
 use crate::cache::{Install, Meta};
+use crate::db::lease::bounded;
 use crate::db::sizes::{Fetched, count, fetch_page, primary_position};
 use crate::domain::Lsn;
 
@@ -171,7 +172,10 @@ impl SizeService {
             .as_ref()
             .is_some_and(|health| !health.is_up() || health.replayed() < hwm);
         if let Some(replica) = replica.filter(|_| !behind) {
-            match fetch_page(replica, after, size).await {
+            let page = bounded!(replica, self.db.replica_deadline(), |conn| {
+                fetch_page(conn, after, size)
+            });
+            match page.await {
                 Ok(fetched) if fetched.replayed.is_some_and(|r| r >= hwm) => {
                     return Ok(Page {
                         fetched,

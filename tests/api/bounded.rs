@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{Options, Replica, TestApp, eventually, primary_url};
+use crate::helpers::{Options, Replica, TestApp, eventually, primary_url, size};
+use crate::proxy::TcpProxy;
 
 #[tokio::test]
 async fn a_write_a_deadlock_aborts_is_retried_not_a_500() {
@@ -196,7 +197,7 @@ async fn a_write_whose_request_timed_out_after_its_commit_is_repaired_at_once() 
     let sku = app.sku("timed-out");
     // The first write may start the cache's epoch, which can take longer than the timeout.
     eventually(10, "the SKU is served from the cache", || async {
-        let _ = app.put(&sku, &crate::helpers::size(1)).await;
+        let _ = app.put(&sku, &size(1)).await;
         crate::helpers::read_source(&app.get(&sku).await) == "cache"
     })
     .await;
@@ -204,7 +205,7 @@ async fn a_write_whose_request_timed_out_after_its_commit_is_repaired_at_once() 
     // The cache update waits for Redis past the request's timeout, after the commit; then
     // its connection is killed, and the update never runs.
     redis.command(&["CLIENT", "PAUSE", "400", "WRITE"]).await;
-    let response = app.put(&sku, &crate::helpers::size(2)).await;
+    let response = app.put(&sku, &size(2)).await;
     let answered = Instant::now();
     redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -224,4 +225,100 @@ async fn a_write_whose_request_timed_out_after_its_commit_is_repaired_at_once() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_answering_holds_no_read() {
+    let replica_port = reqwest::Url::parse(&crate::helpers::replica_url())
+        .unwrap()
+        .port()
+        .unwrap();
+    let replica = TcpProxy::to(replica_port).await;
+    let app = TestApp::spawn_with(Options {
+        replica: Replica::Url(replica.postgres_url()),
+        ..Options::default()
+    })
+    .await;
+    let skus: Vec<String> = (0..20).map(|i| app.sku(&format!("hung-{i}"))).collect();
+    for sku in &skus {
+        app.put(sku, &size(1)).await;
+    }
+    // A miss is read from the replica once it has replayed the writes.
+    eventually(20, "a miss is read from the replica", || async {
+        app.evict(&skus[0]).await;
+        crate::helpers::read_source(&app.get(&skus[0]).await) == "replica"
+    })
+    .await;
+
+    // The replica's host stops answering, its connections left open.
+    replica.blackhole();
+    for sku in &skus {
+        app.evict(sku).await;
+        let started = Instant::now();
+        let read = app.get(sku).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a read waited {:?} for a replica that does not answer",
+            started.elapsed()
+        );
+    }
+    eventually(10, "the probe marks the replica down", || async {
+        app.readiness().await["replica"] == "down"
+    })
+    .await;
+
+    // Back: the connections given up on were closed, not kept, and the replica serves again.
+    replica.restore();
+    eventually(20, "a miss is read from the replica again", || async {
+        app.evict(&skus[1]).await;
+        crate::helpers::read_source(&app.get(&skus[1]).await) == "replica"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_primary_that_stops_answering_stalls_no_background_work_for_long() {
+    let primary = TcpProxy::to(crate::helpers::primary_port()).await;
+    let app = TestApp::spawn_with(Options {
+        database_url: primary.postgres_url(),
+        replica: Replica::None,
+        ..Options::default()
+    })
+    .await;
+    let outside = sqlx::PgPool::connect(&primary_url()).await.unwrap();
+    let sku = app.sku("dead-primary");
+    app.put(&sku, &size(1)).await;
+    eventually(10, "the SKU is served from the cache", || async {
+        crate::helpers::read_source(&app.get(&sku).await) == "cache"
+    })
+    .await;
+
+    // The primary's host stops answering; once the probe has met it, every background task
+    // has had a query out on a connection that will never answer.
+    primary.blackhole();
+    eventually(10, "the probe marks the primary down", || async {
+        app.readiness().await["primary"] == "down"
+    })
+    .await;
+    // The network comes back; the connections open during the outage stay dead.
+    primary.abandon_open();
+    sqlx::query("UPDATE product_sizes SET weight_g = 999 WHERE sku = $1")
+        .bind(&sku)
+        .execute(&outside)
+        .await
+        .unwrap();
+
+    // Leases renewed, the change heard or found, the repair applied: served from the cache.
+    eventually(
+        40,
+        "the outside change is served from the cache",
+        || async {
+            let read = app.get(&sku).await;
+            let source = crate::helpers::read_source(&read);
+            let body: Value = read.json().await.unwrap();
+            source == "cache" && body["weight_g"] == 999
+        },
+    )
+    .await;
 }

@@ -305,6 +305,7 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
         max_connections: 60,
         acquire_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),
+        replica_timeout: product_size_service::config::DEFAULT_REPLICA_TIMEOUT,
     };
     let ledgers = [ledger(&prefix, CacheRole::Primary)];
     let db = Db::connect_lazy(
@@ -436,6 +437,7 @@ async fn saturable_app() -> (TestApp, OwnPostgres, String) {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(60),
             statement_timeout: Duration::from_secs(60),
+            replica_timeout: product_size_service::config::DEFAULT_REPLICA_TIMEOUT,
         }),
         request_timeout: Duration::from_secs(120),
         ..Options::default()

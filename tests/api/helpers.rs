@@ -478,6 +478,7 @@ fn test_config(
         max_connections: 10,
         acquire_timeout: Duration::from_secs(2),
         statement_timeout: Duration::from_secs(5),
+        replica_timeout: product_size_service::config::DEFAULT_REPLICA_TIMEOUT,
     });
     config.http = options.http;
     config.request_timeout = options.request_timeout;

@@ -24,6 +24,9 @@ pub struct TcpProxy {
 struct Faults {
     target: AtomicU16,
     blackholed: AtomicBool,
+    /// Connections are numbered as they open; those below this lose every byte for good.
+    next_connection: AtomicU64,
+    dead_below: AtomicU64,
     /// How late the server's bytes reach the client, in milliseconds.
     delay_ms: AtomicU64,
     /// What the server sent while a delay was set (the newest 1 MiB).
@@ -48,9 +51,11 @@ impl TcpProxy {
                     let Ok(outbound) = TcpStream::connect(("127.0.0.1", port)).await else {
                         continue;
                     };
+                    let id = faults.next_connection.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(relay(
                         inbound,
                         outbound,
+                        id,
                         faults.clone(),
                         generation.subscribe(),
                     ));
@@ -77,6 +82,15 @@ impl TcpProxy {
     /// From now on, bytes in either direction are read and dropped.
     pub fn blackhole(&self) {
         self.faults.blackholed.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again, for new connections only: every connection open now keeps losing its
+    /// bytes and is never closed, as a host that died or a network path that went away leaves
+    /// them (the peer learns only when TCP gives up, minutes later).
+    pub fn abandon_open(&self) {
+        let next = self.faults.next_connection.load(Ordering::SeqCst);
+        self.faults.dead_below.store(next, Ordering::SeqCst);
+        self.faults.blackholed.store(false, Ordering::SeqCst);
     }
 
     /// Drops every connection open through the proxy, then forwards again.
@@ -118,6 +132,7 @@ impl Drop for TcpProxy {
 async fn relay(
     inbound: TcpStream,
     outbound: TcpStream,
+    id: u64,
     faults: Arc<Faults>,
     mut dropped: watch::Receiver<u64>,
 ) {
@@ -135,7 +150,11 @@ async fn relay(
     });
     let mut up = [0u8; 16 * 1024];
     let mut down = [0u8; 16 * 1024];
-    let dropping = |n: usize| n > 0 && faults.blackholed.load(Ordering::SeqCst);
+    let dropping = |n: usize| {
+        n > 0
+            && (faults.blackholed.load(Ordering::SeqCst)
+                || id < faults.dead_below.load(Ordering::SeqCst))
+    };
     loop {
         tokio::select! {
             read = in_read.read(&mut up) => match read {
