@@ -23,11 +23,12 @@ async fn app_on(primary: &OwnPostgres, replica: Option<&OwnPostgres>) -> TestApp
     .await
 }
 
-/// Loads `rows` rows as a restore would (`pg_restore` turns triggers off): nothing is
-/// captured, so the cache starts cold and only the warm-up fills it.
+/// Loads `rows` rows as a restore would (`pg_restore --disable-triggers` turns them off for
+/// the load): nothing is captured, so the cache starts cold and only the warm-up fills it.
+/// The triggers are back on, for every session role, when the load commits.
 async fn seed(app: &TestApp, rows: i64) {
     let mut tx = app.primary.begin().await.unwrap();
-    sqlx::query("SET LOCAL session_replication_role = replica")
+    sqlx::query("ALTER TABLE product_sizes DISABLE TRIGGER USER")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -36,6 +37,16 @@ async fn seed(app: &TestApp, rows: i64) {
          FROM generate_series(1, $1) AS i",
     )
     .bind(rows)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "DO $$ DECLARE t text; BEGIN \
+             FOR t IN SELECT tgname FROM pg_trigger \
+                       WHERE tgrelid = 'product_sizes'::regclass AND NOT tgisinternal LOOP \
+                 EXECUTE format('ALTER TABLE product_sizes ENABLE ALWAYS TRIGGER %I', t); \
+             END LOOP; END $$",
+    )
     .execute(&mut *tx)
     .await
     .unwrap();

@@ -149,7 +149,7 @@ async fn a_fill_never_replaces_a_newer_version_even_after_eviction() {
     let cache = cache_of_its_own().await;
     let sku = "C3-SKU";
     let sku_parsed = product_size_service::domain::Sku::parse(sku).unwrap();
-    let epoch = Epoch::random();
+    let epoch = crate::helpers::current_epoch(&cache).await;
     let (old, new) = (
         Bytes::from_static(b"{\"v\":1}"),
         Bytes::from_static(b"{\"v\":2}"),
@@ -224,7 +224,7 @@ async fn a_write_raises_its_fence_even_when_a_fill_installed_its_version_first()
     let cache = cache_of_its_own().await;
     let sku = "FENCE-AFTER-FILL";
     let sku_parsed = product_size_service::domain::Sku::parse(sku).unwrap();
-    let epoch = Epoch::random();
+    let epoch = crate::helpers::current_epoch(&cache).await;
     let stamped = |version, verified| {
         [Install {
             sku,

@@ -393,12 +393,12 @@ async fn installs_survive_redis_forgetting_its_scripts() {
 
 #[tokio::test]
 async fn a_write_whose_install_script_was_forgotten_still_sets_its_fence() {
-    use product_size_service::cache::{Epoch, Install};
+    use product_size_service::cache::Install;
     let redis = OwnRedis::start().await;
     let cache =
         Cache::connect(&SecretString::from(redis.url()), cache_settings("refenced")).unwrap();
     assert_eq!(cache.wait_connected(Duration::from_secs(5)).await, Ok(true));
-    let epoch = Epoch::random();
+    let epoch = crate::helpers::current_epoch(&cache).await;
     let write = |version| Install {
         sku: "W",
         version,

@@ -535,6 +535,15 @@ impl Drop for TestApp {
     }
 }
 
+/// The epoch `cache` holds, started if it has none: what a write installs with must be the
+/// current epoch, or its high-water mark is not raised and the install counts as failed.
+pub async fn current_epoch(
+    cache: &product_size_service::cache::Cache,
+) -> product_size_service::cache::Epoch {
+    cache.start_epoch().await.unwrap();
+    cache.read_meta().await.unwrap().expect("an epoch").epoch
+}
+
 /// Polls `check` until it holds, for up to `seconds`.
 pub async fn eventually<F, Fut>(seconds: u64, what: &str, mut check: F)
 where

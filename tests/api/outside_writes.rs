@@ -493,3 +493,73 @@ async fn after_a_truncate_nothing_cached_before_it_is_served_on_any_instance() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_deployment_back_after_its_registration_lapsed_serves_nothing_it_missed() {
+    let mut first = TestApp::spawn_with(Options {
+        replica: crate::helpers::Replica::None,
+        ..Options::default()
+    })
+    .await;
+    let sku = first.sku("lapsed");
+    first.put(&sku, &size(1)).await;
+    eventually(10, "the SKU is served from the cache", || async {
+        read_source(&first.get(&sku).await) == "cache"
+    })
+    .await;
+    first.stop().await;
+
+    // Nobody followed the table for minutes: the registration lapsed and was forgotten with
+    // everything recorded for it, and a change made meanwhile was recorded for nobody.
+    let ledger = first.key_prefix.clone();
+    sqlx::query(
+        "WITH l AS (DELETE FROM cache_ledgers WHERE ledger = $1), \
+              r AS (DELETE FROM cache_readers WHERE ledger = $1), \
+              w AS (DELETE FROM cache_own_writes WHERE ledger = $1) \
+         DELETE FROM cache_repairs WHERE cache_prefix = $1",
+    )
+    .bind(&ledger)
+    .execute(&first.primary)
+    .await
+    .unwrap();
+    outside(
+        &first,
+        "UPDATE product_sizes SET weight_g = 777 WHERE sku = $1",
+        &sku,
+    )
+    .await;
+
+    // Back, and registering fails at start: another session holds the registration's row.
+    let mut blocker = first.primary.begin().await.unwrap();
+    sqlx::query("INSERT INTO cache_ledgers (ledger) VALUES ($1)")
+        .bind(&ledger)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let second = first
+        .sibling(Options {
+            replica: crate::helpers::Replica::None,
+            ..Options::default()
+        })
+        .await;
+    for _ in 0..20 {
+        let read: Value = second.get(&sku).await.json().await.unwrap();
+        assert_eq!(
+            read["weight_g"], 777,
+            "served the cache that missed a change before registering"
+        );
+    }
+    blocker.rollback().await.unwrap();
+    eventually(
+        30,
+        "the cache, started afresh, serves the change",
+        || async {
+            let read = second.get(&sku).await;
+            let source = read_source(&read);
+            let body: Value = read.json().await.unwrap();
+            assert_eq!(body["weight_g"], 777, "read from {source}");
+            source == "cache"
+        },
+    )
+    .await;
+}
