@@ -21,11 +21,16 @@ ALTER TABLE product_sizes ENABLE ALWAYS TRIGGER product_sizes_capture_updates;
 
 -- The marker an epoch is replaced with; `truncated:` and the transaction, so that two
 -- TRUNCATEs leave two different markers. No epoch takes this form (epochs are hexadecimal).
+-- What the caches were owed goes too: those rows are gone, their SKUs restart at version 1,
+-- and a record of a higher version would never be settled (a SKU owed is never served from
+-- the cache). The new epochs start empty and owe nothing from before.
 CREATE FUNCTION product_sizes_end_epochs() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE cache_epochs
        SET epoch = 'truncated:' || pg_current_xact_id()::text, recorded_at = now();
+    DELETE FROM cache_repairs;
+    DELETE FROM cache_own_writes;
     PERFORM pg_notify('product_size_changes', '');
     RETURN NULL;
 END;

@@ -10,7 +10,9 @@
 /// Installs an item only if its fence names no newer version and its entry holds no newer
 /// version (an equal version is re-stamped when its epoch differs, or when the new value
 /// proves it against a later WAL position: the 20-digit `verified` field, compared as a
-/// string). A write sets the fence whenever it names no newer version, whether or not the
+/// string). Only an entry or a fence of the item's epoch counts: one of another epoch is never
+/// served, nor used as proof, and versions may start over under a new epoch (after a
+/// `TRUNCATE`, the table's versions restart at 1). A write sets the fence whenever it names no newer version, whether or not the
 /// entry was installed: a fill that read the write's own version later may have installed it
 /// first. Returns how many entries it installed.
 ///
@@ -40,6 +42,7 @@ for i = 1, #KEYS / 2 do
     local bar = find(fence, '|', 1, true)
     local fenced = bar and tonumber(sub(fence, 1, bar - 1))
     fenced_newer = fenced ~= nil and fenced > version
+      and find(fence, epoch, bar + 1, true) == bar + 1 and #fence == bar + #epoch
   end
   local newer = fenced_newer
   if not newer then
@@ -47,15 +50,17 @@ for i = 1, #KEYS / 2 do
     if current then
       local bar = find(current, '|', 1, true)
       local cv = bar and tonumber(sub(current, 1, bar - 1))
-      if cv ~= nil and cv == version and find(current, epoch_bar, bar + 1, true) == bar + 1 then
-        -- Same version and epoch: newer only if its stamp is at least the new one's. An
-        -- entry from before stamps (no 20 digits and a bar there) has none.
-        local at = bar + #epoch_bar + 1
-        local stamp = byte(current, at + 20) == 124 and sub(current, at, at + 19) or ''
-        local new_at = #version_text + #epoch_bar + 2
-        newer = stamp >= sub(value, new_at, new_at + 19)
-      else
-        newer = cv ~= nil and cv > version
+      if cv ~= nil and find(current, epoch_bar, bar + 1, true) == bar + 1 then
+        if cv == version then
+          -- Same version and epoch: newer only if its stamp is at least the new one's. An
+          -- entry from before stamps (no 20 digits and a bar there) has none.
+          local at = bar + #epoch_bar + 1
+          local stamp = byte(current, at + 20) == 124 and sub(current, at, at + 19) or ''
+          local new_at = #version_text + #epoch_bar + 2
+          newer = stamp >= sub(value, new_at, new_at + 19)
+        else
+          newer = cv > version
+        end
       end
     end
   end
@@ -112,8 +117,12 @@ return 0
 pub const INVALIDATE: &str = r#"
 local version = tonumber(ARGV[1])
 local fence = redis.call('GET', KEYS[2])
-local fenced = fence and tonumber(string.match(fence, '^(%d+)|'))
-if not fenced or fenced < version then
+local fenced, fence_epoch
+if fence then
+  fenced, fence_epoch = string.match(fence, '^(%d+)|(.*)$')
+end
+-- A fence of another epoch does not count (see the install script).
+if not fenced or fence_epoch ~= ARGV[2] or tonumber(fenced) < version then
   redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 end
 local current = redis.call('GET', KEYS[1])
