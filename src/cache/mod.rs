@@ -106,6 +106,8 @@ pub struct Cache {
     clustered: bool,
     /// Why the last connection attempt was refused, if the server refused its credentials.
     refused: ArcSwapOption<String>,
+    /// The last epoch seen bound to a database history, and that history.
+    bound: ArcSwapOption<(Epoch, Arc<str>)>,
     breaker: Breaker,
     /// Coalesces concurrent single-SKU reads (standalone Redis only: `None` in a Cluster).
     batcher: Option<batch::Batcher>,
@@ -131,6 +133,7 @@ impl Cache {
             clustered,
             config,
             refused: ArcSwapOption::empty(),
+            bound: ArcSwapOption::empty(),
             relink: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -589,7 +592,40 @@ impl Cache {
                 .map(|(_, history)| history.to_owned()),
             _ => None,
         };
+        if let (Some(meta), Some(history)) = (&meta, &history) {
+            self.remember_history(&meta.epoch, history);
+        }
         Ok((meta, history))
+    }
+
+    /// The database history (`<system identifier>/<timeline>`) `epoch` is bound to: from
+    /// memory (a binding never changes), else from Redis. `None` if `epoch` is not current or
+    /// not bound yet.
+    pub async fn bound_history(&self, epoch: &Epoch) -> Result<Option<Arc<str>>, CacheError> {
+        if let Some(bound) = self.bound.load().as_deref()
+            && bound.0 == *epoch
+        {
+            return Ok(Some(bound.1.clone()));
+        }
+        let (meta, history) = self.read_meta_with_history().await?;
+        Ok(match (meta, history) {
+            (Some(meta), Some(history)) if meta.epoch == *epoch => Some(history.into()),
+            _ => None,
+        })
+    }
+
+    /// The WAL timeline of the database history `epoch` is bound to (see
+    /// [`Cache::bound_history`]).
+    pub async fn bound_timeline(&self, epoch: &Epoch) -> Result<Option<u32>, CacheError> {
+        Ok(self
+            .bound_history(epoch)
+            .await?
+            .and_then(|history| timeline_of(&history)))
+    }
+
+    fn remember_history(&self, epoch: &Epoch, history: &str) {
+        self.bound
+            .store(Some(Arc::new((epoch.clone(), Arc::from(history)))));
     }
 
     /// Binds `epoch` to the database `history` unless it is bound already. `false` if it is
@@ -603,6 +639,9 @@ impl Cache {
                 vec![epoch.as_str().to_owned(), history.to_owned()],
             ))
             .await?;
+        if bound == 1 {
+            self.remember_history(epoch, history);
+        }
         Ok(bound == 1)
     }
 
@@ -713,6 +752,11 @@ fn breaker_open() -> CacheError {
         fred::error::ErrorKind::Canceled,
         "Redis is failing; the cache breaker is open",
     )
+}
+
+/// The timeline of a database history as bound to an epoch (`<system identifier>/<timeline>`).
+fn timeline_of(history: &str) -> Option<u32> {
+    history.rsplit_once('/')?.1.parse().ok()
 }
 
 /// The high-water mark script's answer as a result: 1 when the mark covers the position.

@@ -18,6 +18,9 @@ pub struct Fetched {
     /// Every commit whose consistency token is at or below this is visible in `rows` (zero
     /// when the server did not say).
     pub visible: Lsn,
+    /// The WAL timeline of the server the rows come from (`None` when it did not say): rows
+    /// of another timeline than their cache epoch's may belong to a history a failover lost.
+    pub timeline: Option<u32>,
     pub rows: Vec<StoredSize>,
 }
 
@@ -25,6 +28,7 @@ pub struct Fetched {
 struct FetchedRow {
     replay_lsn: Option<String>,
     visible_lsn: Option<String>,
+    timeline: Option<i32>,
     sku: Option<String>,
     length_mm: Option<i32>,
     width_mm: Option<i32>,
@@ -153,6 +157,7 @@ impl Fetched {
         skus.iter().map(move |sku| Fetched {
             replayed: self.replayed,
             visible: self.visible,
+            timeline: self.timeline,
             rows: rows.get(*sku).cloned().into_iter().collect(),
         })
     }
@@ -162,9 +167,13 @@ impl Fetched {
         let first = rows.first();
         let replayed = position(first.and_then(|row| row.replay_lsn.as_deref()));
         let visible = position(first.and_then(|row| row.visible_lsn.as_deref()));
+        let timeline = first
+            .and_then(|row| row.timeline)
+            .and_then(|t| u32::try_from(t).ok());
         Self {
             replayed,
             visible: visible.unwrap_or(Lsn::ZERO),
+            timeline,
             rows: rows
                 .into_iter()
                 .filter_map(FetchedRow::into_stored)

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::OnceCell;
 
 use crate::db::lease::{Leases, leased};
-use crate::db::sizes::current_wal_lsn;
+use crate::db::sizes::primary_position;
 use crate::domain::Lsn;
 
 #[derive(Default)]
@@ -19,13 +19,14 @@ pub struct PrimaryPosition {
 
 struct Probe {
     started: Instant,
-    lsn: OnceCell<Option<Lsn>>,
+    /// The position and the WAL timeline it is on.
+    lsn: OnceCell<Option<(Lsn, u32)>>,
 }
 
 impl PrimaryPosition {
-    /// A primary WAL position read after `since`, shared with every caller it also serves.
-    /// `None` if the primary cannot be reached.
-    pub async fn read_after(&self, since: Instant, primary: &Leases) -> Option<Lsn> {
+    /// A primary WAL position read after `since`, and the timeline it is on, shared with every
+    /// caller it also serves. `None` if the primary cannot be reached.
+    pub async fn read_after(&self, since: Instant, primary: &Leases) -> Option<(Lsn, u32)> {
         let probe = {
             let mut latest = self.latest.lock().ok()?;
             match latest.as_ref() {
@@ -42,7 +43,10 @@ impl PrimaryPosition {
         };
         *probe
             .lsn
-            .get_or_init(|| async { leased!(primary, |conn| current_wal_lsn(conn)).await.ok() })
+            .get_or_init(|| async {
+                let (lsn, history) = leased!(primary, |conn| primary_position(conn)).await.ok()?;
+                Some((lsn, history.timeline))
+            })
             .await
     }
 }

@@ -322,7 +322,7 @@ impl SizeService {
                 },
             })
             .collect();
-        Box::pin(self.fill(load, &docs, read.verified)).await;
+        Box::pin(self.fill(load, &docs, read.verified, read.primary_timeline)).await;
         Ok(Loaded {
             docs,
             source: read.source,
@@ -339,6 +339,7 @@ impl SizeService {
             source: ReadSource::Primary,
             proof: Proof::PrimaryAfter(Instant::now()),
             verified: Lsn::ZERO,
+            primary_timeline: None,
         };
         let replica = self
             .db
@@ -355,10 +356,15 @@ impl SizeService {
             .map(|m| m.sku.as_str())
             .collect();
         // Without Redis there is no high-water mark: the primary's position, read after
-        // this request began, is one.
+        // this request began, is one. With it, the timeline the epoch is bound to; without
+        // it, the primary's: rows of another (a standby left on a history a failover lost)
+        // are never used.
         let hwm = async {
             match load.meta {
-                Some(meta) => Some(meta.hwm),
+                Some(meta) => {
+                    let timeline = load.cache.bound_timeline(&meta.epoch).await.ok().flatten();
+                    timeline.map(|timeline| (meta.hwm, timeline))
+                }
                 // Boxed: taken only while Redis is down, it would size every miss's future.
                 None => {
                     Box::pin(
@@ -397,6 +403,22 @@ impl SizeService {
         let Some(replayed) = fetched.replayed else {
             return read;
         };
+        let Some((hwm, timeline)) = hwm else {
+            return read;
+        };
+        if fetched.timeline != Some(timeline) {
+            static OTHER_TIMELINE: Throttle = Throttle::new();
+            if let Some(suppressed) = OTHER_TIMELINE.allow() {
+                tracing::warn!(
+                    replica = ?fetched.timeline,
+                    expected = timeline,
+                    suppressed,
+                    "the replica is on another timeline than the primary; reading the primary"
+                );
+            }
+            return read;
+        }
+        let hwm = Some(hwm);
         let mut rows: HashMap<String, StoredSize> = fetched
             .rows
             .into_iter()
@@ -457,16 +479,36 @@ impl SizeService {
         read.pending.clear();
         read.source = ReadSource::Primary;
         read.proof = Proof::PrimaryAfter(began);
+        read.primary_timeline = Some(fetched.timeline);
         Ok(())
     }
 
     /// Step 4: installs what was read with the compare-and-set, unless the read is too old
-    /// to be sure a write's fence would stop it.
+    /// to be sure a write's fence would stop it, or the primary it read is on another
+    /// timeline than the epoch is bound to (a failover the epoch has not seen a write of yet:
+    /// the versions read may reuse numbers of versions it holds, with other content).
     #[instrument(level = "debug", name = "cache.fill", skip_all, fields(skus = docs.len()))]
-    async fn fill(&self, load: &Load<'_>, docs: &[SizeDoc], verified: Lsn) {
+    async fn fill(
+        &self,
+        load: &Load<'_>,
+        docs: &[SizeDoc],
+        verified: Lsn,
+        primary_timeline: Option<Option<u32>>,
+    ) {
         let Some(meta) = load.meta else { return };
         if load.started.elapsed() >= FILL_MAX_AGE {
             return;
+        }
+        if let Some(timeline) = primary_timeline {
+            let bound = load.cache.bound_timeline(&meta.epoch).await.ok().flatten();
+            if timeline.is_none() || timeline != bound {
+                tracing::debug!(
+                    ?timeline,
+                    ?bound,
+                    "the primary is on another timeline than the cache epoch; not filled"
+                );
+                return;
+            }
         }
         let installs: Vec<Install<'_>> = docs
             .iter()
@@ -514,6 +556,8 @@ struct DatabaseRead {
     proof: Proof,
     /// Every token at or below this is included in `rows` (for the fill's entries).
     verified: Lsn,
+    /// The primary's timeline, if it was read (and said).
+    primary_timeline: Option<Option<u32>>,
 }
 
 /// The documents of a read's misses, in miss order, and where they came from.

@@ -33,7 +33,7 @@ use super::{SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Install};
 use crate::db::lease::bounded;
 use crate::db::sizes::{
-    claim_repairs, current_wal_lsn, fetch_on, hand_over_own_writes, owed_repairs, repair_backlog,
+    claim_repairs, fetch_on, hand_over_own_writes, owed_repairs, primary_position, repair_backlog,
     settle_own_writes, settle_repairs,
 };
 use crate::domain::StoredSize;
@@ -412,7 +412,21 @@ impl SizeService {
         let skus: Vec<&str> = owed.iter().map(|owed| owed.sku.as_str()).collect();
         let fetched = fetch_on(&mut tx, &skus).await?;
         let rows = fetched.rows;
-        let lsn = current_wal_lsn(&mut tx).await?;
+        let (lsn, history) = primary_position(&mut tx).await?;
+        // Versions of another history (a failover the epoch has not seen a write of yet) may
+        // reuse numbers the epoch holds with other content: a new epoch first, then the
+        // records are applied there by the next pass.
+        if cache.bound_history(&meta.epoch).await?.as_deref() != Some(&*history.to_string()) {
+            tx.rollback().await?;
+            if self
+                .replace_epoch_for(cache, &meta, &history)
+                .await
+                .is_none()
+            {
+                return Err(StoreError::NoEpoch);
+            }
+            return Ok((0, 0));
+        }
         let installs: Vec<Install<'_>> = rows
             .iter()
             .map(|row| Install::row(row, fetched.visible))

@@ -87,6 +87,12 @@ impl SizeService {
                 if page_started.elapsed() >= FILL_MAX_AGE {
                     return Ok(0);
                 }
+                // Rows of another timeline than the epoch's (a failover it has not seen a
+                // write of yet) are not installed: their versions may reuse its numbers.
+                let bound = self.cache.bound_timeline(&meta.epoch).await?;
+                if page.fetched.timeline.is_none() || page.fetched.timeline != bound {
+                    return Ok(0);
+                }
                 let verified = page.fetched.visible;
                 let installs: Vec<Install<'_>> = page
                     .fetched
