@@ -150,10 +150,10 @@ pub async fn uncovered<'c>(
 }
 
 /// Removes `reader`'s rows: it serves no cache any more.
-pub async fn leave(pool: &PgPool, reader: &str) -> Result<(), sqlx::Error> {
+pub async fn leave(executor: impl sqlx::PgExecutor<'_>, reader: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM cache_readers WHERE reader = $1")
         .bind(reader)
-        .execute(pool)
+        .execute(executor)
         .await
         .map(drop)
 }

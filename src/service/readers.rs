@@ -295,7 +295,10 @@ impl SizeService {
     /// for it.
     pub async fn leave_readers(&self) {
         self.readers.end();
-        if let Err(error) = readers::leave(self.db.primary(), &self.readers.id).await {
+        let left = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
+            readers::leave(conn, &self.readers.id)
+        });
+        if let Err(error) = left.await {
             tracing::debug!(%error, "could not remove this instance's reader rows; they lapse");
         }
     }
