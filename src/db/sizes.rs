@@ -353,7 +353,7 @@ impl Drop for Unsure<'_> {
     }
 }
 
-/// Whether PostgreSQL aborted the transaction for a reason that trying again may not meet: a
+/// Whether PostgreSQL aborted the transaction for a reason a later try may not meet again: a
 /// deadlock (`40P01`), a serialization failure (`40001`), or another transaction rollback
 /// (SQLSTATE class 40). Nothing of it was committed.
 pub fn is_transient(error: &sqlx::Error) -> bool {
