@@ -49,6 +49,8 @@ for variant in minimal full; do
   # Fails on any invalid manifest; the ServiceMonitor (a Prometheus Operator CRD, for which
   # Kubernetes has no schema) is reported as a warning.
   "$data/venv/bin/kubernetes-validate" --strict --quiet "$out/$variant.yaml"
+  echo "== pre-install hooks need nothing the release creates after them ($variant values)"
+  "$data/venv/bin/python" scripts/check-hooks.py "$out/$variant.yaml"
 done
 # Traces are exported only where an endpoint is given; the HTTP limits are always set.
 grep -q 'OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector' "$out/full.yaml" \
