@@ -40,6 +40,15 @@ for bad in "" "--set secrets.apiReadTokens=change-me-read --set secrets.apiWrite
     || { cat "$out/refused.txt" >&2; echo "refused for another reason than the tokens" >&2; exit 1; }
 done
 echo "== helm template refuses empty and placeholder tokens"
+# The values schema is strict: a misspelled key is an error, not a silently ignored value.
+if "$helm" template pss "$chart" --values helm/ci/minimal-values.yaml --set confg.cacheTtlSecs=5 \
+     >/dev/null 2>"$out/misspelled.txt" \
+   || ! grep -q "additional properties 'confg'" "$out/misspelled.txt"; then
+  cat "$out/misspelled.txt" >&2
+  echo "the values schema accepted a misspelled key" >&2
+  exit 1
+fi
+echo "== the values schema refuses a misspelled key"
 for variant in minimal full; do
   values=(--values "helm/ci/$variant-values.yaml")
   echo "== helm lint ($variant values)"

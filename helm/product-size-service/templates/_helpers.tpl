@@ -83,6 +83,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       name: {{ include "pss.secretName" . }}
       key: API_ADMIN_TOKENS
       optional: true
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The container's `volumeMounts`, if `extraVolumeMounts` names any (at the indentation of a
+     container's keys). */}}
+{{- define "pss.volumeMounts" -}}
+{{- with .Values.extraVolumeMounts }}
+volumeMounts:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The pod's `volumes`, if `extraVolumes` names any (at the indentation of a pod spec's keys). */}}
+{{- define "pss.volumes" -}}
+{{- with .Values.extraVolumes }}
+volumes:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* Refuses to render with tokens that are empty or placeholders (the chart fails closed). */}}
