@@ -20,10 +20,14 @@ pub enum AppError {
     BadRequest(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The token is known but its scope does not cover the route, which needs `scope`.
     #[error(
-        "this token's scope does not cover this endpoint (reads: a read or write token; writes: a write token; /v1/admin/: an admin token)"
+        "this endpoint needs a token with the {scope} scope (reads: a read or write token; writes: a write token; /v1/admin/: an admin token)"
     )]
-    Forbidden,
+    Forbidden { scope: &'static str },
+    /// The route has no handler for the request's method; `allow` lists those it has.
+    #[error("this endpoint does not take this method; it takes {allow}")]
+    MethodNotAllowed { allow: String },
     #[error("no product size for SKU {0}")]
     NotFound(String),
     #[error("{0}")]
@@ -78,7 +82,8 @@ impl AppError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
@@ -137,13 +142,17 @@ impl IntoResponse for AppError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Forbidden => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(
-                        "Bearer error=\"insufficient_scope\", scope=\"write\"",
-                    ),
-                );
+            Self::Forbidden { scope } => {
+                // RFC 6750: the scope the route needs.
+                let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+                if let Ok(challenge) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, challenge);
+                }
+            }
+            Self::MethodNotAllowed { allow } => {
+                if let Ok(allow) = HeaderValue::from_str(&allow) {
+                    headers.insert(header::ALLOW, allow);
+                }
             }
             Self::Unavailable { .. } | Self::TimedOut { .. } | Self::Unacknowledged => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

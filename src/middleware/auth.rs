@@ -61,6 +61,11 @@ impl Authenticator {
         let mut tokens = scoped(&settings.read_tokens, Scope::Read);
         tokens.extend(scoped(&settings.write_tokens, Scope::Write));
         tokens.extend(scoped(&settings.admin_tokens, Scope::Admin));
+        if settings.disabled {
+            tracing::warn!(
+                "AUTH_DISABLED=true: reads and writes need no token; /v1/admin/ still needs an admin token"
+            );
+        }
         Self {
             tokens,
             disabled: settings.disabled,
@@ -81,8 +86,10 @@ impl Authenticator {
         known.then_some(granted)
     }
 
+    /// `AUTH_DISABLED` opens reads and writes, never the operator endpoints: those still need
+    /// an admin token (and refuse every request when none is configured).
     fn check(&self, access: Access, authorization: Option<&str>) -> Result<(), AppError> {
-        if self.disabled || access == Access::Public {
+        if access == Access::Public || (self.disabled && access != Access::Admin) {
             return Ok(());
         }
         let token = authorization
@@ -95,7 +102,9 @@ impl Authenticator {
             .ok_or(AppError::Unauthorized)?;
         match self.grants(token, access) {
             None => Err(AppError::Unauthorized),
-            Some(false) => Err(AppError::Forbidden),
+            Some(false) => Err(AppError::Forbidden {
+                scope: access.scope(),
+            }),
             Some(true) => Ok(()),
         }
     }
@@ -157,8 +166,9 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let access = self.policies.of(&request);
         if access == Access::NotAllowed {
+            let allow = self.policies.allowed(&request);
             return Either::Left(ready(Ok(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED.into_response()
+                AppError::MethodNotAllowed { allow }.into_response()
             )));
         }
         let authorization = request
@@ -187,6 +197,54 @@ mod tests {
     }
 
     #[test]
+    fn auth_disabled_opens_reads_and_writes_never_the_operator_endpoints() {
+        let open = |admin_tokens: Vec<SecretString>| {
+            Authenticator::new(&AuthSettings {
+                read_tokens: Vec::new(),
+                write_tokens: Vec::new(),
+                admin_tokens,
+                disabled: true,
+            })
+        };
+        let without_admins = open(Vec::new());
+        assert!(without_admins.check(Access::Read, None).is_ok());
+        assert!(without_admins.check(Access::Write, None).is_ok());
+        assert!(matches!(
+            without_admins.check(Access::Admin, None),
+            Err(AppError::Unauthorized)
+        ));
+        assert!(matches!(
+            without_admins.check(Access::Admin, Some("Bearer anything")),
+            Err(AppError::Unauthorized)
+        ));
+        let with_admins = open(vec![SecretString::from("operator")]);
+        assert!(
+            with_admins
+                .check(Access::Admin, Some("Bearer operator"))
+                .is_ok()
+        );
+        assert!(matches!(
+            with_admins.check(Access::Admin, None),
+            Err(AppError::Unauthorized)
+        ));
+    }
+
+    #[test]
+    fn a_refusal_names_the_scope_the_route_needs() {
+        let auth = auth();
+        for (access, token, scope) in [
+            (Access::Write, "Bearer reader", "write"),
+            (Access::Admin, "Bearer writer", "admin"),
+            (Access::Read, "Bearer operator", "read"),
+        ] {
+            match auth.check(access, Some(token)) {
+                Err(AppError::Forbidden { scope: named }) => assert_eq!(named, scope),
+                other => panic!("{access:?} with {token}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn scopes() {
         let auth = auth();
         assert!(auth.check(Access::Read, Some("Bearer reader")).is_ok());
@@ -194,7 +252,7 @@ mod tests {
         assert!(auth.check(Access::Write, Some("Bearer writer")).is_ok());
         assert!(matches!(
             auth.check(Access::Write, Some("Bearer reader")),
-            Err(AppError::Forbidden)
+            Err(AppError::Forbidden { .. })
         ));
         assert!(matches!(
             auth.check(Access::Read, Some("Bearer nope")),
@@ -213,13 +271,13 @@ mod tests {
         for token in ["Bearer reader", "Bearer writer"] {
             assert!(matches!(
                 auth.check(Access::Admin, Some(token)),
-                Err(AppError::Forbidden)
+                Err(AppError::Forbidden { .. })
             ));
         }
         for access in [Access::Read, Access::Write] {
             assert!(matches!(
                 auth.check(access, Some("Bearer operator")),
-                Err(AppError::Forbidden)
+                Err(AppError::Forbidden { .. })
             ));
         }
     }

@@ -76,6 +76,34 @@ impl Policies {
             .find(|(m, _)| m == method)
             .map_or(Access::NotAllowed, |(_, access)| *access)
     }
+
+    /// The methods the route `request` matched takes, for a 405's `Allow` (`HEAD` with `GET`).
+    pub fn allowed<B>(&self, request: &Request<B>) -> String {
+        let methods = request
+            .extensions()
+            .get::<MatchedPath>()
+            .and_then(|path| self.routes.get(path.as_str()));
+        let mut allowed: Vec<&str> = Vec::new();
+        for (method, _) in methods.into_iter().flatten() {
+            allowed.push(method.as_str());
+            if method == Method::GET {
+                allowed.push(Method::HEAD.as_str());
+            }
+        }
+        allowed.dedup();
+        allowed.join(", ")
+    }
+}
+
+impl Access {
+    /// The token scope this access needs, as a 403 names it.
+    pub fn scope(self) -> &'static str {
+        match self {
+            Access::Public | Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin | Access::NotAllowed => "admin",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,83 @@ async fn missing_or_unknown_tokens_are_401_and_read_tokens_cannot_write() {
 }
 
 #[tokio::test]
+async fn a_method_a_route_does_not_take_is_a_405_problem_naming_those_it_does() {
+    let app = TestApp::spawn().await;
+    let path = format!("/v1/products/{}/size", app.sku("allow"));
+    let response = app
+        .request(Method::POST, &path, Some(WRITE_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    let body = problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    for method in ["GET", "HEAD", "PUT", "DELETE"] {
+        assert!(allow.contains(method), "{allow}");
+    }
+    assert!(body["detail"].as_str().unwrap().contains("PUT"), "{body}");
+}
+
+#[tokio::test]
+async fn a_403_names_the_scope_the_route_needs() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (
+            Method::PUT,
+            format!("/v1/products/{}/size", app.sku("scope")),
+            READ_TOKEN,
+            "write",
+        ),
+        (
+            Method::GET,
+            "/v1/admin/cache/warm".to_owned(),
+            WRITE_TOKEN,
+            "admin",
+        ),
+    ];
+    for (method, path, token, scope) in cases {
+        let response = app
+            .request(method, &path, Some(token))
+            .json(&size(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"").as_str()
+        );
+        let body = problem(response, StatusCode::FORBIDDEN).await;
+        assert!(body["detail"].as_str().unwrap().contains(scope), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn auth_disabled_never_opens_the_operator_endpoints() {
+    let service = crate::helpers::ServiceProcess::start(
+        "noauth",
+        &[
+            ("AUTH_DISABLED", "true"),
+            ("API_READ_TOKENS", ""),
+            ("API_WRITE_TOKENS", ""),
+        ],
+        false,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let read = client
+        .get(format!("{}/v1/products/NOAUTH-1/size", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::NOT_FOUND, "reads are open");
+    let admin = client
+        .get(format!("{}/v1/admin/cache/warm", service.base))
+        .send()
+        .await
+        .unwrap();
+    problem(admin, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
 async fn unknown_skus_are_404() {
     let app = TestApp::spawn().await;
     let sku = app.sku("nobody");
