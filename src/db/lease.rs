@@ -4,11 +4,12 @@
 //! ReadyForQuery) and again on its way out after idling: round trips that doubled the
 //! database work of a cache miss, whose query is one short round trip itself. The read path
 //! borrows connections from the pool and keeps up to `keep` of them between queries; a
-//! connection goes back to sqlx (which tests or closes it) when its query failed or was
-//! cancelled midway, since its protocol state is then unknown, and after [`MAX_KEPT`]. A kept
-//! connection the server dropped meanwhile (a restart, a failover) fails its query: the caller
-//! then drops every kept connection and retries once on one from the pool, which sqlx tests
-//! before handing out (`leased!`).
+//! connection goes back to sqlx (which tests it) when its query failed; it is closed when its
+//! query was cancelled midway (its protocol state is unknown, and its server may have stopped
+//! answering: sqlx's test of it would never end) and after [`MAX_KEPT`]. A kept connection the
+//! server dropped meanwhile (a restart, a failover) fails its query: the caller then drops
+//! every kept connection and retries once on one from the pool, which is tested before it is
+//! handed out (`leased!`). A query past the leases' deadline closes every kept connection.
 //!
 //! `keep` is half the pool: the other half always serves writes, probes and jobs. The pool's
 //! metrics count kept connections as open and busy.
@@ -102,8 +103,16 @@ impl Leases {
     /// A kept connection, else one from the pool.
     pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
         let kept = self.kept.lock().ok().and_then(|mut kept| {
-            // Too old ones go back to sqlx, to be tested or closed.
-            kept.retain(|(_, since)| since.elapsed() < MAX_KEPT);
+            // Too old ones are closed: handed back, sqlx would test each with a round trip
+            // that never ends if its server stopped answering.
+            let mut i = 0;
+            while i < kept.len() {
+                if kept[i].1.elapsed() >= MAX_KEPT {
+                    drop(kept.swap_remove(i).0.detach());
+                } else {
+                    i += 1;
+                }
+            }
             kept.pop()
         });
         Ok(match kept {
@@ -133,6 +142,16 @@ impl Leases {
     pub fn release_all(&self) {
         if let Ok(mut kept) = self.kept.lock() {
             kept.clear();
+        }
+    }
+
+    /// Closes every kept connection: a query on one of them timed out, and the server may
+    /// have stopped answering on all of them.
+    pub fn close_kept(&self) {
+        if let Ok(mut kept) = self.kept.lock() {
+            for (conn, _) in kept.drain(..) {
+                drop(conn.detach());
+            }
         }
     }
 }
@@ -210,9 +229,13 @@ macro_rules! leased {
                 lease.finish(&result);
                 result
             };
-            tokio::time::timeout(leases.deadline(), attempt)
-                .await
-                .unwrap_or_else(|_| Err($crate::db::lease::timed_out(leases.deadline())))
+            match tokio::time::timeout(leases.deadline(), attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    leases.close_kept();
+                    Err($crate::db::lease::timed_out(leases.deadline()))
+                }
+            }
         }
     };
 }

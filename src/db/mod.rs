@@ -19,6 +19,9 @@ use lease::{Admission, Leases};
 
 /// The `application_name` of the service's connections.
 const APPLICATION: &str = "product-size-service";
+/// How long an idle connection may take to answer the test before it is handed out; one that
+/// does not is closed.
+const IDLE_TEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// The `application_name` of the connection that renews the reader leases.
 const READERS_APPLICATION: &str = "product-size-service readers";
 
@@ -75,7 +78,7 @@ impl Db {
                 )]))
         };
         let pool = || {
-            PgPoolOptions::new()
+            tested(PgPoolOptions::new())
                 .max_connections(settings.max_connections)
                 .min_connections(0)
                 .acquire_timeout(settings.acquire_timeout)
@@ -97,12 +100,12 @@ impl Db {
                 })
             })
             .connect_lazy_with(primary_options);
-        let changes = PgPoolOptions::new()
+        let changes = tested(PgPoolOptions::new())
             .max_connections(1)
             .min_connections(0)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options(primary_url, &listener)?);
-        let readers = PgPoolOptions::new()
+        let readers = tested(PgPoolOptions::new())
             .max_connections(1)
             .min_connections(0)
             .acquire_timeout(settings.acquire_timeout)
@@ -190,6 +193,23 @@ impl Db {
             replica.close().await;
         }
     }
+}
+
+/// Pool options whose idle connections are tested before they are handed out within
+/// [`IDLE_TEST_TIMEOUT`], and closed if they do not answer. sqlx's own test has no deadline:
+/// after a server stopped answering without closing its connections, an idle one held every
+/// taker until the pool's acquire timeout, and went back to the pool to hold the next (a
+/// one-connection pool was stuck for good).
+fn tested(options: PgPoolOptions) -> PgPoolOptions {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|conn, _| {
+            Box::pin(async move {
+                let answered =
+                    tokio::time::timeout(IDLE_TEST_TIMEOUT, sqlx::Connection::ping(conn)).await;
+                Ok(matches!(answered, Ok(Ok(()))))
+            })
+        })
 }
 
 /// Warns when a connection that leaves this host would not verify the server's certificate
