@@ -98,7 +98,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
                content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = state.sizes.metrics();
-    if let Some(audit) = state.sizes.last_audit().await {
+    if let Some(audit) = state.sizes.last_audit() {
         metrics.set_audit(&audit);
     }
     (

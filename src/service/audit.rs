@@ -3,6 +3,7 @@
 //! compare-and-delete for entries that name no stored row).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -230,12 +231,25 @@ impl SizeService {
         }
     }
 
-    /// The counts of the last audit of this cache, if any.
-    pub async fn last_audit(&self) -> Option<AuditReport> {
-        let json = self.cache.note("audit").await.ok()??;
-        serde_json::from_str(&json).ok()
+    /// The counts of the last audit of this cache, as the probes last read them from Redis
+    /// (every [`AUDIT_NOTE_INTERVAL`]): a `/metrics` scrape costs no Redis round trip.
+    pub fn last_audit(&self) -> Option<Arc<AuditReport>> {
+        self.audit_note.load_full()
+    }
+
+    /// Reads the counts the last audit left in Redis, on any instance (see [`Self::last_audit`]).
+    pub(super) async fn read_audit_note(&self) {
+        let note = self.cache.note("audit").await;
+        if let Ok(Some(json)) = note
+            && let Ok(report) = serde_json::from_str::<AuditReport>(&json)
+        {
+            self.audit_note.store(Some(Arc::new(report)));
+        }
     }
 }
+
+/// How often the probes read the last audit's counts from Redis.
+pub const AUDIT_NOTE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `None` when the cached value agrees with the stored row.
 fn judge(sku: &str, value: &Bytes, row: Option<&StoredSize>, epoch: &Epoch) -> Option<Divergent> {

@@ -90,6 +90,8 @@ pub struct SizeService {
     readers: readers::Readers,
     /// Per cache: one epoch completion at a time in this instance.
     epoch_changes: [tokio::sync::Mutex<()>; 2],
+    /// The counts of the last audit, as last read from Redis ([`SizeService::last_audit`]).
+    audit_note: arc_swap::ArcSwapOption<audit::AuditReport>,
 }
 
 /// Whether the primary and Redis answered the last probe.
@@ -141,6 +143,7 @@ impl SizeService {
             probed: Probed::default(),
             readers: readers::Readers::new(ReaderSettings::default()),
             epoch_changes: Default::default(),
+            audit_note: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -253,13 +256,19 @@ impl SizeService {
     }
 
     /// Probes the primary and Redis every [`PROBE_INTERVAL`] for as long as the service runs
-    /// (the replica has its own probe).
+    /// (the replica has its own probe), and reads the last audit's counts every
+    /// [`audit::AUDIT_NOTE_INTERVAL`].
     pub async fn keep_probing(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(PROBE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audit_read: Option<tokio::time::Instant> = None;
         loop {
             ticker.tick().await;
             self.probe_dependencies().await;
+            if audit_read.is_none_or(|at| at.elapsed() >= audit::AUDIT_NOTE_INTERVAL) {
+                audit_read = Some(tokio::time::Instant::now());
+                self.read_audit_note().await;
+            }
         }
     }
 

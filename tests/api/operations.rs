@@ -248,6 +248,28 @@ fn families(metrics: &str) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_metrics_scrape_costs_no_redis_round_trip() {
+    let redis = crate::processes::OwnRedis::start().await;
+    let app = TestApp::spawn_with(crate::helpers::Options {
+        redis_url: Some(redis.url()),
+        ..crate::helpers::Options::default()
+    })
+    .await;
+    let monitor = redis.monitor().await;
+    for _ in 0..10 {
+        app.scrape_metrics().await;
+    }
+    let notes = monitor
+        .lines()
+        .await
+        .into_iter()
+        .filter(|line| line.contains(":note:"))
+        .count();
+    // At most the probes' own read, every 10 s.
+    assert!(notes <= 1, "{notes} reads of a note for 10 scrapes");
+}
+
+#[tokio::test]
 async fn every_dashboard_query_names_an_exported_metric() {
     let app = TestApp::spawn().await;
     // Traffic and an audit, so that every family has samples (and so a TYPE line).
@@ -267,6 +289,13 @@ async fn every_dashboard_query_names_an_exported_metric() {
     )
     .await
     .unwrap();
+    // The probes read the audit's counts every 10 s, not every scrape.
+    crate::helpers::eventually(20, "the audit's counts are exported", || async {
+        families(&app.scrape_metrics().await)
+            .iter()
+            .any(|family| family == "product_size_cache_audit_entries")
+    })
+    .await;
     let exported = families(&app.scrape_metrics().await);
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
