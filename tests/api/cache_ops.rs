@@ -218,13 +218,14 @@ async fn audit_finds_and_repairs_stale_orphaned_and_missing_entries() {
     );
     assert_eq!(app.get(orphan).await.status(), StatusCode::NOT_FOUND);
 
-    let metrics = app.scrape_metrics().await;
-    assert!(
-        metrics
+    // Every instance exports the last audit's counts, as its probes read them (every 10 s).
+    crate::helpers::eventually(20, "the audit's counts are exported", || async {
+        app.scrape_metrics()
+            .await
             .lines()
-            .any(|l| l.starts_with("product_size_cache_audit_entries{state=\"agreeing\"} 4")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("product_size_cache_audit_entries{state=\"agreeing\"} 4"))
+    })
+    .await;
 }
 
 /// One SKU of each kind of divergence an audit finds, next to one that agrees.
