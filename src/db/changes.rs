@@ -1,4 +1,4 @@
-//! The change-capture side of the primary (SPEC.md C7): which caches follow the table, and the
+//! The change-capture side of the primary (README, "Writers other than the service"): which caches follow the table, and the
 //! channel that announces changes made by other writers. The records themselves are
 //! `cache_repairs` rows and, for the writing instance's own caches, one `cache_own_writes` row
 //! per transaction, written by a trigger (migrations `capture_every_change` and

@@ -1,4 +1,4 @@
-//! Continuous consistency measurement (SPEC.md C2, C7), as CacheFront's Cache Inspector does
+//! Continuous consistency measurement (the read-your-writes and every-writer guarantees of the README), as CacheFront's Cache Inspector does
 //! it: a sample of the cache hits this instance serves is compared with what the primary has
 //! committed.
 //!
@@ -24,7 +24,7 @@ use crate::domain::Sku;
 
 /// How often the sample is checked.
 const INTERVAL: Duration = Duration::from_secs(1);
-/// How long a newer committed version may take to reach the cache (SPEC.md C7).
+/// How long a newer committed version may take to reach the cache (a second, README "Writers other than the service").
 pub const CONVERGE: Duration = Duration::from_secs(1);
 /// Hits sampled per interval at most: the first ones served (the rest cost one atomic load).
 const SAMPLE: usize = 256;

@@ -1,5 +1,5 @@
 //! The read and write paths that tie the databases and the cache together, and the reasoning
-//! that makes them safe. The invariant they keep (SPEC C2/C3):
+//! that makes them safe. The invariant they keep (read-your-writes for everyone, no stale fill):
 //!
 //! > A cache entry stamped with the current epoch is at least as new as every write
 //! > acknowledged for its SKU, and a database read is served only from a source known to

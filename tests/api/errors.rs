@@ -1,4 +1,4 @@
-//! Every error status of SPEC.md: a clear problem+json, and nothing changed.
+//! Every error status of the API: a clear problem+json, and nothing changed.
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};

@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 use crate::helpers::primary_url;
 
-/// The first migration of change capture (SPEC.md C7); everything before it is what the
+/// The first migration of change capture (README, "Writers other than the service"); everything before it is what the
 /// previous release ran.
 const CAPTURE: &str = "20261202000001";
 

@@ -1,6 +1,6 @@
 //! Writers other than the service (a data fix in psql, a backfill, another program, another
 //! deployment): the table keeps versions monotonic for them, every change they commit reaches
-//! every instance's cache through the records the primary keeps (SPEC.md C7), and the
+//! every instance's cache through the records the primary keeps (README, "Writers other than the service"), and the
 //! consistency inspector notices a cache that goes on serving what they replaced.
 
 use reqwest::StatusCode;
