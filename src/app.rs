@@ -79,11 +79,11 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let (db, cache, secondary) = connect(&config).await?;
         let mut background = Vec::new();
-        let replica_health = db.replica().map(|replica| {
+        let replica_health = db.replica_background().map(|replica| {
             let health = Arc::new(ReplicaHealth::default());
             background.push(spawn_probe(
-                db.primary().clone(),
-                replica.clone(),
+                db.background_leases(),
+                replica,
                 health.clone(),
                 REPLICA_PROBE_INTERVAL,
                 config.replica_max_lag,

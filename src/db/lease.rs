@@ -14,6 +14,14 @@
 //! `keep` is half the pool: the other half always serves writes, probes and jobs. The pool's
 //! metrics count kept connections as open and busy.
 //!
+//! **Background work** (renewals, repairs, probes, the change feed's queries) runs through
+//! [`bounded!`] on leases made by [`Leases::background`], whose connections never go back to
+//! sqlx: after a query a connection is kept or closed, and a kept one is tested with a ping
+//! bounded by [`IDLE_TEST_TIMEOUT`] before its next query. sqlx's test of a returned
+//! connection has no deadline, so a server that stopped answering between a query's answer and
+//! that test held the pool's slot for good: with one connection for the renewals, no lease
+//! was ever renewed again.
+//!
 //! **Load shedding.** When the database is saturated (a slow primary, a lock, more misses than
 //! it can answer), waiting longer for a connection helps nobody: the queue only grows until
 //! requests time out together. While every connection is busy, at most twice as many reads as
@@ -29,8 +37,11 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-/// How long a connection may wait in the keep list before it is handed back to sqlx.
+/// How long a connection may wait in the keep list before it is closed.
 const MAX_KEPT: Duration = Duration::from_secs(30);
+/// How long an idle connection may take to answer a test before it is handed out; one that
+/// does not is closed.
+pub const IDLE_TEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Waits for a pool's connection unless the pool is saturated and too many wait already (see
 /// the module's "Load shedding").
@@ -82,17 +93,37 @@ pub struct Leases {
     admission: Admission,
     /// How long one query may take, connecting included (see [`leased!`]).
     deadline: Duration,
+    /// Whether a connection not kept goes back to sqlx (the read path) or is closed (see the
+    /// module's "Background work").
+    hand_back: bool,
 }
 
 impl Leases {
+    /// The read path's leases: half the pool kept.
     pub fn new(pool: PgPool, deadline: Duration) -> Self {
         let keep = pool.options().get_max_connections() as usize / 2;
+        Self::with(pool, deadline, keep, true)
+    }
+
+    /// Leases for background queries ([`bounded!`]): up to `keep` connections kept, none ever
+    /// handed back to sqlx.
+    pub fn background(pool: PgPool, deadline: Duration, keep: usize) -> Self {
+        Self::with(pool, deadline, keep, false)
+    }
+
+    fn with(pool: PgPool, deadline: Duration, keep: usize, hand_back: bool) -> Self {
         Self {
             kept: Mutex::new(Vec::with_capacity(keep)),
             keep,
             admission: Admission::new(pool),
             deadline,
+            hand_back,
         }
+    }
+
+    /// The pool the connections come from.
+    pub fn pool(&self) -> &PgPool {
+        &self.admission.pool
     }
 
     /// How long one query may take, connecting included.
@@ -102,25 +133,46 @@ impl Leases {
 
     /// A kept connection, else one from the pool.
     pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
-        let kept = self.kept.lock().ok().and_then(|mut kept| {
-            // Too old ones are closed: handed back, sqlx would test each with a round trip
-            // that never ends if its server stopped answering.
-            let mut i = 0;
-            while i < kept.len() {
-                if kept[i].1.elapsed() >= MAX_KEPT {
-                    drop(kept.swap_remove(i).0.detach());
-                } else {
-                    i += 1;
-                }
-            }
-            kept.pop()
-        });
-        Ok(match kept {
-            Some((conn, _)) => self.lease(conn, true),
+        Ok(match self.take_kept() {
+            Some(conn) => self.lease(conn, true),
             // Boxed, and only when taken: sqlx's acquire future would otherwise make every
             // read's future kilobytes larger.
             None => self.lease(Box::pin(self.admission.acquire()).await?, false),
         })
+    }
+
+    /// A kept connection that answers a ping within [`IDLE_TEST_TIMEOUT`] (one that does not
+    /// is closed), else one from the pool, which tests it. Waits for the pool rather than
+    /// being shed: background work is a handful of queries, and must go on under load.
+    pub async fn acquire_checked(&self) -> Result<Lease<'_>, sqlx::Error> {
+        while let Some(conn) = self.take_kept() {
+            // Leased before the ping: cancelled midway, it is closed, not handed back.
+            let mut lease = self.lease(conn, true);
+            let ping = sqlx::Connection::ping(&mut *lease);
+            if matches!(
+                tokio::time::timeout(IDLE_TEST_TIMEOUT, ping).await,
+                Ok(Ok(()))
+            ) {
+                return Ok(lease);
+            }
+        }
+        let conn = Box::pin(self.pool().acquire()).await?;
+        Ok(self.lease(conn, false))
+    }
+
+    /// The most recently kept connection; too old ones are closed (handed back, sqlx would
+    /// test each with a round trip that never ends if its server stopped answering).
+    fn take_kept(&self) -> Option<PoolConnection<Postgres>> {
+        let mut kept = self.kept.lock().ok()?;
+        let mut i = 0;
+        while i < kept.len() {
+            if kept[i].1.elapsed() >= MAX_KEPT {
+                drop(kept.swap_remove(i).0.detach());
+            } else {
+                i += 1;
+            }
+        }
+        kept.pop().map(|(conn, _)| conn)
     }
 
     /// A connection from the pool, which sqlx tests before handing it out.
@@ -138,8 +190,12 @@ impl Leases {
         }
     }
 
-    /// Hands every kept connection back to the pool (before closing it).
+    /// Hands every kept connection back to the pool (before closing it); background leases
+    /// close theirs.
     pub fn release_all(&self) {
+        if !self.hand_back {
+            return self.close_kept();
+        }
         if let Ok(mut kept) = self.kept.lock() {
             kept.clear();
         }
@@ -201,6 +257,13 @@ impl Lease<'_> {
             Err(_) => false,
         }
     }
+
+    /// Ends a background query ([`bounded!`]) that the server answered: a connection whose
+    /// query succeeded may be kept; one whose query failed is closed.
+    pub fn settle(mut self, succeeded: bool) {
+        self.answered = true;
+        self.settled = succeeded;
+    }
 }
 
 /// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`) on a connection of
@@ -242,29 +305,30 @@ macro_rules! leased {
 pub(crate) use leased;
 
 /// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`) on a connection of
-/// the pool `$pool` within `$deadline`, taking the connection included. A connection whose
-/// query did not end in time is closed, not returned: sqlx tests a returned connection with a
-/// round trip, which on a server that stopped answering never ends and holds the pool's slot
-/// (a one-connection pool would be stuck for good).
+/// `$leases` within `$deadline`, taking and testing the connection included. A connection
+/// whose query did not end in time is closed. On background leases ([`Leases::background`])
+/// so is one whose query failed or that is not kept: none goes back to sqlx (see the
+/// module's "Background work"); the request path's own queries use the read leases.
 macro_rules! bounded {
-    ($pool:expr, $deadline:expr, |$conn:ident| $query:expr) => {
+    ($leases:expr, $deadline:expr, |$conn:ident| $query:expr) => {
         async {
-            let pool: &sqlx::PgPool = $pool;
+            let leases: &$crate::db::lease::Leases = $leases;
             let limit: std::time::Duration = $deadline;
             let deadline = tokio::time::Instant::now() + limit;
-            let mut conn = tokio::time::timeout_at(deadline, pool.acquire())
+            let mut lease = tokio::time::timeout_at(deadline, leases.acquire_checked())
                 .await
                 .map_err(|_| $crate::db::lease::timed_out(limit))??;
             let result = {
-                let $conn: &mut sqlx::PgConnection = &mut conn;
+                let $conn: &mut sqlx::PgConnection = &mut lease;
                 tokio::time::timeout_at(deadline, $query).await
             };
             match result {
-                Ok(result) => result,
-                Err(_) => {
-                    drop(conn.detach());
-                    Err($crate::db::lease::timed_out(limit).into())
+                Ok(result) => {
+                    lease.settle(result.is_ok());
+                    result
                 }
+                // Dropped unanswered: closed.
+                Err(_) => Err($crate::db::lease::timed_out(limit).into()),
             }
         }
     };
@@ -308,13 +372,16 @@ impl Drop for Lease<'_> {
             drop(conn.detach());
             return;
         }
-        if !self.settled {
-            return; // failed: back to sqlx, which tests it
-        }
-        if let Ok(mut kept) = self.leases.kept.lock()
+        if self.settled
+            && let Ok(mut kept) = self.leases.kept.lock()
             && kept.len() < self.leases.keep
         {
             kept.push((conn, Instant::now()));
+            return;
+        }
+        // Failed, or not kept: back to sqlx, which tests it; background leases close it.
+        if !self.leases.hand_back {
+            drop(conn.detach());
         }
     }
 }

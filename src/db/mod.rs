@@ -15,13 +15,12 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseSettings;
-use lease::{Admission, Leases};
+use lease::{Admission, IDLE_TEST_TIMEOUT, Leases};
 
 /// The `application_name` of the service's connections.
 const APPLICATION: &str = "product-size-service";
-/// How long an idle connection may take to answer the test before it is handed out; one that
-/// does not is closed.
-const IDLE_TEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many connections background queries on the primary keep between queries.
+const BACKGROUND_KEPT: usize = 2;
 /// The `application_name` of the connection that renews the reader leases.
 const READERS_APPLICATION: &str = "product-size-service readers";
 
@@ -46,11 +45,14 @@ pub struct Db {
     replica_reads: Option<Arc<Leases>>,
     /// How writes wait for a primary connection.
     primary_writes: Arc<Admission>,
+    /// Background queries on the primary and on the replica ([`lease::bounded!`]).
+    background: Arc<Leases>,
+    replica_background: Option<Arc<Leases>>,
     /// One connection that listens for changes made by other writers (see [`changes`]).
     changes: PgPool,
-    /// The reader leases' renewals ([`readers`]), apart from the requests' pool: a lease must
-    /// not lapse because requests hold every connection.
-    readers: PgPool,
+    /// The reader leases' renewals ([`readers`]), on a connection apart from the requests'
+    /// pool: a lease must not lapse because requests hold every connection.
+    readers: Arc<Leases>,
     /// How long a background query on the primary may take before its connection is given
     /// up ([`lease::bounded!`]).
     background_deadline: Duration,
@@ -125,10 +127,18 @@ impl Db {
             replica_reads: replica
                 .clone()
                 .map(|r| Arc::new(Leases::new(r, replica_deadline))),
+            background: Arc::new(Leases::background(
+                primary.clone(),
+                primary_deadline,
+                BACKGROUND_KEPT,
+            )),
+            replica_background: replica
+                .clone()
+                .map(|r| Arc::new(Leases::background(r, replica_deadline, 1))),
+            readers: Arc::new(Leases::background(readers, primary_deadline, 1)),
             primary,
             replica,
             changes,
-            readers,
             background_deadline: primary_deadline,
             replica_deadline,
         })
@@ -153,9 +163,24 @@ impl Db {
         self.replica.as_ref()
     }
 
-    /// The pool the lease renewals take their one connection from.
-    pub fn readers(&self) -> &PgPool {
+    /// The connection the lease renewals run on.
+    pub fn readers(&self) -> &Leases {
         &self.readers
+    }
+
+    /// Background queries on the primary ([`lease::bounded!`]).
+    pub fn background(&self) -> &Leases {
+        &self.background
+    }
+
+    /// Background queries on the primary, shared (for a task of its own).
+    pub fn background_leases(&self) -> Arc<Leases> {
+        self.background.clone()
+    }
+
+    /// Background queries on the replica, shared (for a task of its own).
+    pub fn replica_background(&self) -> Option<Arc<Leases>> {
+        self.replica_background.clone()
     }
 
     /// The pool the change listener takes its one connection from.
@@ -183,11 +208,16 @@ impl Db {
 
     pub async fn close(&self) {
         self.primary_reads.release_all();
-        if let Some(reads) = &self.replica_reads {
-            reads.release_all();
+        self.background.release_all();
+        self.readers.release_all();
+        for leases in [&self.replica_reads, &self.replica_background]
+            .into_iter()
+            .flatten()
+        {
+            leases.release_all();
         }
         self.changes.close().await;
-        self.readers.close().await;
+        self.readers.pool().close().await;
         self.primary.close().await;
         if let Some(replica) = &self.replica {
             replica.close().await;

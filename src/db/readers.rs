@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+
+use super::lease::Leases;
 
 use crate::domain::Lsn;
 
@@ -36,7 +38,7 @@ pub fn names_no_epoch(authority: &str) -> bool {
 /// `applied`, and reads the current book; within `lease`, after which the connection is closed
 /// (a primary that stopped answering would otherwise hold the renewals' one connection).
 pub async fn renew(
-    pool: &PgPool,
+    connection: &Leases,
     ledger: &str,
     reader: &str,
     applied: (Lsn, i32),
@@ -46,7 +48,7 @@ pub async fn renew(
     let lease_ms = i32::try_from(lease.as_millis()).unwrap_or(i32::MAX);
     let applied_to = applied.0.to_string();
     let (registered, visible, timeline, authority, skus, versions): Renewed =
-        super::lease::bounded!(pool, lease, |conn| {
+        super::lease::bounded!(connection, lease, |conn| {
             sqlx::query_as("SELECT * FROM renew_cache_reader($1, $2, $3, $4, $5)")
                 .bind(ledger)
                 .bind(reader)

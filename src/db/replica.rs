@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+use super::lease::Leases;
 use crate::domain::Lsn;
 
 #[derive(Debug, Default)]
@@ -113,8 +113,8 @@ fn diverged(replay: Replay, primary: Option<(Lsn, u32)>) -> Option<&'static str>
 /// that does not answer within `replica_deadline` (a hung host, a network that drops packets)
 /// is marked down, and its connection closed.
 pub fn spawn_probe(
-    primary: PgPool,
-    replica: PgPool,
+    primary: Arc<Leases>,
+    replica: Arc<Leases>,
     health: Arc<ReplicaHealth>,
     interval: Duration,
     max_lag: Duration,

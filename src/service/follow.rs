@@ -38,7 +38,7 @@ impl SizeService {
     pub async fn follow_changes(&self) -> Result<(), StoreError> {
         // Twice the background deadline: a lapsed cache's new epoch waits for the readers.
         let deadline = self.db.background_deadline() * 2;
-        bounded!(self.db.primary(), deadline, |conn| self
+        bounded!(self.db.background(), deadline, |conn| self
             .follow_changes_on(conn))
         .await
     }
@@ -89,10 +89,11 @@ impl SizeService {
             renewals += 1;
             self.forget_gone_readers().await;
             if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
-                let forgotten =
-                    bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-                        changes::forget_lapsed(conn)
-                    });
+                let forgotten = bounded!(
+                    self.db.background(),
+                    self.db.background_deadline(),
+                    |conn| changes::forget_lapsed(conn)
+                );
                 match forgotten.await {
                     Ok(0) => {}
                     Ok(forgotten) => {

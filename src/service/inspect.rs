@@ -153,15 +153,16 @@ impl SizeService {
             return Ok((0, Vec::new()));
         }
         let skus: Vec<&str> = sample.iter().map(|(sku, _)| sku.as_str()).collect();
-        let stored: HashMap<String, i64> =
-            bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-                fetch_on(conn, &skus)
-            })
-            .await?
-            .rows
-            .into_iter()
-            .map(|row| (row.sku, row.version))
-            .collect();
+        let stored: HashMap<String, i64> = bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| fetch_on(conn, &skus)
+        )
+        .await?
+        .rows
+        .into_iter()
+        .map(|row| (row.sku, row.version))
+        .collect();
         let mut agreeing = 0;
         let mut suspects = Vec::new();
         for (sku, served) in sample {

@@ -240,8 +240,10 @@ impl SizeService {
     pub async fn probe_dependencies(&self) {
         let timeout = Duration::from_secs(1);
         let primary = async {
-            bounded!(self.db.primary(), timeout, |conn| sqlx::query("SELECT 1")
-                .execute(conn))
+            bounded!(self.db.background(), timeout, |conn| sqlx::query(
+                "SELECT 1"
+            )
+            .execute(conn))
             .await
             .is_ok()
         };
@@ -362,9 +364,11 @@ impl SizeService {
     /// Binds a complete epoch to the primary's history (unless it is bound already); `None` if
     /// it belongs to another.
     async fn bind_epoch(&self, cache: &Cache, meta: Meta) -> Result<Option<Meta>, StoreError> {
-        let (_, history) = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-            primary_position(conn)
-        })
+        let (_, history) = bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| primary_position(conn)
+        )
         .await?;
         if !cache
             .bind_history(&meta.epoch, &history.to_string())

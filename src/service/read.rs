@@ -285,9 +285,11 @@ impl SizeService {
     async fn owed_by_secondary(&self, skus: &[Sku]) -> HashSet<String> {
         let asked: Vec<&str> = skus.iter().map(Sku::as_str).collect();
         let ledger = self.ledger(CacheRole::Secondary);
-        let owed = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-            owed_repairs(conn, &ledger, Some(&asked))
-        });
+        let owed = bounded!(
+            self.db.primary_reads(),
+            self.db.background_deadline(),
+            |conn| owed_repairs(conn, &ledger, Some(&asked))
+        );
         match owed.await {
             Ok(owed) => owed.into_iter().map(|(sku, _)| sku).collect(),
             Err(error) => {

@@ -295,9 +295,11 @@ impl SizeService {
     /// for it.
     pub async fn leave_readers(&self) {
         self.readers.end();
-        let left = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-            readers::leave(conn, &self.readers.id)
-        });
+        let left = bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| readers::leave(conn, &self.readers.id)
+        );
         if let Err(error) = left.await {
             tracing::debug!(%error, "could not remove this instance's reader rows; they lapse");
         }
@@ -318,7 +320,7 @@ impl SizeService {
         let xacts: Vec<i64> = xact.into_iter().collect();
         let deadline = Instant::now() + self.readers.settings.ack_timeout;
         let recorded = bounded!(
-            self.db.primary(),
+            self.db.primary_reads(),
             self.readers.settings.ack_timeout,
             |conn| readers::owe_failed_write(conn, &ledger, &xacts, &owed)
         );
@@ -355,9 +357,11 @@ impl SizeService {
             let uncovered = match conn.as_deref_mut() {
                 Some(conn) => readers::uncovered(conn, ledger, &self.readers.id, position).await,
                 None => {
-                    bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-                        readers::uncovered(conn, ledger, &self.readers.id, position)
-                    })
+                    bounded!(
+                        self.db.primary_reads(),
+                        self.db.background_deadline(),
+                        |conn| readers::uncovered(conn, ledger, &self.readers.id, position)
+                    )
                     .await
                 }
             };
@@ -446,9 +450,11 @@ impl SizeService {
 
     /// Removes the rows of readers long gone (see [`readers::forget_gone`]).
     pub(super) async fn forget_gone_readers(&self) {
-        let forgotten = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-            readers::forget_gone(conn)
-        });
+        let forgotten = bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| readers::forget_gone(conn)
+        );
         match forgotten.await {
             Ok(0) => {}
             Ok(gone) => tracing::info!(gone, "forgot the reader leases of instances long gone"),

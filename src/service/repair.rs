@@ -243,9 +243,11 @@ impl SizeService {
                     continue;
                 }
                 let ledger = self.ledger(role);
-                let settled = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-                    settle_own_writes(conn, &ledger, &done)
-                });
+                let settled = bounded!(
+                    self.db.background(),
+                    self.db.background_deadline(),
+                    |conn| settle_own_writes(conn, &ledger, &done)
+                );
                 if let Err(error) = settled.await {
                     tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
                 }
@@ -258,9 +260,11 @@ impl SizeService {
     pub async fn read_backlog(&self) {
         for (role, _) in self.ledgers() {
             let ledger = self.ledger(role);
-            let backlog = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-                repair_backlog(conn, &ledger)
-            });
+            let backlog = bounded!(
+                self.db.background(),
+                self.db.background_deadline(),
+                |conn| repair_backlog(conn, &ledger)
+            );
             match backlog.await {
                 Ok((count, oldest)) => self.metrics.set_repair_backlog(role, count, oldest),
                 Err(error) => tracing::debug!(%error, "could not read the repair backlog"),
@@ -324,9 +328,11 @@ impl SizeService {
         // Before the cache is asked: during an outage this keeps the list of failed writes
         // short, one entry per write since the last pass, however long Redis is away.
         let failed = self.repairs.failed_writes(role);
-        bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-            hand_over_own_writes(conn, &ledger, &failed, ORPHAN_AGE)
-        })
+        bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| hand_over_own_writes(conn, &ledger, &failed, ORPHAN_AGE)
+        )
         .await?;
         self.repairs.handed_over(role, &failed);
         if cache.is_unavailable() {
@@ -355,9 +361,11 @@ impl SizeService {
             return Ok(());
         }
         let asked: Vec<&str> = pending.iter().map(String::as_str).collect();
-        let recorded = bounded!(self.db.primary(), self.db.background_deadline(), |conn| {
-            owed_repairs(conn, ledger, Some(&asked))
-        })
+        let recorded = bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| owed_repairs(conn, ledger, Some(&asked))
+        )
         .await?;
         self.repairs.forget_unrecorded(role, &pending, &recorded);
         Ok(())
@@ -374,7 +382,7 @@ impl SizeService {
         ledger: &str,
     ) -> Result<(usize, usize), StoreError> {
         let deadline = self.db.background_deadline() * 2;
-        bounded!(self.db.primary(), deadline, |conn| {
+        bounded!(self.db.background(), deadline, |conn| {
             self.repair_batch_on(conn, role, cache, ledger)
         })
         .await

@@ -171,13 +171,13 @@ impl SizeService {
         from_primary: bool,
     ) -> Result<Page, sqlx::Error> {
         let size = i32::try_from(batch).unwrap_or(i32::MAX);
-        let replica = self.db.replica().filter(|_| !from_primary);
+        let replica = self.db.replica_background().filter(|_| !from_primary);
         // The probe already knows a replica that is down or behind the mark: skip the query.
         let behind = self
             .replica_health
             .as_ref()
             .is_some_and(|health| !health.is_up() || health.replayed() < hwm);
-        if let Some(replica) = replica.filter(|_| !behind) {
+        if let Some(replica) = replica.as_ref().filter(|_| !behind) {
             let page = bounded!(replica, self.db.replica_deadline(), |conn| {
                 fetch_page(conn, after, size)
             });
