@@ -128,7 +128,6 @@ impl Application {
         background.push(tokio::spawn(sizes.clone().inspect_consistency()));
         let state = AppState {
             sizes: sizes.clone(),
-            warm_job: Arc::default(),
         };
         let (access_log, access_log_writer) =
             AccessLog::start(config.access_log_hit_sample).unzip();

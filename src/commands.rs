@@ -9,12 +9,13 @@ use crate::app;
 use crate::cli::{AuditCacheArgs, HealthcheckArgs, WarmCacheArgs};
 use crate::config::Config;
 use crate::service::audit::AuditReport;
-use crate::service::warm::{WarmOptions, WarmProgress};
+use crate::service::warm::{ClaimError, WarmOptions, WarmOutcome, WarmProgress};
 
 pub type CommandError = Box<dyn std::error::Error>;
 
-/// `product-size warm-cache`: a progress bar on a terminal, plain progress lines otherwise,
-/// and a summary at the end.
+/// `product-size warm-cache`: the deployment's warm-up, as if started over HTTP (refused
+/// while one runs on any instance, cancelled by `DELETE /v1/admin/cache/warm`); a progress
+/// bar on a terminal, plain progress lines otherwise, and a summary at the end.
 pub async fn warm_cache(args: WarmCacheArgs) -> Result<(), CommandError> {
     let config = Config::from_connection_args(args.connection)?;
     let service = app::service(&config).await?;
@@ -23,14 +24,33 @@ pub async fn warm_cache(args: WarmCacheArgs) -> Result<(), CommandError> {
         rate_limit: args.rate_limit,
         from_primary: args.from_primary,
     };
+    let run = match service.claim_warm_up(args.rate_limit).await {
+        Ok(run) => run,
+        Err(ClaimError::Running(running)) => {
+            return Err(format!(
+                "a warm-up is already running in this deployment ({} of {} rows); \
+                 cancel it with DELETE /v1/admin/cache/warm, or wait",
+                running.progress.rows, running.progress.total
+            )
+            .into());
+        }
+        Err(ClaimError::Service(error)) => return Err(error.into()),
+    };
     let mut display = Progress::new();
-    let summary = service
-        .warm_cache(&options, |progress| display.update(progress))
+    let outcome = run
+        .run(&service, &options, |progress| display.update(progress))
         .await;
     display.finish();
-    let summary = summary?;
-    println!("{}", warm_summary(&summary));
-    Ok(())
+    match outcome? {
+        WarmOutcome::Succeeded(summary) => {
+            println!("{}", warm_summary(&summary));
+            Ok(())
+        }
+        WarmOutcome::Cancelled(_) => Err("the warm-up was cancelled".into()),
+        WarmOutcome::TakenOver(_) => {
+            Err("the warm-up stopped: another run took the deployment's warm-up over".into())
+        }
+    }
 }
 
 pub fn warm_summary(p: &WarmProgress) -> String {

@@ -5,6 +5,7 @@ pub mod lease;
 pub mod readers;
 pub mod replica;
 pub mod sizes;
+pub mod warm_ups;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -1,107 +1,58 @@
-//! `/v1/admin/cache/warm`: start a cache warm-up in this instance and watch its progress.
-//! Admin tokens only (`API_ADMIN_TOKENS`; see [`crate::routes::api`]). A warm-up started here
-//! is throttled unless the request asks for another rate: it shares the primary (or the
-//! replica) and Redis with live traffic.
-
-use std::sync::{Arc, Mutex};
+//! `/v1/admin/cache/warm`: start, watch and cancel the deployment's cache warm-up. Admin
+//! tokens only (`API_ADMIN_TOKENS`; see [`crate::routes::api`]). One warm-up runs per
+//! deployment, whichever instance a request reaches, and every instance reports it (see
+//! [`crate::service::warm`]). It is throttled: it shares the primary (or the replica) and
+//! Redis with live traffic.
 
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use crate::error::AppError;
-use crate::service::CacheJobError;
-use crate::service::warm::{WarmOptions, WarmProgress};
+use crate::service::warm::{ClaimError, WarmOptions, WarmStatus};
 
 /// The operator endpoints this file serves (the admin group).
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(start_warm, warm_status))
+    OpenApiRouter::new().routes(routes!(start_warm, warm_status, cancel_warm))
 }
 
 /// Rows per second a warm-up started over HTTP installs at most, unless the request says.
 pub const DEFAULT_RATE_LIMIT: u32 = 20_000;
-const MAX_RATE_LIMIT: u32 = 1_000_000;
+/// The most a request may ask for: beyond it a warm-up competes with live traffic for the
+/// database and Redis rather than filling behind it.
+const MAX_RATE_LIMIT: u32 = 50_000;
 
 /// How fast to warm.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WarmParams {
-    /// Rows per second at most (1 to 1,000,000; default 20,000).
-    #[param(minimum = 1, maximum = 1_000_000)]
+    /// Rows per second at most (1 to 50,000; default 20,000).
+    #[param(minimum = 1, maximum = 50_000)]
     rate_limit: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    #[default]
-    Idle,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-/// The last (or current) warm-up of this instance.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct WarmStatus {
-    state: JobState,
-    progress: WarmProgress,
-    /// Why it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    started_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finished_at: Option<DateTime<Utc>>,
-}
-
-/// At most one warm-up per instance at a time.
-#[derive(Debug, Default)]
-pub struct WarmJob {
-    status: Mutex<WarmStatus>,
-}
-
-impl WarmJob {
-    fn status(&self) -> WarmStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    fn update(&self, change: impl FnOnce(&mut WarmStatus)) {
-        if let Ok(mut status) = self.status.lock() {
-            change(&mut status);
-        }
-    }
-
-    /// Marks a new run as started, unless one is running.
-    fn try_start(&self) -> Result<WarmStatus, WarmStatus> {
-        let mut status = self.status.lock().map_err(|_| WarmStatus::default())?;
-        if status.state == JobState::Running {
-            return Err(status.clone());
-        }
-        *status = WarmStatus {
-            state: JobState::Running,
-            started_at: Some(Utc::now()),
-            ..WarmStatus::default()
-        };
-        Ok(status.clone())
-    }
 }
 
 #[utoipa::path(
     post,
     path = "/v1/admin/cache/warm",
     tag = "operations",
+    summary = "Start the deployment's cache warm-up",
+    description = "Loads every row of the table into the cache, page by page, with the same \
+        versioned compare-and-set as any fill, so it is safe while writes go on. One warm-up \
+        runs per deployment: while one runs on any instance, this answers 409. It runs on the \
+        instance this request reached, at `rate_limit` rows per second at most; watch it with \
+        `GET` and stop it with `DELETE` on any instance.",
     params(WarmParams),
     responses(
         (status = 202, description = "Warm-up started", body = WarmStatus),
-        (status = 400, description = "A rate limit out of range"),
-        (status = 409, description = "A warm-up is already running"),
+        (status = 400, description = "A rate limit out of range", body = crate::error::Problem),
+        (status = 409, description = "A warm-up is already running on an instance of the deployment", body = crate::error::Problem),
+        (status = 503, description = "The database is unavailable", body = crate::error::Problem,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn start_warm(
@@ -120,41 +71,27 @@ pub async fn start_warm(
             .into_response();
         }
     };
-    let options = WarmOptions {
-        rate_limit: Some(rate_limit),
-        ..WarmOptions::default()
-    };
-    let status = match state.warm_job.try_start() {
-        Ok(status) => status,
-        Err(running) => {
+    let run = match state.sizes.claim_warm_up(Some(rate_limit)).await {
+        Ok(run) => run,
+        Err(ClaimError::Running(running)) => {
             return AppError::Conflict(format!(
-                "a warm-up is already running ({} of {} rows)",
+                "a warm-up is already running in this deployment ({} of {} rows)",
                 running.progress.rows, running.progress.total
             ))
             .into_response();
         }
+        Err(ClaimError::Service(error)) => return AppError::from(error).into_response(),
     };
-    let (sizes, job) = (state.sizes.clone(), Arc::clone(&state.warm_job));
+    let status = run.status();
+    let options = WarmOptions {
+        rate_limit: Some(rate_limit),
+        ..WarmOptions::default()
+    };
+    let sizes = state.sizes.clone();
     tokio::spawn(async move {
-        let result = sizes
-            .warm_cache(&options, |progress| {
-                job.update(|s| s.progress = progress.clone())
-            })
-            .await;
-        job.update(|status| {
-            status.finished_at = Some(Utc::now());
-            match result {
-                Ok(progress) => {
-                    status.state = JobState::Succeeded;
-                    status.progress = progress;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cache warm-up failed");
-                    status.state = JobState::Failed;
-                    status.error = Some(public_reason(&error).to_owned());
-                }
-            }
-        });
+        if let Err(error) = run.run(&sizes, &options, |_| {}).await {
+            tracing::warn!(%error, "cache warm-up failed");
+        }
     });
     (StatusCode::ACCEPTED, Json(status)).into_response()
 }
@@ -163,20 +100,38 @@ pub async fn start_warm(
     get,
     path = "/v1/admin/cache/warm",
     tag = "operations",
+    summary = "The deployment's warm-up",
+    description = "The last or current warm-up of the deployment, whichever instance runs it: \
+        its state and progress (reported every second). A warm-up whose instance stopped while \
+        it ran reads as failed within 30 seconds.",
     responses(
         (status = 200, description = "The last or current warm-up", body = WarmStatus),
+        (status = 503, description = "The database is unavailable", body = crate::error::Problem,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
     )
 )]
-pub async fn warm_status(State(state): State<AppState>) -> Json<WarmStatus> {
-    Json(state.warm_job.status())
+pub async fn warm_status(State(state): State<AppState>) -> Result<Json<WarmStatus>, AppError> {
+    Ok(Json(state.sizes.warm_up_status().await?))
 }
 
-/// Why a job failed, for its HTTP status: which dependency, never its error text (which can
-/// name hosts, users or queries); the log has the whole error.
-fn public_reason(error: &CacheJobError) -> &'static str {
-    match error {
-        CacheJobError::Database(_) => "the database failed; see the service's log",
-        CacheJobError::Cache(_) => "Redis failed; see the service's log",
-        CacheJobError::NoEpoch => "Redis has no usable epoch (is it reachable?)",
-    }
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/cache/warm",
+    tag = "operations",
+    summary = "Cancel the deployment's warm-up",
+    description = "Asks the deployment's running warm-up to stop, whichever instance runs it; \
+        it stops within a second and then reads as cancelled. What it installed stays: every \
+        entry is as safe as any fill.",
+    responses(
+        (status = 202, description = "The running warm-up was asked to stop", body = WarmStatus),
+        (status = 204, description = "No warm-up is running"),
+        (status = 503, description = "The database is unavailable", body = crate::error::Problem,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
+    )
+)]
+pub async fn cancel_warm(State(state): State<AppState>) -> Result<Response, AppError> {
+    Ok(match state.sizes.cancel_warm_up().await? {
+        Some(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }

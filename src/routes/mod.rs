@@ -27,7 +27,6 @@ pub const X_CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consisten
 #[derive(Clone)]
 pub struct AppState {
     pub sizes: Arc<SizeService>,
-    pub warm_job: Arc<admin::WarmJob>,
 }
 
 #[derive(OpenApi)]

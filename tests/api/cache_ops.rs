@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::helpers::{ADMIN_TOKEN, Options, Replica, TestApp, WRITE_TOKEN, size};
-use crate::processes::OwnPostgres;
+use crate::processes::{OwnPostgres, OwnRedis};
 
 async fn app_on(primary: &OwnPostgres, replica: Option<&OwnPostgres>) -> TestApp {
     TestApp::spawn_with(Options {
@@ -364,10 +364,13 @@ async fn the_admin_endpoint_warms_the_cache_and_reports_progress() {
 
 #[tokio::test]
 async fn a_failed_warm_up_over_http_names_the_dependency_and_nothing_more() {
-    let primary = OwnPostgres::primary().await;
-    let app = app_on(&primary, None).await;
-    seed(&app, 10).await;
-    primary.stop().await;
+    let mut redis = OwnRedis::start().await;
+    let app = TestApp::spawn_with(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    redis.stop().await;
 
     let started = app
         .request(Method::POST, "/v1/admin/cache/warm", Some(ADMIN_TOKEN))
@@ -376,11 +379,66 @@ async fn a_failed_warm_up_over_http_names_the_dependency_and_nothing_more() {
         .unwrap();
     assert_eq!(started.status(), StatusCode::ACCEPTED);
     let status = warm_status_once(&app, |status| status["state"] == "failed").await;
-    // The log has the driver's error (host, port, user); the response only says which.
+    // The log has the client's error (host, port); the response only says which.
     assert_eq!(
-        status["error"], "the database failed; see the service's log",
+        status["error"], "Redis failed; see the service's log",
         "{status}"
     );
+}
+
+#[tokio::test]
+async fn one_warm_up_runs_per_deployment_and_any_instance_reports_or_cancels_it() {
+    let primary = OwnPostgres::primary().await;
+    let app = app_on(&primary, None).await;
+    let other = app
+        .sibling(Options {
+            database_url: primary.url(),
+            replica: Replica::None,
+            ..Options::default()
+        })
+        .await;
+    seed(&app, 3_000).await;
+    let warm = |app: &TestApp, method: Method, query: &str| {
+        app.request(
+            method,
+            &format!("/v1/admin/cache/warm{query}"),
+            Some(ADMIN_TOKEN),
+        )
+        .send()
+    };
+    // Past the cap, nothing starts.
+    let too_fast = warm(&app, Method::POST, "?rate_limit=50001").await.unwrap();
+    assert_eq!(too_fast.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(warm_status_once(&other, |_| true).await["state"], "idle");
+
+    // 100 rows a second: it runs for half a minute unless stopped.
+    let started = warm(&app, Method::POST, "?rate_limit=100").await.unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    // The other instance sees it running, with its progress, and starts none of its own.
+    let seen = warm_status_once(&other, |status| {
+        status["state"] == "running" && status["progress"]["rows"].as_u64() > Some(0)
+    })
+    .await;
+    assert_eq!(seen["rate_limit"], 100, "{seen}");
+    let second = warm(&other, Method::POST, "").await.unwrap();
+    assert_eq!(second.status(), StatusCode::CONFLICT);
+    assert_eq!(second.headers()["content-type"], "application/problem+json");
+
+    // Cancelled from the other instance, it stops on the instance running it.
+    let cancelled = warm(&other, Method::DELETE, "").await.unwrap();
+    assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
+    let ended = warm_status_once(&app, |status| status["state"] != "running").await;
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    let rows = ended["progress"]["rows"].as_u64().unwrap();
+    assert!(rows < 3_000, "{ended}");
+    // Nothing runs any more: cancelling again changes nothing, and a new one may start.
+    let again = warm(&app, Method::DELETE, "").await.unwrap();
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    let restarted = warm(&other, Method::POST, "").await.unwrap();
+    assert_eq!(restarted.status(), StatusCode::ACCEPTED);
+    let done = warm_status_once(&app, |status| status["state"] != "running").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["rows"], 3_000, "{done}");
 }
 
 #[tokio::test]
