@@ -355,6 +355,7 @@ pub fn router(
                             method = %request.method(),
                             path,
                             request_id,
+                            principal = tracing::field::Empty,
                             trace_id = tracing::field::Empty,
                             otel.name = tracing::field::Empty,
                             otel.kind = "server",

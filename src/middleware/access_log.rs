@@ -1,5 +1,6 @@
 //! The access log: one line per request at `info` (target `access`), with its method, route,
-//! status, latency, read source, request id and (when traces are exported) trace id. The request only hands a record to a bounded
+//! status, latency, read source, principal (the caller a `name:token` entry names), request id
+//! and (when traces are exported) trace id. The request only hands a record to a bounded
 //! queue; a background task formats and writes it, so a slow log sink never slows a request
 //! (when the queue is full, records are dropped and counted in the next line written).
 //!
@@ -29,6 +30,8 @@ pub struct AccessRecord {
     pub status: u16,
     pub latency_us: u64,
     pub read_source: Option<HeaderValue>,
+    /// The caller its token names ([`super::auth::Principal`]).
+    pub principal: Option<&'static str>,
     pub request_id: Option<HeaderValue>,
     /// When traces are exported.
     pub trace_id: Option<opentelemetry::trace::TraceId>,
@@ -147,6 +150,7 @@ fn event(record: &AccessRecord, dropped: u64) {
         status = record.status,
         latency_ms = record.latency_us as f64 / 1000.0,
         read_source = text(&record.read_source),
+        principal = record.principal.unwrap_or_default(),
         request_id = text(&record.request_id),
         trace_id = record.trace_id.map(|id| id.to_string()).unwrap_or_default(),
         dropped_before = dropped,
@@ -166,6 +170,7 @@ fn json_line(lines: &mut Vec<u8>, record: &AccessRecord, dropped: u64) {
         status: u16,
         latency_ms: f64,
         read_source: &'a str,
+        principal: &'a str,
         request_id: &'a str,
         trace_id: &'a str,
         dropped_before: u64,
@@ -181,6 +186,7 @@ fn json_line(lines: &mut Vec<u8>, record: &AccessRecord, dropped: u64) {
         status: record.status,
         latency_ms: record.latency_us as f64 / 1000.0,
         read_source: text(&record.read_source),
+        principal: record.principal.unwrap_or_default(),
         request_id: text(&record.request_id),
         trace_id: trace_id.as_deref().unwrap_or(""),
         dropped_before: dropped,

@@ -4,8 +4,13 @@
 //! Tokens are kept as SHA-256 digests and compared in constant time against every configured
 //! digest, so neither the token's content nor its length leaks through timing. Tokens are
 //! never logged.
+//!
+//! A configured entry `name:token` names its caller (`orders`, `wms`): the name is the
+//! request's [`Principal`], recorded on its trace span and in its access line, so that a write
+//! made with the WMS's token can be told from one made with another.
 
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tower::{Layer, Service};
 
 use super::{Access, Policies};
@@ -45,22 +50,55 @@ impl Scope {
     }
 }
 
+/// The name of the caller whose token a request presented (a `name:token` entry), in the
+/// response's extensions for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal(pub &'static str);
+
+/// The longest caller name an entry may give.
+const MAX_NAME: usize = 64;
+
+/// Splits a configured entry into its caller's name, if it gives one, and the token. A name
+/// is 1 to [`MAX_NAME`] letters, digits, `.`, `_` or `-` before the first `:`; a token that
+/// itself holds a `:` after such a prefix must be given a name.
+fn named(entry: &str) -> (Option<&str>, &str) {
+    match entry.split_once(':') {
+        Some((name, token))
+            if !token.is_empty()
+                && (1..=MAX_NAME).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+        {
+            (Some(name), token)
+        }
+        _ => (None, entry),
+    }
+}
+
 pub struct Authenticator {
     tokens: Vec<(TokenDigest, Scope)>,
+    /// The caller each token names, by the token's index (none: anonymous).
+    names: Vec<Option<Principal>>,
     disabled: bool,
 }
 
 impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Self {
-        let scoped = |tokens: &[secrecy::SecretString], scope| {
-            tokens
-                .iter()
-                .map(move |t| (digest(t.expose_secret()), scope))
-                .collect::<Vec<_>>()
-        };
-        let mut tokens = scoped(&settings.read_tokens, Scope::Read);
-        tokens.extend(scoped(&settings.write_tokens, Scope::Write));
-        tokens.extend(scoped(&settings.admin_tokens, Scope::Admin));
+        let mut tokens = Vec::new();
+        let mut names = Vec::new();
+        for (entries, scope) in [
+            (&settings.read_tokens, Scope::Read),
+            (&settings.write_tokens, Scope::Write),
+            (&settings.admin_tokens, Scope::Admin),
+        ] {
+            for entry in entries {
+                let (name, token) = named(entry.expose_secret());
+                tokens.push((digest(token), scope));
+                // A handful, made once: `'static` keeps a request's principal a copy.
+                names.push(name.map(|name| Principal(Box::leak(name.into()))));
+            }
+        }
         if settings.disabled {
             tracing::warn!(
                 "AUTH_DISABLED=true: reads and writes need no token; /v1/admin/ still needs an admin token"
@@ -68,44 +106,61 @@ impl Authenticator {
         }
         Self {
             tokens,
+            names,
             disabled: settings.disabled,
         }
     }
 
-    /// Whether `token` is configured with a scope that grants `access`; every configured token
-    /// is compared, so the time taken says nothing about which matched. `None`: no such token.
-    fn grants(&self, token: &str, access: Access) -> Option<bool> {
+    /// Whether `token` is configured with a scope that grants `access`, and the caller it
+    /// names; every configured token is compared and the match selected without a branch, so
+    /// the time taken says nothing about which matched. `None`: no such token.
+    fn grants(&self, token: &str, access: Access) -> Option<(bool, Option<Principal>)> {
         let presented = digest(token);
-        let mut known = false;
+        let mut known = subtle::Choice::from(0);
         let mut granted = false;
-        for (digest, scope) in &self.tokens {
-            let matches = bool::from(digest.ct_eq(&presented));
+        let mut matched = 0u32;
+        for (i, (digest, scope)) in self.tokens.iter().enumerate() {
+            let matches = digest.ct_eq(&presented);
             known |= matches;
-            granted |= matches && scope.grants(access);
+            granted |= bool::from(matches) && scope.grants(access);
+            matched.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), matches);
         }
-        known.then_some(granted)
+        bool::from(known).then(|| {
+            let name = self.names.get(matched as usize).copied().flatten();
+            (granted, name)
+        })
     }
 
     /// `AUTH_DISABLED` opens reads and writes, never the operator endpoints: those still need
-    /// an admin token (and refuse every request when none is configured).
-    fn check(&self, access: Access, authorization: Option<&str>) -> Result<(), AppError> {
+    /// an admin token (and refuse every request when none is configured). The caller the token
+    /// names comes back either way: a refusal is logged under it too.
+    fn check(
+        &self,
+        access: Access,
+        authorization: Option<&str>,
+    ) -> (Result<(), AppError>, Option<Principal>) {
         if access == Access::Public || (self.disabled && access != Access::Admin) {
-            return Ok(());
+            return (Ok(()), None);
         }
-        let token = authorization
+        let Some(token) = authorization
             .and_then(|value| {
                 value
                     .strip_prefix("Bearer ")
                     .or_else(|| value.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .ok_or(AppError::Unauthorized)?;
+        else {
+            return (Err(AppError::Unauthorized), None);
+        };
         match self.grants(token, access) {
-            None => Err(AppError::Unauthorized),
-            Some(false) => Err(AppError::Forbidden {
-                scope: access.scope(),
-            }),
-            Some(true) => Ok(()),
+            None => (Err(AppError::Unauthorized), None),
+            Some((false, name)) => (
+                Err(AppError::Forbidden {
+                    scope: access.scope(),
+                }),
+                name,
+            ),
+            Some((true, name)) => (Ok(()), name),
         }
     }
 }
@@ -157,7 +212,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+    type Future = Either<Ready<Result<Response, S::Error>>, Attributed<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -175,10 +230,48 @@ where
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.auth.check(access, authorization) {
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(error) => Either::Left(ready(Ok(error.into_response()))),
+        let (checked, principal) = self.auth.check(access, authorization);
+        if let Some(Principal(name)) = principal {
+            tracing::Span::current().record("principal", name);
         }
+        match checked {
+            Ok(()) => Either::Right(Attributed {
+                inner: self.inner.call(request),
+                principal,
+            }),
+            Err(error) => {
+                let mut response = error.into_response();
+                if let Some(principal) = principal {
+                    response.extensions_mut().insert(principal);
+                }
+                Either::Left(ready(Ok(response)))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner response future; puts the request's [`Principal`] in the response.
+    pub struct Attributed<F> {
+        #[pin]
+        inner: F,
+        principal: Option<Principal>,
+    }
+}
+
+impl<F, E> Future for Attributed<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(principal)) = (&mut result, *this.principal) {
+            response.extensions_mut().insert(principal);
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -207,24 +300,27 @@ mod tests {
             })
         };
         let without_admins = open(Vec::new());
-        assert!(without_admins.check(Access::Read, None).is_ok());
-        assert!(without_admins.check(Access::Write, None).is_ok());
+        assert!(without_admins.check(Access::Read, None).0.is_ok());
+        assert!(without_admins.check(Access::Write, None).0.is_ok());
         assert!(matches!(
-            without_admins.check(Access::Admin, None),
+            without_admins.check(Access::Admin, None).0,
             Err(AppError::Unauthorized)
         ));
         assert!(matches!(
-            without_admins.check(Access::Admin, Some("Bearer anything")),
+            without_admins
+                .check(Access::Admin, Some("Bearer anything"))
+                .0,
             Err(AppError::Unauthorized)
         ));
         let with_admins = open(vec![SecretString::from("operator")]);
         assert!(
             with_admins
                 .check(Access::Admin, Some("Bearer operator"))
+                .0
                 .is_ok()
         );
         assert!(matches!(
-            with_admins.check(Access::Admin, None),
+            with_admins.check(Access::Admin, None).0,
             Err(AppError::Unauthorized)
         ));
     }
@@ -237,7 +333,7 @@ mod tests {
             (Access::Admin, "Bearer writer", "admin"),
             (Access::Read, "Bearer operator", "read"),
         ] {
-            match auth.check(access, Some(token)) {
+            match auth.check(access, Some(token)).0 {
                 Err(AppError::Forbidden { scope: named }) => assert_eq!(named, scope),
                 other => panic!("{access:?} with {token}: {other:?}"),
             }
@@ -245,38 +341,79 @@ mod tests {
     }
 
     #[test]
+    fn a_named_entry_names_the_caller_and_its_token_alone_opens() {
+        let auth = Authenticator::new(&AuthSettings {
+            read_tokens: vec![SecretString::from("orders:s3cret:with-colon")],
+            write_tokens: vec![
+                SecretString::from("wms:w-token"),
+                SecretString::from("anonymous"),
+                SecretString::from("not a name:x"),
+            ],
+            admin_tokens: Vec::new(),
+            disabled: false,
+        });
+        let check = |access, token: &str| auth.check(access, Some(&format!("Bearer {token}")));
+        assert!(matches!(
+            check(Access::Read, "s3cret:with-colon"),
+            (Ok(()), Some(Principal("orders")))
+        ));
+        assert!(matches!(
+            check(Access::Write, "w-token"),
+            (Ok(()), Some(Principal("wms")))
+        ));
+        // A refusal is logged under the caller too.
+        assert!(matches!(
+            check(Access::Write, "s3cret:with-colon"),
+            (Err(AppError::Forbidden { .. }), Some(Principal("orders")))
+        ));
+        assert!(matches!(check(Access::Write, "anonymous"), (Ok(()), None)));
+        // Not a name before the colon: the whole entry is the token.
+        assert!(matches!(
+            check(Access::Write, "not a name:x"),
+            (Ok(()), None)
+        ));
+        // The whole entry is not a token, and neither is the name.
+        for wrong in ["orders:s3cret:with-colon", "orders", "wms:w-token", "wms"] {
+            assert!(matches!(
+                check(Access::Read, wrong),
+                (Err(AppError::Unauthorized), None)
+            ));
+        }
+    }
+
+    #[test]
     fn scopes() {
         let auth = auth();
-        assert!(auth.check(Access::Read, Some("Bearer reader")).is_ok());
-        assert!(auth.check(Access::Read, Some("Bearer writer")).is_ok());
-        assert!(auth.check(Access::Write, Some("Bearer writer")).is_ok());
+        assert!(auth.check(Access::Read, Some("Bearer reader")).0.is_ok());
+        assert!(auth.check(Access::Read, Some("Bearer writer")).0.is_ok());
+        assert!(auth.check(Access::Write, Some("Bearer writer")).0.is_ok());
         assert!(matches!(
-            auth.check(Access::Write, Some("Bearer reader")),
+            auth.check(Access::Write, Some("Bearer reader")).0,
             Err(AppError::Forbidden { .. })
         ));
         assert!(matches!(
-            auth.check(Access::Read, Some("Bearer nope")),
+            auth.check(Access::Read, Some("Bearer nope")).0,
             Err(AppError::Unauthorized)
         ));
         assert!(matches!(
-            auth.check(Access::Read, Some("reader")),
+            auth.check(Access::Read, Some("reader")).0,
             Err(AppError::Unauthorized)
         ));
         assert!(matches!(
-            auth.check(Access::Read, None),
+            auth.check(Access::Read, None).0,
             Err(AppError::Unauthorized)
         ));
-        assert!(auth.check(Access::Public, None).is_ok());
-        assert!(auth.check(Access::Admin, Some("Bearer operator")).is_ok());
+        assert!(auth.check(Access::Public, None).0.is_ok());
+        assert!(auth.check(Access::Admin, Some("Bearer operator")).0.is_ok());
         for token in ["Bearer reader", "Bearer writer"] {
             assert!(matches!(
-                auth.check(Access::Admin, Some(token)),
+                auth.check(Access::Admin, Some(token)).0,
                 Err(AppError::Forbidden { .. })
             ));
         }
         for access in [Access::Read, Access::Write] {
             assert!(matches!(
-                auth.check(access, Some("Bearer operator")),
+                auth.check(access, Some("Bearer operator")).0,
                 Err(AppError::Forbidden { .. })
             ));
         }

@@ -20,6 +20,7 @@ use axum::response::Response;
 use tower::{Layer, Service};
 
 use super::access_log::{AccessLog, AccessRecord};
+use super::auth::Principal;
 use crate::metrics::Metrics;
 use crate::routes::X_READ_SOURCE;
 use opentelemetry::trace::TraceId;
@@ -131,6 +132,7 @@ where
                         status,
                         latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
                         read_source: read_source.cloned(),
+                        principal: response.extensions().get::<Principal>().map(|p| p.0),
                         request_id,
                         trace_id,
                         at: std::time::SystemTime::now(),

@@ -28,6 +28,8 @@ async fn a_request_continues_the_callers_trace_with_spans_for_cache_and_database
             ("OTEL_EXPORTER_OTLP_ENDPOINT", received.endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("RUST_LOG", "info"),
+            // The reader names itself: its name is the principal, its token stays secret.
+            ("API_READ_TOKENS", &format!("orders:{READ_TOKEN}")),
         ],
         true,
     )
@@ -79,6 +81,7 @@ async fn a_request_continues_the_callers_trace_with_spans_for_cache_and_database
         attribute(&request, "http.response.status_code"),
         Some("200".into())
     );
+    assert_eq!(attribute(&request, "principal"), Some("orders".into()));
     // ...and the service's own calls are spans below it.
     let lookup = received
         .eventually("the cache lookup", |span| {
@@ -119,16 +122,23 @@ async fn a_request_continues_the_callers_trace_with_spans_for_cache_and_database
     loop {
         let traced = logs.lock().unwrap().iter().any(|line| {
             serde_json::from_str::<serde_json::Value>(line).is_ok_and(|record| {
-                record["request_id"] == "traced-read" && record["trace_id"] == TRACE_ID
+                record["request_id"] == "traced-read"
+                    && record["trace_id"] == TRACE_ID
+                    && record["principal"] == "orders"
             })
         });
         if traced {
             break;
         }
-        assert!(Instant::now() < deadline, "no log line with the trace id");
+        assert!(
+            Instant::now() < deadline,
+            "no log line with the trace id and the principal"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.terminate(Duration::from_secs(15)).await;
+    let logs = logs.lock().unwrap();
+    assert!(!logs.iter().any(|line| line.contains(READ_TOKEN)));
 }
 
 /// An OTLP/HTTP endpoint: decodes every export and keeps its spans.
