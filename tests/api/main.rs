@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL (primary + streaming replicas) and Redis.
 //! Start them with `scripts/services.sh up`; `scripts/test.sh` does everything.
 
+mod alerts;
 mod bounded;
 mod cache_ops;
 mod consistency;

@@ -148,3 +148,9 @@ app.kubernetes.io/instance: {{ .context.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/managed-by: {{ .context.Release.Service }}
 {{- end -}}
+
+{{/* The label matchers every alert expression selects the release's series with: those the
+     chart's ServiceMonitor gives them, unless `prometheusRule.selector` says otherwise. */}}
+{{- define "pss.alertMatchers" -}}
+{{- .Values.prometheusRule.selector | default (printf "namespace=%q,release=%q" .Release.Namespace .Release.Name) -}}
+{{- end -}}
