@@ -22,7 +22,8 @@
 //! **Slow and idle clients.** At most [`Limits::max_connections`] connections are open; at
 //! the cap, new ones wait in the kernel's backlog until one closes. A connection must send its
 //! first bytes, and each HTTP/1.1 request its headers, within [`Limits::header_read_timeout`]
-//! (which also closes idle keep-alive connections); bodies and handlers are bounded by the
+//! (which also closes idle connections: HTTP/1.1 keep-alive ones, and HTTP/2 ones without an
+//! open stream, with a GOAWAY); bodies and handlers are bounded by the
 //! per-request timeout of [`crate::middleware::timeout`].
 
 use std::future::Future;
@@ -229,17 +230,27 @@ async fn serve_connection(
             let stopping = async {
                 let _ = stop.changed().await;
             };
-            serve_until(pin!(connection), stopping, |c| c.graceful_shutdown())
+            let never = std::future::pending();
+            serve_until(pin!(connection), stopping, |c| c.graceful_shutdown(), never)
                 .await
+                .unwrap_or(Ok(()))
                 .map_err(Into::into)
         }
         Protocol::Http2 => {
             let first_request = Arc::new(Notify::new());
+            // Streams being answered: the connection is idle while there are none.
+            let open = Arc::new(watch::Sender::new(0usize));
             let service = {
-                let first_request = first_request.clone();
+                let (first_request, open) = (first_request.clone(), open.clone());
                 hyper::service::service_fn(move |request: Request<Incoming>| {
                     first_request.notify_one();
-                    router.clone().oneshot(request)
+                    let answering = Answering::new(open.clone());
+                    let answer = router.clone().oneshot(request);
+                    async move {
+                        let answer = answer.await;
+                        drop(answering);
+                        answer
+                    }
                 })
             };
             let connection = http2::Builder::new(TokioExecutor::new())
@@ -248,36 +259,89 @@ async fn serve_connection(
                 .serve_connection(io, service);
             // Stopping: a GOAWAY before the client's first stream would refuse the request it
             // opened this connection for, so it waits for that request (or the deadline). The
-            // GOAWAY then lets every stream the client has opened finish.
+            // GOAWAY then lets every stream the client has opened finish. A connection idle
+            // for the header read timeout closes the same way, as an HTTP/1.1 one does.
             let stopping = async {
-                let _ = stop.changed().await;
                 tokio::select! {
-                    () = first_request.notified() => {}
-                    () = tokio::time::sleep(limits.header_read_timeout) => {}
+                    () = async {
+                        let _ = stop.changed().await;
+                        tokio::select! {
+                            () = first_request.notified() => {}
+                            () = tokio::time::sleep(limits.header_read_timeout) => {}
+                        }
+                    } => {}
+                    () = idle_for(&open, limits.header_read_timeout) => {}
                 }
             };
-            serve_until(pin!(connection), stopping, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
+            // The GOAWAY that ends a graceful shutdown waits for the client to answer a ping:
+            // a client that never does would keep the connection. Once no stream has been
+            // open for the header read timeout since the shutdown began, it is closed.
+            let given_up = idle_for(&open, limits.header_read_timeout);
+            serve_until(
+                pin!(connection),
+                stopping,
+                |c| c.graceful_shutdown(),
+                given_up,
+            )
+            .await
+            .unwrap_or(Ok(()))
+            .map_err(Into::into)
+        }
+    }
+}
+
+/// Counts one HTTP/2 stream being answered for as long as it lives (a stream the client
+/// resets drops it too).
+struct Answering(Arc<watch::Sender<usize>>);
+
+impl Answering {
+    fn new(open: Arc<watch::Sender<usize>>) -> Self {
+        open.send_modify(|n| *n += 1);
+        Self(open)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Resolves once no stream has been open for `limit`.
+async fn idle_for(open: &watch::Sender<usize>, limit: Duration) {
+    let mut open = open.subscribe();
+    loop {
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
+        open.mark_unchanged();
+        if tokio::time::timeout(limit, open.changed()).await.is_err() {
+            return;
         }
     }
 }
 
 /// Drives `connection` to its end; once `stopping` resolves first, asks it to shut down
-/// gracefully and drives it to its end still. The connection is polled before `stopping`
-/// each time, so a request it has begun reading is never cut off by the stop.
+/// gracefully and drives it to its end still, unless `given_up` (first polled then) resolves
+/// first: then `None`, and the connection is dropped. The connection is polled before
+/// `stopping` each time, so a request it has begun reading is never cut off by the stop.
 async fn serve_until<C: Future>(
     mut connection: Pin<&mut C>,
     stopping: impl Future<Output = ()>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
-) -> C::Output {
+    given_up: impl Future<Output = ()>,
+) -> Option<C::Output> {
     tokio::select! {
         biased;
-        served = connection.as_mut() => return served,
+        served = connection.as_mut() => return Some(served),
         () = stopping => {}
     }
     graceful_shutdown(connection.as_mut());
-    connection.await
+    tokio::select! {
+        biased;
+        served = connection => Some(served),
+        () = given_up => None,
+    }
 }
 
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1 request line; `None`

@@ -95,6 +95,93 @@ async fn closed_by_server(mut stream: TcpStream, trickle: bool) -> bool {
     }
 }
 
+/// The client's side of an HTTP/2 connection's start: the preface and empty SETTINGS.
+const H2_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// One HTTP/2 frame: its type, flags, stream and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// Reads frames until the server closes the connection, within `within`; the types of the
+/// frames it sent on `stream`, and whether it sent a GOAWAY. `None`: still open.
+async fn h2_until_closed(
+    connection: &mut TcpStream,
+    stream: u32,
+    within: Duration,
+) -> Option<(Vec<u8>, bool)> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, connection.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (mut on_stream, mut goaway) = (Vec::new(), false);
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let id = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+        goaway |= rest[3] == 7;
+        if id == stream {
+            on_stream.push(rest[3]);
+        }
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    Some((on_stream, goaway))
+}
+
+#[tokio::test]
+async fn idle_http2_connections_close_after_the_header_read_timeout() {
+    let app = TestApp::spawn_with(Options {
+        http: Limits {
+            header_read_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+
+    // A connection that never opens a stream.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    silent.write_all(H2_START).await.unwrap();
+    let (_, goaway) = h2_until_closed(&mut silent, 0, Duration::from_secs(20))
+        .await
+        .expect("an HTTP/2 connection without a stream is closed");
+    assert!(goaway, "closed with a GOAWAY");
+
+    // A connection whose request was answered, then idle.
+    let mut used = TcpStream::connect(&addr).await.unwrap();
+    used.write_all(H2_START).await.unwrap();
+    // GET /healthz (HPACK: :method GET, :scheme http, :path literal), END_STREAM|END_HEADERS.
+    let mut headers = vec![0x82, 0x86, 0x04, 8];
+    headers.extend(b"/healthz");
+    used.write_all(&h2_frame(1, 0x5, 1, &headers))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (answer, goaway) = h2_until_closed(&mut used, 1, Duration::from_secs(20))
+        .await
+        .expect("an idle HTTP/2 connection is closed");
+    assert!(
+        answer.contains(&1),
+        "the request was answered first: {answer:?}"
+    );
+    assert!(goaway, "closed with a GOAWAY");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before it was idle for the timeout"
+    );
+}
+
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_until_one_closes() {
     let app = TestApp::spawn_with(Options {
