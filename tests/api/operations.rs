@@ -118,8 +118,26 @@ async fn the_docs_page_and_its_assets_are_served_offline() {
             .unwrap()
             .starts_with("text/html")
     );
+    // Scripts and styles only from the instance itself, and no inline script to run.
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'"] {
+        assert!(csp.contains(directive), "{csp}");
+    }
     let html = page.text().await.unwrap();
-    assert!(html.contains("/openapi.json") && html.contains("swagger-ui-bundle.js"));
+    assert!(html.contains("\"docs/swagger-ui-bundle.js\""), "{html}");
+    // Relative URLs only: behind a path prefix they stay under it.
+    for absolute in ["src=\"/", "href=\"/", "url: \"/"] {
+        assert!(!html.contains(absolute), "{html}");
+    }
+    assert!(!html.contains("<script>"), "{html}");
+    let start = app
+        .request(Method::GET, "/docs/start.js", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::OK);
+    let start = start.text().await.unwrap();
+    assert!(start.contains("new URL(\"openapi.json\", document.baseURI)"), "{start}");
     let bundle = app
         .request(Method::GET, "/docs/swagger-ui-bundle.js", None)
         .send()
