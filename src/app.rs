@@ -23,7 +23,7 @@ use crate::cache::{Cache, CacheRole};
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::replica::{ReplicaHealth, spawn_probe};
-use crate::error::AppError;
+use crate::error::{self, AppError};
 use crate::metrics::Metrics;
 use crate::middleware::Access;
 use crate::middleware::access_log::{AccessLog, AccessLogWriter};
@@ -320,7 +320,7 @@ pub fn router(
     )
     .route("/docs", get(docs::docs_page))
     .route("/docs/{*file}", get(docs::docs_asset))
-    .fallback(|| async { AppError::NotFound("no such route".into()) })
+    .fallback(|| async { AppError::NoRoute })
     .with_state(state)
     // One stack, outermost first, applied with one `layer` call: axum boxes each route once
     // per `layer` call, and a request pays for every box and clone on its way in.
@@ -337,6 +337,9 @@ pub fn router(
                 header::AUTHORIZATION,
             ]))
             .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRandomRequestId))
+            // Outside the next layer, which copies the id onto the response: every problem
+            // body, the inner layers' included, gets it as `request_id`.
+            .map_response(error::with_request_id)
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
             .layer(
                 TraceLayer::new_for_http()

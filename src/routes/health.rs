@@ -51,18 +51,29 @@ pub struct Readiness {
     cache_fences_evictable: bool,
 }
 
+/// Liveness: the process is alive
+///
+/// Answers 200 while the process serves HTTP, whatever its dependencies: for a liveness probe.
+/// Needs no token.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// Readiness: what the instance can serve
+///
+/// Names each dependency (the primary database, the replica, the cache) up or down, from
+/// probes that run in the background, so asking often costs the dependencies nothing. 200
+/// while the instance can serve anything, possibly degraded (reads from what answers); 503
+/// only when it can serve nothing. Needs no token.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Can serve (possibly degraded)", body = Readiness),
-        (status = 503, description = "Can serve nothing", body = Readiness),
+        (status = 503, description = "Can serve nothing", body = Readiness,
+         headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
     ))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ready = state.sizes.readiness();
     let up = |ok: bool| {
         if ok {
@@ -80,8 +91,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         (false, true) => (StatusCode::OK, "degraded"),
         (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
+    let retry = (status == StatusCode::SERVICE_UNAVAILABLE).then_some([(header::RETRY_AFTER, "1")]);
     (
         status,
+        retry,
         Json(Readiness {
             status: word,
             primary: up(ready.primary),
@@ -93,6 +106,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     )
 }
 
+/// Prometheus metrics
+///
+/// Request counts and latency by route and status, cache lookups by outcome, reads by source,
+/// replica lag, the cache repair backlog, pool use and the last cache audit's counts, all
+/// prefixed `product_size_`, in the OpenMetrics text format. Needs no token.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus metrics (OpenMetrics text format)",
                content_type = "application/openmetrics-text", body = String)))]

@@ -83,18 +83,38 @@ pub struct LookupResponse {
     not_found: Vec<String>,
 }
 
+/// Read the sizes of many products at once
+///
+/// The sizes of 1 to 1000 SKUs in one request, for the Order system reading a whole order: a
+/// read, although it is a POST (the list goes in the body), so a read token will do. Found
+/// sizes come in request order in `items`; the SKUs with no size, in request order, in
+/// `not_found`. A SKU asked for twice is answered once.
+///
+/// **Freshness.** Each size is never older than a write the service acknowledged before this
+/// read began, whichever instance answers; with a write's `X-Consistency-Token` sent back,
+/// every size is at least as new as that write, on any instance.
+///
+/// **Source.** `X-Read-Source` names the farthest source any SKU needed: `cache` if every
+/// one was a cache hit, else `replica` or `primary`.
 #[utoipa::path(
     post,
     path = LOOKUP_PATH,
     tag = "sizes",
-    params(("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "Token from an earlier write: answers are at least that new",
+    params(("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "The `X-Consistency-Token` of an earlier write: every answer is at least that new",
             pattern = "^[0-9A-Fa-f]{16}$")),
-    request_body(content = LookupRequest, content_type = "application/json"),
+    request_body(
+        content = LookupRequest,
+        content_type = "application/json",
+        examples(
+            ("order" = (summary = "The SKUs of one order",
+                        value = json!({"skus": ["SHOE-42-BLK", "TSHIRT-M-RED", "MUG-350ML"]}))),
+        ),
+    ),
     responses(
         (status = 200, description = "Sizes found and SKUs not found", body = LookupResponse,
-         headers(("X-Read-Source" = String, description = "The farthest source used: cache, replica or primary"))),
-        (status = 400, description = "Malformed JSON or token"),
-        (status = 422, description = "Invalid fields, each named"),
+         headers(("X-Read-Source" = String, description = "The farthest source used: `cache`, `replica` or `primary`"))),
+        (status = 400, description = "Malformed JSON or consistency token"),
+        (status = 422, description = "Not 1 to 1000 SKUs, or invalid SKUs, each named"),
     )
 )]
 pub async fn lookup(

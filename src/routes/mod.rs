@@ -12,9 +12,11 @@ pub mod sync;
 use std::sync::Arc;
 
 use axum::http::{HeaderName, Method};
+use utoipa::openapi::header::Header;
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::openapi::{Content, ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -40,7 +42,18 @@ pub struct AppState {
                        `Accept-Encoding: gzip`. A W3C `traceparent` header is continued by the service's \
                        traces. Any request still unanswered after the server's request timeout \
                        (`HTTP_REQUEST_TIMEOUT_MS`), and a miss or write while the database is saturated, \
-                       is answered 503 with `Retry-After`.",
+                       is answered 503 with `Retry-After`.\n\n\
+                       **Freshness.** Every write answers with `X-Consistency-Token`: a read that sends it \
+                       back, to any instance, gets data at least that new. Pass it on to the services that \
+                       read after the write.\n\n\
+                       **Errors** are `application/problem+json` (RFC 9457). Their `type` names the kind of \
+                       problem with a stable URI (the `Problem` schema lists them), and `request_id` is the \
+                       request's `X-Request-Id`: echoed if the request sent one, made up otherwise, and in \
+                       the service's logs.\n\n\
+                       **Versions.** Every product path starts with `/v1`. Within it, changes are additive: \
+                       new operations, optional request fields and headers, response fields and headers, \
+                       problem types. Clients ignore what they do not know; a change that would break one \
+                       comes under a new prefix.",
         license(name = "MIT", identifier = "MIT"),
     ),
     // Referred to by name: a batch's items (see `sync::SyncRequest`) and every error response
@@ -101,23 +114,34 @@ pub fn api() -> (OpenApiRouter<AppState>, Policies) {
 /// Documents what the group an operation is registered in means for it: the token scope it
 /// needs, the 401 and 403 the authorization layer answers, and the 503 of the database the
 /// group routes to. Every operation that takes a body may also meet the body's 413 and 415;
-/// and every error response a route documents by status and description alone is a problem
-/// (RFC 9457), as `AppError` renders it.
+/// every error response a route documents by status and description alone is a problem
+/// (RFC 9457), as `AppError` renders it, and one documented with a `Problem` body is filed
+/// under the problem's media type; every 503 names `Retry-After`.
 fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
     let (scope, forbidden, unavailable) = match access {
-        Access::Read => (Some("read"), None, Some("No data source is reachable")),
+        Access::Read => (
+            Some("read"),
+            None,
+            Some(
+                "No source of the data can answer (the cache cannot serve it and the database \
+                 is down or saturated), or the request outlived the server's request timeout. \
+                 Retry after `Retry-After` seconds",
+            ),
+        ),
         Access::Write => (
             Some("write"),
             Some("The token may only read"),
             Some(
-                "The primary database is unavailable (nothing was written); or the write is \
-                 committed, but its cache update failed and not every instance could learn of \
-                 it in time (not acknowledged: retrying it is safe)",
+                "Not acknowledged; retrying it is safe. The primary database is down or \
+                 saturated (nothing was written); or the write is committed, but its cache \
+                 update failed and not every instance could learn of it in time; or the \
+                 request outlived the server's request timeout (it may have committed)",
             ),
         ),
         Access::Admin => (Some("admin"), Some("Not an admin token"), None),
         Access::Public | Access::NotAllowed => (None, None, None),
     };
+    let too_large = format!("Body larger than {} KiB", extract::BODY_LIMIT / 1024);
     for item in group.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -131,24 +155,40 @@ fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
             for (status, response) in responses.iter_mut() {
                 if let RefOr::T(response) = response
                     && status.parse::<u16>().is_ok_and(|status| status >= 400)
-                    && response.content.is_empty()
                 {
-                    *response = problem(&response.description);
+                    if response.content.is_empty() {
+                        *response = problem(&response.description);
+                    } else {
+                        serve_problems_as_problem_json(response);
+                    }
                 }
             }
             let mut problems = Vec::new();
             if let Some(scope) = scope {
                 operation.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
-                problems.push(("401", "No or invalid token"));
+                problems.push(("401", "No bearer token, or an unknown one"));
             }
             problems.extend(forbidden.map(|d| ("403", d)));
             problems.extend(unavailable.map(|d| ("503", d)));
             if operation.request_body.is_some() {
-                problems.extend([("413", "Body too large"), ("415", "Body is not JSON")]);
+                problems.extend([
+                    ("413", too_large.as_str()),
+                    (
+                        "415",
+                        "Body not declared JSON (`Content-Type: application/json`)",
+                    ),
+                ]);
             }
             for (status, description) in problems {
                 (operation.responses.responses)
                     .insert(status.to_owned(), problem(description).into());
+            }
+            // Every 503 the service sends says when to try again.
+            if let Some(RefOr::T(unavailable)) = operation.responses.responses.get_mut("503") {
+                unavailable
+                    .headers
+                    .entry("Retry-After".to_owned())
+                    .or_insert_with(|| retry_after().into());
             }
         }
     }
@@ -167,6 +207,35 @@ pub fn problem(description: &str) -> utoipa::openapi::Response {
                 .build(),
         )
         .build()
+}
+
+/// Files a `Problem` body a route documents (`body = Problem`, by default `application/json`)
+/// under the media type `AppError` sends it with.
+fn serve_problems_as_problem_json(response: &mut utoipa::openapi::Response) {
+    let problem = Ref::from_schema_name(<crate::error::Problem as utoipa::ToSchema>::name());
+    let is_problem = |content: &RefOr<Content>| match content {
+        RefOr::T(content) => content.schema == Some(RefOr::Ref(problem.clone())),
+        RefOr::Ref(_) => false,
+    };
+    if response
+        .content
+        .get("application/json")
+        .is_some_and(is_problem)
+        && let Some(content) = response.content.shift_remove("application/json")
+    {
+        (response.content).insert(crate::error::PROBLEM_JSON.to_owned(), content);
+    }
+}
+
+/// The `Retry-After` header of a 503.
+fn retry_after() -> Header {
+    let seconds = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+        .minimum(Some(0));
+    let mut header = Header::new(seconds);
+    header.description = Some("Seconds to wait before trying again".to_owned());
+    header
 }
 
 /// Records `access` for every operation `group` documents.
@@ -194,4 +263,41 @@ pub fn openapi_json() -> String {
     let mut json = openapi.to_pretty_json().unwrap_or_default();
     json.push('\n');
     json
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn every_operation_says_what_it_does_with_examples_and_when_to_retry() {
+        let document: Value = serde_json::from_str(&openapi_json()).unwrap();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let said = |field: &str| operation[field].as_str().is_some_and(|t| !t.is_empty());
+                assert!(said("summary"), "{method} {path} has a summary");
+                assert!(said("description"), "{method} {path} has a description");
+                if let Some(bodies) = operation["requestBody"]["content"].as_object() {
+                    for body in bodies.values() {
+                        assert!(body["examples"].is_object(), "{method} {path}: examples");
+                    }
+                }
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    let problem = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_ne!(
+                        problem, "#/components/schemas/Problem",
+                        "{method} {path}: {status} is a problem+json"
+                    );
+                }
+                if let Some(unavailable) = operation["responses"].get("503") {
+                    assert!(
+                        unavailable["headers"]["Retry-After"].is_object(),
+                        "{method} {path}: a 503 names Retry-After"
+                    );
+                }
+            }
+        }
+    }
 }

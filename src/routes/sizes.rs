@@ -108,23 +108,41 @@ impl SizeFields {
 /// A size's media type, as a header value made once.
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// Read one product's size
+///
+/// One SKU's dimensions, weight and size label, for the Order system. For the SKUs of a whole
+/// order, `POST /v1/product-sizes/lookup` answers them in one request.
+///
+/// **Freshness.** The answer is never older than a write the service acknowledged before this
+/// read began, whichever instance answers. A read that sends back a write's
+/// `X-Consistency-Token` (its own, or one passed on by the service that wrote) gets at least
+/// that write's version on every path, cache hits included, on any instance of any deployment
+/// sharing the database.
+///
+/// **Source.** `X-Read-Source` says where the answer came from: `cache` (Redis), `replica`
+/// (the read replica, used only when provably fresh enough) or `primary`.
+///
+/// **Revalidation.** `ETag` is the version, quoted. Sent back in `If-None-Match`, it gets a
+/// 304 without a body while the version is unchanged.
 #[utoipa::path(
     get,
     path = "/v1/products/{sku}/size",
     tag = "sizes",
     params(
         ("sku" = Sku, Path, description = "Stock keeping unit"),
-        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag(s) the client holds: 304 if current"),
-        ("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "Token from an earlier write: the answer is at least that new",
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag(s) the client holds, e.g. `\"3\"`: 304 if one is current"),
+        ("X-Consistency-Token" = Option<String>, Header, nullable = false, description = "The `X-Consistency-Token` of an earlier write: the answer is at least that new",
          pattern = "^[0-9A-Fa-f]{16}$"),
     ),
     responses(
         (status = 200, description = "The product's size", body = ProductSize,
          headers(("ETag" = String, description = "The version, quoted"),
-                 ("X-Read-Source" = String, description = "cache, replica or primary"))),
-        (status = 304, description = "The client's ETag is current"),
-        (status = 400, description = "Invalid SKU or token"),
-        (status = 404, description = "Unknown SKU"),
+                 ("X-Read-Source" = String, description = "Where the answer came from: `cache`, `replica` or `primary`"))),
+        (status = 304, description = "The client's ETag is current: no body",
+         headers(("ETag" = String, description = "The version, quoted"),
+                 ("X-Read-Source" = String, description = "Where the answer came from: `cache`, `replica` or `primary`"))),
+        (status = 400, description = "Invalid SKU or consistency token"),
+        (status = 404, description = "No size is stored for this SKU (never written, or deleted)"),
     )
 )]
 pub async fn get_size(
@@ -158,6 +176,25 @@ pub async fn get_size(
         .into_response())
 }
 
+/// Create or replace one product's size
+///
+/// Stores the size fields for the SKU: 201 when it creates the product (or re-creates a
+/// deleted one, whose version continues), 200 when it replaces it. The answer is committed on
+/// the primary database before it is sent.
+///
+/// **Idempotent.** A body equal to what is stored (the same fields, the same
+/// `source_version`) changes nothing: 200 with the same version and `ETag`. So a PUT that
+/// timed out, or was answered 503, is safe to send again.
+///
+/// **WMS order.** `source_version` is the WMS's own counter for the SKU. An update with a
+/// counter lower than the stored one (or equal to it, with other content) never applies: 409,
+/// nothing changed. A PUT without one keeps the stored counter.
+///
+/// **Conditional.** `If-Match: "3"` applies the write only to version 3 (412 otherwise: a lost
+/// update prevented); `If-None-Match: *` only creates (412 if the product exists).
+///
+/// **Freshness.** `X-Consistency-Token` names this write: a read that sends it back, on any
+/// instance, gets at least this version. Pass it on to a service that reads after you.
 #[utoipa::path(
     put,
     path = "/v1/products/{sku}/size",
@@ -169,24 +206,43 @@ pub async fn get_size(
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "`*`: create only (412 if it exists); or versions it must not have",
          pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
     ),
-    request_body(content = SizeRequest, content_type = "application/json"),
+    request_body(
+        content = SizeRequest,
+        content_type = "application/json",
+        examples(
+            ("by_hand" = (summary = "A size entered by hand (no WMS counter)",
+                          value = json!({"length_mm": 330, "width_mm": 210, "height_mm": 120,
+                                         "weight_g": 950, "size_label": "EU 42"}))),
+            ("from_the_wms" = (summary = "An update from the WMS, with its counter for this SKU",
+                               value = json!({"length_mm": 330, "width_mm": 210, "height_mm": 120,
+                                              "weight_g": 950, "size_label": "EU 42",
+                                              "source_version": 1017}))),
+            ("no_label" = (summary = "A product without a size label",
+                           value = json!({"length_mm": 240, "width_mm": 170, "height_mm": 260,
+                                          "weight_g": 1150, "size_label": null}))),
+        ),
+    ),
     responses(
         (status = 201, description = "Created", body = ProductSize,
-         headers(("ETag" = String), ("X-Consistency-Token" = String, description = "Send on reads to see at least this write")),
+         headers(("ETag" = String, description = "The new version, quoted"),
+                 ("X-Consistency-Token" = String, description = "Send it on reads to get at least this write")),
          links(
              ("GetSize" = (operation_id = "get_size", parameters(("sku" = "$request.path.sku")))),
              ("DeleteSize" = (operation_id = "delete_size", parameters(("sku" = "$request.path.sku")))),
          )),
         (status = 200, description = "Replaced, or unchanged (same content: version kept)", body = ProductSize,
-         headers(("ETag" = String), ("X-Consistency-Token" = String)),
+         headers(("ETag" = String, description = "The stored version, quoted"),
+                 ("X-Consistency-Token" = String, description = "Send it on reads to get at least this write")),
          links(
              ("GetSize" = (operation_id = "get_size", parameters(("sku" = "$request.path.sku")))),
              ("DeleteSize" = (operation_id = "delete_size", parameters(("sku" = "$request.path.sku")))),
          )),
         (status = 400, description = "Malformed JSON, invalid SKU or header"),
-        (status = 409, description = "source_version older than the stored one"),
-        (status = 412, description = "If-Match / If-None-Match failed"),
-        (status = 422, description = "Invalid fields, each named"),
+        (status = 409, description = "`source_version` older than the stored one (or equal, with other content): nothing changed",
+         body = crate::error::Problem, content_type = "application/problem+json",
+         headers(("X-Consistency-Token" = String, description = "Send it on reads to get at least the stored, newer version"))),
+        (status = 412, description = "`If-Match` or `If-None-Match` does not hold: nothing changed"),
+        (status = 422, description = "Invalid or unknown fields, each named"),
     )
 )]
 pub async fn put_size(
@@ -236,6 +292,15 @@ pub async fn put_size(
         .into_response())
 }
 
+/// Delete one product's size
+///
+/// Removes the SKU's size: reads answer 404 from then on. The version is kept, so a later
+/// create continues it and an `ETag` never names two contents; a WMS update older than the
+/// deleted row's `source_version` stays stale and does not bring it back.
+///
+/// Deleting again answers 404: a retry after a lost answer is harmless. `If-Match: "3"`
+/// deletes only version 3 (412 otherwise). `X-Consistency-Token` names the delete: a read that
+/// sends it back, on any instance, gets 404 or a later version.
 #[utoipa::path(
     delete,
     path = "/v1/products/{sku}/size",
@@ -246,10 +311,11 @@ pub async fn put_size(
          pattern = r#"^(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*)$"#),
     ),
     responses(
-        (status = 204, description = "Deleted", headers(("X-Consistency-Token" = String))),
+        (status = 204, description = "Deleted",
+         headers(("X-Consistency-Token" = String, description = "Send it on reads to see at least this delete"))),
         (status = 400, description = "Invalid SKU or header"),
-        (status = 404, description = "Unknown SKU"),
-        (status = 412, description = "If-Match failed"),
+        (status = 404, description = "No size is stored for this SKU (never written, or already deleted)"),
+        (status = 412, description = "`If-Match` does not hold: nothing changed"),
     )
 )]
 pub async fn delete_size(

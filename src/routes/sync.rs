@@ -174,16 +174,46 @@ pub struct SyncResponse {
     results: Vec<SyncResult>,
 }
 
+/// Apply a batch of WMS updates
+///
+/// For the WMS: 1 to 1000 updates, each a SKU's size fields and the WMS's own counter for it
+/// (`source_version`), applied in one transaction on the primary database before the answer is
+/// sent. Each item is answered on its own, in input order: `applied` (a new version),
+/// `unchanged` (the same content and counter as stored), `stale` (a counter lower than the
+/// stored one, or equal with other content: never applied) or `invalid` (with the reason; the
+/// other items still apply). A SKU may appear several times: its updates apply in order.
+///
+/// **Idempotent.** Replaying a batch, or sending it again after a timeout or a 503, changes
+/// nothing a second time: its items come back `unchanged` or `stale`. Batches that arrive out
+/// of order cannot move a SKU back to an older counter.
+///
+/// **Freshness.** `X-Consistency-Token` names the whole batch: a read that sends it back, on
+/// any instance, gets at least every version it applied. Pass it on with the news of the
+/// update, to the services that will read it.
 #[utoipa::path(
     post,
     path = "/v1/sync/product-sizes",
     tag = "sync",
-    request_body(content = SyncRequest, content_type = "application/json"),
+    request_body(
+        content = SyncRequest,
+        content_type = "application/json",
+        examples(
+            ("batch" = (summary = "Two SKUs' updates, each with the WMS's counter",
+                        value = json!({"updates": [
+                            {"sku": "SHOE-42-BLK", "length_mm": 330, "width_mm": 210,
+                             "height_mm": 120, "weight_g": 950, "size_label": "EU 42",
+                             "source_version": 1017},
+                            {"sku": "TSHIRT-M-RED", "length_mm": 310, "width_mm": 230,
+                             "height_mm": 20, "weight_g": 175, "size_label": "M",
+                             "source_version": 88},
+                        ]}))),
+        ),
+    ),
     responses(
         (status = 200, description = "Per-item results, in input order", body = SyncResponse,
-         headers(("X-Consistency-Token" = String, description = "Send on reads to see at least this batch"))),
+         headers(("X-Consistency-Token" = String, description = "Send it on reads to get at least every version this batch applied"))),
         (status = 400, description = "Malformed JSON"),
-        (status = 422, description = "The batch itself is invalid (not 1..=1000 updates)"),
+        (status = 422, description = "The batch itself is invalid: not 1 to 1000 updates, or an unknown top-level field"),
     )
 )]
 pub async fn sync_sizes(

@@ -223,3 +223,59 @@ async fn request_ids_are_echoed_or_generated() {
         .unwrap();
     assert!(!generated.headers()["x-request-id"].is_empty());
 }
+
+#[tokio::test]
+async fn the_documented_request_examples_are_accepted() {
+    let app = TestApp::spawn().await;
+    let document: Value = app
+        .request(Method::GET, "/openapi.json", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let examples = |method: &str, path: &str| -> Vec<Value> {
+        let content = &document["paths"][path][method]["requestBody"]["content"];
+        let examples: Vec<Value> = content["application/json"]["examples"]
+            .as_object()
+            .into_iter()
+            .flat_map(|examples| examples.values().map(|e| e["value"].clone()))
+            .collect();
+        assert!(!examples.is_empty(), "{method} {path} has examples");
+        examples
+    };
+
+    for (n, body) in examples("put", "/v1/products/{sku}/size")
+        .into_iter()
+        .enumerate()
+    {
+        let response = app.put(&app.sku(&format!("example-{n}")), &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{body}");
+    }
+    for body in examples("post", "/v1/product-sizes/lookup") {
+        let response = app
+            .request(Method::POST, "/v1/product-sizes/lookup", Some(READ_TOKEN))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{body}");
+    }
+    for mut body in examples("post", "/v1/sync/product-sizes") {
+        // Under this test's own SKUs: the shared database's rows of the examples' SKUs stay
+        // as they are.
+        for update in body["updates"].as_array_mut().unwrap() {
+            update["sku"] = json!(app.sku(update["sku"].as_str().unwrap()));
+        }
+        let response = app
+            .request(Method::POST, "/v1/sync/product-sizes", Some(WRITE_TOKEN))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{body}");
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["invalid"], 0, "{outcome}");
+    }
+}
