@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 
 /// What a warm-up's row holds.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -88,6 +88,24 @@ pub async fn claim(
         .ok_or(sqlx::Error::RowNotFound)?))
 }
 
+/// `sql` with `$1` the ledger, `$2` the run and `$3` to `$8` the counts bound.
+fn counted<'q>(
+    sql: &'static str,
+    ledger: &'q str,
+    run: &'q str,
+    counts: &Counts,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(ledger)
+        .bind(run)
+        .bind(int(counts.total))
+        .bind(int(counts.rows))
+        .bind(int(counts.installed))
+        .bind(int(counts.skipped))
+        .bind(int(counts.pages_from_primary))
+        .bind(counts.elapsed_secs)
+}
+
 /// Records the progress of `run`; returns whether it was asked to stop, or `None` if the row
 /// is no longer its own (its reports stopped for long enough that another run took over).
 pub async fn report(
@@ -96,21 +114,17 @@ pub async fn report(
     run: &str,
     counts: &Counts,
 ) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
+    let row = counted(
         "UPDATE cache_warm_ups SET total = $3, rows_read = $4, installed = $5, skipped = $6, \
              pages_from_primary = $7, elapsed_secs = $8, reported_at = now() \
          WHERE ledger = $1 AND run = $2 AND state = 'running' RETURNING cancel_requested",
+        ledger,
+        run,
+        counts,
     )
-    .bind(ledger)
-    .bind(run)
-    .bind(int(counts.total))
-    .bind(int(counts.rows))
-    .bind(int(counts.installed))
-    .bind(int(counts.skipped))
-    .bind(int(counts.pages_from_primary))
-    .bind(counts.elapsed_secs)
     .fetch_optional(conn)
-    .await
+    .await?;
+    row.map(|row| row.try_get(0)).transpose()
 }
 
 /// Records how `run` ended: `state` is `succeeded`, `failed` or `cancelled`.
@@ -122,21 +136,16 @@ pub async fn finish(
     counts: &Counts,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE cache_warm_ups SET state = $3, total = $4, rows_read = $5, installed = $6, \
-             skipped = $7, pages_from_primary = $8, elapsed_secs = $9, error = $10, \
+    counted(
+        "UPDATE cache_warm_ups SET total = $3, rows_read = $4, installed = $5, skipped = $6, \
+             pages_from_primary = $7, elapsed_secs = $8, state = $9, error = $10, \
              reported_at = now(), finished_at = now() \
          WHERE ledger = $1 AND run = $2 AND state = 'running'",
+        ledger,
+        run,
+        counts,
     )
-    .bind(ledger)
-    .bind(run)
     .bind(state)
-    .bind(int(counts.total))
-    .bind(int(counts.rows))
-    .bind(int(counts.installed))
-    .bind(int(counts.skipped))
-    .bind(int(counts.pages_from_primary))
-    .bind(counts.elapsed_secs)
     .bind(error)
     .execute(conn)
     .await

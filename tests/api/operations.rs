@@ -119,8 +119,15 @@ async fn the_docs_page_and_its_assets_are_served_offline() {
             .starts_with("text/html")
     );
     // Scripts and styles only from the instance itself, and no inline script to run.
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'"] {
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+    ] {
         assert!(csp.contains(directive), "{csp}");
     }
     let html = page.text().await.unwrap();
@@ -137,7 +144,10 @@ async fn the_docs_page_and_its_assets_are_served_offline() {
         .unwrap();
     assert_eq!(start.status(), StatusCode::OK);
     let start = start.text().await.unwrap();
-    assert!(start.contains("new URL(\"openapi.json\", document.baseURI)"), "{start}");
+    assert!(
+        start.contains("new URL(\"openapi.json\", document.baseURI)"),
+        "{start}"
+    );
     let bundle = app
         .request(Method::GET, "/docs/swagger-ui-bundle.js", None)
         .send()
