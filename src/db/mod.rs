@@ -20,7 +20,9 @@ use lease::{Admission, IDLE_TEST_TIMEOUT, Leases};
 
 /// The `application_name` of the service's connections.
 const APPLICATION: &str = "product-size-service";
-/// How many connections background queries on the primary keep between queries.
+/// How many connections background queries on the primary keep between queries, at most: a
+/// quarter of the pool, so that with the read path's half a quarter is always left to writes
+/// (a pool of two keeps none for background work: each query then opens its own).
 const BACKGROUND_KEPT: usize = 2;
 /// The `application_name` of the connection that renews the reader leases.
 const READERS_APPLICATION: &str = "product-size-service readers";
@@ -131,7 +133,7 @@ impl Db {
             background: Arc::new(Leases::background(
                 primary.clone(),
                 primary_deadline,
-                BACKGROUND_KEPT,
+                BACKGROUND_KEPT.min(settings.max_connections as usize / 4),
             )),
             replica_background: replica
                 .clone()
