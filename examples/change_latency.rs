@@ -1,7 +1,7 @@
-//! Commit-to-served latency of changes made outside the service (README, "Writers other than the service"), for the
-//! benchmark: a stream of `UPDATE`s straight to the primary, at a fixed rate, on random SKUs
-//! the service has cached; after each, the SKU is read through the service every 2 ms
-//! until it serves the new version. The clock starts before the `UPDATE` is sent, so each
+//! Commit-to-served latency of changes made outside the service (docs/consistency.md, "Writers
+//! other than the service"), for the benchmark: a stream of `UPDATE`s straight to the primary,
+//! at a fixed rate, on random SKUs the service has cached; after each, the SKU is read through
+//! the service every 2 ms until it serves the new version. The clock starts before the `UPDATE` is sent, so each
 //! latency is an upper bound. Prints one JSON object.
 //!
 //! ```text

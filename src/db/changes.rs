@@ -1,8 +1,8 @@
-//! The change-capture side of the primary (README, "Writers other than the service"): which caches follow the table, and the
-//! channel that announces changes made by other writers. The records themselves are
-//! `cache_repairs` rows and, for the writing instance's own caches, one `cache_own_writes` row
-//! per transaction, written by a trigger (migrations `capture_every_change` and
-//! `own_writes_once_per_transaction`).
+//! The change-capture side of the primary (docs/consistency.md, "Writers other than the
+//! service"): which caches follow the table, and the channel that announces changes made by
+//! other writers. The records themselves are `cache_repairs` rows and, for the writing
+//! instance's own caches, one `cache_own_writes` row per transaction, written by a trigger
+//! (migrations `capture_every_change` and `own_writes_once_per_transaction`).
 
 use sqlx::PgExecutor;
 

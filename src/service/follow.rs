@@ -1,4 +1,5 @@
-//! Following every change to the table, whoever makes it (README, "Writers other than the service").
+//! Following every change to the table, whoever makes it (docs/consistency.md, "Writers other
+//! than the service").
 //!
 //! The primary records each committed change for every cache registered as a follower (see
 //! [`crate::db::changes`]); the repair worker applies the records ([`super::repair`]). This

@@ -1,6 +1,6 @@
-//! Continuous consistency measurement (the read-your-writes and every-writer guarantees of the README), as CacheFront's Cache Inspector does
-//! it: a sample of the cache hits this instance serves is compared with what the primary has
-//! committed.
+//! Continuous consistency measurement (the read-your-writes and every-writer guarantees of
+//! docs/consistency.md), as CacheFront's Cache Inspector does it: a sample of the cache hits
+//! this instance serves is compared with what the primary has committed.
 //!
 //! A hit older than the primary's row is not yet a divergence: the newer version may have
 //! committed just after the hit was served, its install on the way. It becomes a *suspect*,
@@ -24,7 +24,8 @@ use crate::domain::Sku;
 
 /// How often the sample is checked.
 const INTERVAL: Duration = Duration::from_secs(1);
-/// How long a newer committed version may take to reach the cache (a second, README "Writers other than the service").
+/// How long a newer committed version may take to reach the cache (a second,
+/// docs/consistency.md, "Writers other than the service").
 pub const CONVERGE: Duration = Duration::from_secs(1);
 /// Hits sampled per interval at most: the first ones served (the rest cost one atomic load).
 const SAMPLE: usize = 256;

@@ -1,4 +1,5 @@
-//! SPEC C1–C4 against real lag: the "lagging" replica applies WAL 2 s late.
+//! The consistency guarantees (docs/consistency.md, "How reads stay fresh") against real lag:
+//! the "lagging" replica applies WAL 2 s late.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

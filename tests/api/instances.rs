@@ -94,7 +94,8 @@ async fn a_write_acknowledged_while_redis_is_out_of_memory_is_never_read_older_o
     let sku = writer.sku("out-of-memory");
     cached_at_one(&writer, &reader, &sku).await;
 
-    // Under `noeviction`, the policy the README requires: writes are refused, reads go on.
+    // Under `noeviction`, the policy docs/consistency.md requires ("What the guarantees
+    // assume"): writes are refused, reads go on.
     redis.configure("maxmemory-policy", "noeviction").await;
     redis.configure("maxmemory", "1").await;
     let written = writer.put(&sku, &size(2)).await;

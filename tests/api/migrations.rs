@@ -7,8 +7,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 use crate::helpers::primary_url;
 
-/// The first migration of change capture (README, "Writers other than the service"); everything before it is what the
-/// previous release ran.
+/// The first migration of change capture (docs/consistency.md, "Writers other than the
+/// service"); everything before it is what the previous release ran.
 const CAPTURE: &str = "20261202000001";
 
 /// A database of its own on the shared primary, dropped at the end.

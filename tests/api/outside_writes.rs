@@ -1,7 +1,8 @@
 //! Writers other than the service (a data fix in psql, a backfill, another program, another
 //! deployment): the table keeps versions monotonic for them, every change they commit reaches
-//! every instance's cache through the records the primary keeps (README, "Writers other than the service"), and the
-//! consistency inspector notices a cache that goes on serving what they replaced.
+//! every instance's cache through the records the primary keeps (docs/consistency.md, "Writers
+//! other than the service"), and the consistency inspector notices a cache that goes on serving
+//! what they replaced.
 
 use reqwest::StatusCode;
 use serde_json::Value;
