@@ -3,7 +3,6 @@
 //! it has replayed the current high-water mark and the primary's position when the warm-up
 //! began, so rows written without the service (a restore with triggers off) are not missed;
 //! else from the primary.
-
 //!
 //! A deployment runs one warm-up at a time, whichever instance an operator's request reaches:
 //! a run starts only by claiming the cache's row in `cache_warm_ups`, reports its progress
