@@ -7,9 +7,10 @@
 //! problem carries its request's id (`request_id`), which [`with_request_id`] writes in.
 
 use axum::BoxError;
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::{Bytes, HttpBody};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{Either, Full};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
@@ -333,8 +334,8 @@ impl IntoResponse for AppError {
 /// It maps every response outside the layer that copies the id onto the response, and inside
 /// compression (see `app::router`), so that the problems made by the layers (401, 403, 405,
 /// the timeout's 503, a panic's 500) and by the fallback (404) get it as well as the
-/// handlers' own. There the body is the trace layer's: taken as an axum `Body`.
-pub fn with_request_id<B>(response: Response<B>) -> Response
+/// handlers' own. A problem gets a new body; any other body passes through unchanged.
+pub fn with_request_id<B>(response: Response<B>) -> Response<Either<B, Full<Bytes>>>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -352,9 +353,10 @@ where
         Some(problem) => {
             // Set again from the new body on the way out.
             parts.headers.remove(header::CONTENT_LENGTH);
-            Response::from_parts(parts, Body::from(problem))
+            Response::from_parts(parts, Either::Right(Full::new(Bytes::from(problem))))
         }
-        None => Response::from_parts(parts, Body::new(body)),
+        // Any other body passes as it is, neither copied nor boxed.
+        None => Response::from_parts(parts, Either::Left(body)),
     }
 }
 
@@ -452,7 +454,7 @@ mod tests {
             .insert(X_REQUEST_ID, HeaderValue::from_static("order-42"));
         let response = with_request_id(response);
         assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), usize::MAX)
             .await
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -460,12 +462,12 @@ mod tests {
         assert_eq!(body["type"], ProblemType::NOT_FOUND.uri);
         assert_eq!(body["detail"], "no such route");
 
-        let mut plain = Response::new(Body::from("ok"));
+        let mut plain = Response::new(axum::body::Body::from("ok"));
         plain
             .headers_mut()
             .insert(X_REQUEST_ID, HeaderValue::from_static("order-43"));
         let plain = with_request_id(plain);
-        let body = axum::body::to_bytes(plain.into_body(), usize::MAX)
+        let body = axum::body::to_bytes(axum::body::Body::new(plain.into_body()), usize::MAX)
             .await
             .unwrap();
         assert_eq!(&body[..], b"ok");
