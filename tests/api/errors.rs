@@ -45,14 +45,7 @@ async fn problem_of_kind(request: RequestBuilder, status: StatusCode, kind: &str
 
 /// The problem types the served OpenAPI document lists in its `Problem` schema.
 async fn documented_problem_types(app: &TestApp) -> String {
-    let document: Value = app
-        .request(Method::GET, "/openapi.json", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = app.openapi_document().await;
     let problem = &document["components"]["schemas"]["Problem"];
     assert!(
         problem["required"]

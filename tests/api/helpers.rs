@@ -373,7 +373,6 @@ impl TestApp {
         response.text().await.unwrap()
     }
 
-    /// The `/readyz` body.
     /// The sum of a metric's samples over all its labels.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.scrape_metrics().await;
@@ -383,6 +382,17 @@ impl TestApp {
             .sum()
     }
 
+    /// The served OpenAPI document.
+    pub async fn openapi_document(&self) -> Value {
+        let response = self
+            .request(Method::GET, "/openapi.json", None)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// The `/readyz` body.
     pub async fn readiness(&self) -> Value {
         let response = self
             .request(Method::GET, "/readyz", None)

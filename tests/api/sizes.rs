@@ -227,14 +227,7 @@ async fn request_ids_are_echoed_or_generated() {
 #[tokio::test]
 async fn the_documented_request_examples_are_accepted() {
     let app = TestApp::spawn().await;
-    let document: Value = app
-        .request(Method::GET, "/openapi.json", None)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = app.openapi_document().await;
     let examples = |method: &str, path: &str| -> Vec<Value> {
         let content = &document["paths"][path][method]["requestBody"]["content"];
         let examples: Vec<Value> = content["application/json"]["examples"]
