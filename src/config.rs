@@ -192,7 +192,7 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     pub shutdown_grace: Duration,
     /// See `HTTP_MAX_CONNECTIONS` and `HTTP_HEADER_READ_TIMEOUT_MS`.
-    pub http: crate::server::Limits,
+    pub http: crate::infra::server::Limits,
     /// See `HTTP_REQUEST_TIMEOUT_MS`.
     pub request_timeout: Duration,
     /// See `ACCESS_LOG_HIT_SAMPLE`.
@@ -309,7 +309,7 @@ impl Config {
                 "HTTP_MAX_CONNECTIONS, HTTP_HEADER_READ_TIMEOUT_MS and HTTP_REQUEST_TIMEOUT_MS must be at least 1".into(),
             ));
         }
-        config.http = crate::server::Limits {
+        config.http = crate::infra::server::Limits {
             max_connections: args.http_max_connections,
             header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms),
         };
@@ -373,7 +373,7 @@ impl Config {
             }),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace: Duration::from_secs(20),
-            http: crate::server::Limits::default(),
+            http: crate::infra::server::Limits::default(),
             request_timeout: Duration::from_secs(10),
             access_log_hit_sample: 1,
             auth: AuthSettings {

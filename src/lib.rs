@@ -10,10 +10,10 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod infra;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
-pub mod server;
 pub mod service;
 pub mod telemetry;
 

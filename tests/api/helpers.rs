@@ -75,7 +75,7 @@ pub struct Options {
     /// Pool size and timeouts (the tests' defaults if `None`).
     pub database: Option<DatabaseSettings>,
     /// Connection cap and header read timeout.
-    pub http: product_size_service::server::Limits,
+    pub http: product_size_service::infra::server::Limits,
     /// `HTTP_REQUEST_TIMEOUT_MS`.
     pub request_timeout: Duration,
     /// `CACHE_READ_LEASE_MS` and `CACHE_ACK_TIMEOUT_MS` (the service's defaults if `None`).
@@ -93,7 +93,7 @@ impl Default for Options {
             secondary_cache: None,
             redis_tls_ca_file: None,
             database: None,
-            http: product_size_service::server::Limits::default(),
+            http: product_size_service::infra::server::Limits::default(),
             request_timeout: Duration::from_secs(10),
             readers: None,
         }

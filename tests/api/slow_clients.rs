@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::helpers::{Options, READ_TOKEN, TestApp, size};
-use product_size_service::server::Limits;
+use product_size_service::infra::server::Limits;
 
 /// Connections a slowloris holds open: half send nothing, half trickle a header byte at a time.
 const SLOWLORIS: usize = 2000;
