@@ -17,7 +17,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use crate::domain::{FieldError, FieldErrors};
-use crate::middleware::metrics::X_REQUEST_ID;
+use crate::headers::X_REQUEST_ID;
 use crate::service::ServiceError;
 use crate::telemetry::Throttle;
 

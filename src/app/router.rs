@@ -17,9 +17,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::db::replica::ReplicaHealth;
 use crate::error::{self, AppError};
+use crate::headers::X_REQUEST_ID;
 use crate::middleware::Access;
 use crate::middleware::auth::{AuthLayer, Authenticator};
-use crate::middleware::metrics::{RequestMetricsLayer, X_REQUEST_ID};
+use crate::middleware::metrics::RequestMetricsLayer;
 use crate::middleware::request_id::MakeRandomRequestId;
 use crate::middleware::route::DbRouteLayer;
 use crate::middleware::timeout::RequestTimeoutLayer;

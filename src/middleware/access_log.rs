@@ -6,9 +6,8 @@
 //!
 //! With JSON logs the task formats the lines itself, in the shape of the other JSON lines,
 //! and writes whole lines a few kilobytes at a time; the task wakes every 20 ms rather than
-//! per record. Waking it per record, and one `tracing` event and one `write(2)` per line, cost
-//! a quarter of a cache hit's throughput on a single core (bench/RESULTS.md). Pretty logs go
-//! through `tracing`.
+//! per record, so a request pays for neither a task wake-up, a `tracing` event nor a
+//! `write(2)`. Pretty logs go through `tracing`.
 //! `ACCESS_LOG_HIT_SAMPLE` thins out cache hits, the bulk of the traffic: 1 logs every hit,
 //! N one in N, 0 none. Every other request is always logged.
 
@@ -21,6 +20,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::service::ReadSource;
+
 /// Records waiting to be written, at most.
 const QUEUE: usize = 8_192;
 
@@ -29,7 +30,8 @@ pub struct AccessRecord {
     pub route: &'static str,
     pub status: u16,
     pub latency_us: u64,
-    pub read_source: Option<HeaderValue>,
+    /// Where a read's answer came from (none for other requests).
+    pub read_source: Option<ReadSource>,
     /// The caller its token names ([`super::auth::Principal`]).
     pub principal: Option<&'static str>,
     pub request_id: Option<HeaderValue>,
@@ -81,8 +83,8 @@ impl AccessLog {
     }
 
     /// Whether a request that read `source` is logged (hits are sampled).
-    pub fn wants(&self, source: Option<&HeaderValue>) -> bool {
-        if source.is_none_or(|s| s.as_bytes() != b"cache") || self.hit_sample == 1 {
+    pub fn wants(&self, source: Option<ReadSource>) -> bool {
+        if source != Some(ReadSource::Cache) || self.hit_sample == 1 {
             return true;
         }
         self.hit_sample != 0
@@ -149,7 +151,7 @@ fn event(record: &AccessRecord, dropped: u64) {
         route = record.route,
         status = record.status,
         latency_ms = record.latency_us as f64 / 1000.0,
-        read_source = text(&record.read_source),
+        read_source = record.read_source.map_or("", ReadSource::as_str),
         principal = record.principal.unwrap_or_default(),
         request_id = text(&record.request_id),
         trace_id = record.trace_id.map(|id| id.to_string()).unwrap_or_default(),
@@ -185,7 +187,7 @@ fn json_line(lines: &mut Vec<u8>, record: &AccessRecord, dropped: u64) {
         route: record.route,
         status: record.status,
         latency_ms: record.latency_us as f64 / 1000.0,
-        read_source: text(&record.read_source),
+        read_source: record.read_source.map_or("", ReadSource::as_str),
         principal: record.principal.unwrap_or_default(),
         request_id: text(&record.request_id),
         trace_id: trace_id.as_deref().unwrap_or(""),

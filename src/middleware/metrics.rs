@@ -4,8 +4,7 @@
 //! **Why not a library.** `axum-prometheus` (and `from_fn` middleware generally) records
 //! through the `metrics` crate's global recorder with labels built as strings per request and
 //! a boxed future per call; this layer interns the route, keeps one `prometheus-client`
-//! family, and adds no box. In commit 875decc the hit path lost a third of its CPU when this
-//! and the auth layer left `from_fn` (its message has the measurement).
+//! family, and adds no box.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -21,13 +20,10 @@ use tower::{Layer, Service};
 
 use super::access_log::{AccessLog, AccessRecord};
 use super::auth::Principal;
+use crate::headers::X_REQUEST_ID;
 use crate::metrics::Metrics;
-use crate::routes::X_READ_SOURCE;
+use crate::service::ReadSource;
 use opentelemetry::trace::TraceId;
-
-/// The request id header (set, if the client sent none, by a layer outside this one).
-pub const X_REQUEST_ID: axum::http::HeaderName =
-    axum::http::HeaderName::from_static("x-request-id");
 
 /// Goes inside the router's matching (it reads the matched route), as a plain tower layer: no
 /// boxed future or cloned service per request.
@@ -124,14 +120,15 @@ where
             this.metrics
                 .observe_request(this.method, this.route, status, latency.as_secs_f64());
             if let Some((log, request_id, trace_id)) = this.access.take() {
-                let read_source = response.headers().get(&X_READ_SOURCE);
+                // Put there by the handler (`routes::parts::AnsweredFrom`), beside the header.
+                let read_source = response.extensions().get::<ReadSource>().copied();
                 if log.wants(read_source) {
                     log.record(AccessRecord {
                         method: this.method,
                         route: this.route,
                         status,
                         latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                        read_source: read_source.cloned(),
+                        read_source,
                         principal: response.extensions().get::<Principal>().map(|p| p.0),
                         request_id,
                         trace_id,

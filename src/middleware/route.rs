@@ -11,8 +11,7 @@ use super::{Access, Policies};
 use crate::db::DbRoute;
 use crate::db::replica::ReplicaHealth;
 use crate::domain::Lsn;
-
-pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
+use crate::headers::X_CONSISTENCY_TOKEN;
 
 /// Writes go to the primary. Reads prefer the replica while its probe says it is up and has
 /// replayed the request's `X-Consistency-Token`; otherwise they go to the primary.
@@ -75,7 +74,7 @@ pub struct MalformedToken;
 
 /// `X-Consistency-Token`: absent, a position, or malformed.
 pub fn parse_token(headers: &HeaderMap) -> Result<Option<Lsn>, MalformedToken> {
-    match headers.get(CONSISTENCY_TOKEN) {
+    match headers.get(&X_CONSISTENCY_TOKEN) {
         None => Ok(None),
         Some(raw) => raw
             .to_str()

@@ -110,7 +110,6 @@ mod tests {
     use super::*;
 
     #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
     struct Example {
         first: Option<Value>,
         #[serde(rename = "second_name")]
@@ -118,7 +117,13 @@ mod tests {
     }
 
     #[test]
-    fn declared_fields_are_serdes_names() {
+    fn declared_fields_are_the_names_serde_reads() {
         assert_eq!(declared_fields::<Example>(), ["first", "second_name"]);
+        let example: Example =
+            serde_json::from_value(serde_json::json!({"first": 1, "second_name": 2})).unwrap();
+        assert_eq!(
+            (example.first, example.second),
+            (Some(1.into()), Some(2.into()))
+        );
     }
 }

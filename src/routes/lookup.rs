@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -9,13 +10,15 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::body::{self, RequestBody, ValidJson};
 use super::extract::ConsistencyToken;
-use super::{AppState, X_READ_SOURCE};
+use super::parts::AnsweredFrom;
 use crate::db::DbRoute;
 use crate::domain::{Field, FieldErrors, ProductSize, Sku};
 use crate::error::AppError;
 use crate::middleware::LOOKUP_PATH;
+use crate::service::SizeDoc;
 
 /// The reads this file serves (the read group).
 pub fn reads() -> OpenApiRouter<AppState> {
@@ -74,13 +77,52 @@ impl TryFrom<LookupRequest> for Skus {
 }
 
 /// The sizes found, and the SKUs that have none.
+// Each item is a size's stored JSON document, written out as it is: a cache hit is never
+// re-serialised. The schema names what those bytes are.
 #[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // Documents the response, which is assembled from cached JSON bytes.
 pub struct LookupResponse {
     /// Sizes found, in request order.
-    items: Vec<ProductSize>,
+    #[schema(value_type = Vec<ProductSize>)]
+    items: Vec<Bytes>,
     /// Requested SKUs with no size, in request order.
-    not_found: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    not_found: Vec<Sku>,
+}
+
+impl From<Vec<SizeDoc>> for LookupResponse {
+    fn from(docs: Vec<SizeDoc>) -> Self {
+        let mut response = Self {
+            items: Vec::with_capacity(docs.len()),
+            not_found: Vec::new(),
+        };
+        for doc in docs {
+            match doc.body {
+                Some(body) => response.items.push(body),
+                None => response.not_found.push(doc.sku),
+            }
+        }
+        response
+    }
+}
+
+impl LookupResponse {
+    /// The response's JSON, the items' stored bytes copied in.
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let items = self.items.iter().map(|item| item.len() + 1).sum::<usize>();
+        let mut out = Vec::with_capacity(items + 32);
+        out.extend_from_slice(b"{\"items\":[");
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(b"],\"not_found\":");
+        let not_found: Vec<&str> = self.not_found.iter().map(Sku::as_str).collect();
+        serde_json::to_writer(&mut out, &not_found)?;
+        out.push(b'}');
+        Ok(out)
+    }
 }
 
 /// Read the sizes of many products at once
@@ -124,39 +166,37 @@ pub async fn lookup(
     ValidJson(Skus(skus)): ValidJson<LookupRequest>,
 ) -> Result<Response, AppError> {
     let read = state.sizes.read(&skus, route, token).await?;
-
-    // Assembled from the stored JSON bodies: a cache hit is never re-serialised.
-    let mut out = Vec::with_capacity(
-        read.docs
-            .iter()
-            .map(|d| d.body.as_ref().map_or(0, |b| b.len() + 1))
-            .sum::<usize>()
-            + 32,
-    );
-    out.extend_from_slice(b"{\"items\":[");
-    let mut not_found = Vec::new();
-    let mut first = true;
-    for doc in &read.docs {
-        match &doc.body {
-            Some(body) => {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                out.extend_from_slice(body);
-            }
-            None => not_found.push(doc.sku.as_str()),
-        }
-    }
-    out.extend_from_slice(b"],\"not_found\":");
-    serde_json::to_writer(&mut out, &not_found).map_err(|e| AppError::Internal(e.into()))?;
-    out.push(b'}');
+    let body = LookupResponse::from(read.docs)
+        .to_json()
+        .map_err(|e| AppError::Internal(e.into()))?;
     Ok((
-        [
-            (X_READ_SOURCE, read.source.as_str()),
-            (header::CONTENT_TYPE, "application/json"),
-        ],
-        out,
+        AnsweredFrom(read.source),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_response_copies_the_stored_documents_in_request_order() {
+        let doc = |sku: &str, body: Option<&'static str>| SizeDoc {
+            sku: Sku::parse(sku).unwrap(),
+            version: 1,
+            body: body.map(Bytes::from),
+        };
+        let docs = vec![
+            doc("A-1", Some(r#"{"sku":"A-1"}"#)),
+            doc("B-2", None),
+            doc("C-3", Some(r#"{"sku":"C-3"}"#)),
+        ];
+        let json = LookupResponse::from(docs).to_json().unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"items":[{"sku":"A-1"},{"sku":"C-3"}],"not_found":["B-2"]}"#
+        );
+    }
 }

@@ -6,13 +6,15 @@ pub mod docs;
 pub mod extract;
 pub mod health;
 pub mod lookup;
+pub mod parts;
 pub mod sizes;
 pub mod sync;
 
 use std::sync::Arc;
 
-use axum::http::{HeaderName, Method};
+use axum::http::Method;
 use utoipa::openapi::header::Header;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
@@ -22,9 +24,6 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::middleware::{Access, Policies};
 use crate::service::SizeService;
-
-pub const X_READ_SOURCE: HeaderName = HeaderName::from_static("x-read-source");
-pub const X_CONSISTENCY_TOKEN: HeaderName = HeaderName::from_static("x-consistency-token");
 
 #[derive(Clone)]
 pub struct AppState {
@@ -118,30 +117,7 @@ pub fn api() -> (OpenApiRouter<AppState>, Policies) {
 /// (RFC 9457), as `AppError` renders it, and one documented with a `Problem` body is filed
 /// under the problem's media type; every 503 names `Retry-After`.
 fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
-    let (scope, forbidden, unavailable) = match access {
-        Access::Read => (
-            Some("read"),
-            None,
-            Some(
-                "No source of the data can answer (the cache cannot serve it and the database \
-                 is down or saturated), or the request outlived the server's request timeout. \
-                 Retry after `Retry-After` seconds",
-            ),
-        ),
-        Access::Write => (
-            Some("write"),
-            Some("The token may only read"),
-            Some(
-                "Not acknowledged; retrying it is safe. The primary database is down or \
-                 saturated (nothing was written); or the write is committed, but its cache \
-                 update failed and not every instance could learn of it in time; or the \
-                 request outlived the server's request timeout (it may have committed)",
-            ),
-        ),
-        Access::Admin => (Some("admin"), Some("Not an admin token"), None),
-        Access::Public | Access::NotAllowed => (None, None, None),
-    };
-    let too_large = format!("Body larger than {} KiB", extract::BODY_LIMIT / 1024);
+    let terms = GroupTerms::of(access);
     for item in group.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -151,44 +127,98 @@ fn document_group(group: &mut utoipa::openapi::OpenApi, access: Access) {
             &mut item.patch,
         ];
         for operation in operations.into_iter().flatten() {
-            let responses = &mut operation.responses.responses;
-            for (status, response) in responses.iter_mut() {
-                if let RefOr::T(response) = response
-                    && status.parse::<u16>().is_ok_and(|status| status >= 400)
-                {
-                    if response.content.is_empty() {
-                        *response = problem(&response.description);
-                    } else {
-                        serve_problems_as_problem_json(response);
-                    }
-                }
-            }
-            let mut problems = Vec::new();
-            if let Some(scope) = scope {
-                operation.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
-                problems.push(("401", "No bearer token, or an unknown one"));
-            }
-            problems.extend(forbidden.map(|d| ("403", d)));
-            problems.extend(unavailable.map(|d| ("503", d)));
-            if operation.request_body.is_some() {
-                problems.extend([
-                    ("413", too_large.as_str()),
-                    (
-                        "415",
-                        "Body not declared JSON (`Content-Type: application/json`)",
-                    ),
-                ]);
-            }
-            for (status, description) in problems {
-                (operation.responses.responses)
-                    .insert(status.to_owned(), problem(description).into());
-            }
+            document_errors_as_problems(operation);
+            terms.document(operation);
             // Every 503 the service sends says when to try again.
             if let Some(RefOr::T(unavailable)) = operation.responses.responses.get_mut("503") {
                 unavailable
                     .headers
                     .entry("Retry-After".to_owned())
                     .or_insert_with(|| retry_after().into());
+            }
+        }
+    }
+}
+
+/// What a router group means for the operations registered in it, as documented.
+struct GroupTerms {
+    /// The token scope it needs; `None` for public routes.
+    scope: Option<&'static str>,
+    /// When a known token is still refused (403).
+    forbidden: Option<&'static str>,
+    /// When the group's database cannot answer (503).
+    unavailable: Option<&'static str>,
+}
+
+impl GroupTerms {
+    fn of(access: Access) -> Self {
+        let (scope, forbidden, unavailable) = match access {
+            Access::Read => (
+                Some("read"),
+                None,
+                Some(
+                    "No source of the data can answer (the cache cannot serve it and the \
+                     database is down or saturated), or the request outlived the server's \
+                     request timeout. Retry after `Retry-After` seconds",
+                ),
+            ),
+            Access::Write => (
+                Some("write"),
+                Some("The token may only read"),
+                Some(
+                    "Not acknowledged; retrying it is safe. The primary database is down or \
+                     saturated (nothing was written); or the write is committed, but its cache \
+                     update failed and not every instance could learn of it in time; or the \
+                     request outlived the server's request timeout (it may have committed)",
+                ),
+            ),
+            Access::Admin => (Some("admin"), Some("Not an admin token"), None),
+            Access::Public | Access::NotAllowed => (None, None, None),
+        };
+        Self {
+            scope,
+            forbidden,
+            unavailable,
+        }
+    }
+
+    /// Adds the group's security requirement to `operation`, and the problems the layers in
+    /// front of its handler may answer instead (401, 403, 503; 413 and 415 with a body).
+    fn document(&self, operation: &mut Operation) {
+        let mut problems = Vec::new();
+        if let Some(scope) = self.scope {
+            operation.security = Some(vec![SecurityRequirement::new("bearer", [scope])]);
+            problems.push(("401", "No bearer token, or an unknown one"));
+        }
+        problems.extend(self.forbidden.map(|d| ("403", d)));
+        problems.extend(self.unavailable.map(|d| ("503", d)));
+        let too_large = format!("Body larger than {} KiB", extract::BODY_LIMIT / 1024);
+        if operation.request_body.is_some() {
+            problems.extend([
+                ("413", too_large.as_str()),
+                (
+                    "415",
+                    "Body not declared JSON (`Content-Type: application/json`)",
+                ),
+            ]);
+        }
+        for (status, description) in problems {
+            (operation.responses.responses).insert(status.to_owned(), problem(description).into());
+        }
+    }
+}
+
+/// Makes every error response `operation` documents a problem (RFC 9457) under the problem's
+/// media type: one documented by status and description alone gets the `Problem` body.
+fn document_errors_as_problems(operation: &mut Operation) {
+    for (status, response) in operation.responses.responses.iter_mut() {
+        if let RefOr::T(response) = response
+            && status.parse::<u16>().is_ok_and(|status| status >= 400)
+        {
+            if response.content.is_empty() {
+                *response = problem(&response.description);
+            } else {
+                serve_problems_as_problem_json(response);
             }
         }
     }

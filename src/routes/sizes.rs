@@ -1,19 +1,20 @@
 //! `/v1/products/{sku}/size`: read, create or replace, delete one product's size.
 
 use axum::extract::{Extension, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::body::{RequestBody, ValidJson};
 use super::extract::{ConsistencyToken, IfNoneMatch, SkuPath, WritePreconditions, etag};
-use super::{AppState, X_CONSISTENCY_TOKEN, X_READ_SOURCE};
+use super::parts::{AnsweredFrom, token_header};
 use crate::db::DbRoute;
 use crate::domain::write::Decision;
 use crate::domain::{
-    FieldErrors, Grams, Lsn, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, Sku,
+    FieldErrors, Grams, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, Sku,
     SourceVersion,
 };
 use crate::error::AppError;
@@ -156,7 +157,7 @@ pub async fn get_size(
         .sizes
         .read(std::slice::from_ref(&sku), route, token)
         .await?;
-    let source = [(X_READ_SOURCE, read.source.as_str())];
+    let source = AnsweredFrom(read.source);
     let Some(doc) = read.docs.into_iter().next() else {
         return Err(AppError::internal("a read of one SKU returned no document"));
     };
@@ -331,13 +332,6 @@ pub async fn delete_size(
         Decision::PreconditionFailed => Err(AppError::PreconditionFailed),
         _ => Err(AppError::NotFound(sku.to_string())),
     }
-}
-
-pub fn token_header(token: Lsn) -> (HeaderName, HeaderValue) {
-    // Hexadecimal digits only: always a valid header value.
-    let value = HeaderValue::from_str(&token.to_token())
-        .unwrap_or(HeaderValue::from_static("0000000000000000"));
-    (X_CONSISTENCY_TOKEN, value)
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::body::{self, RequestBody, ValidJson};
-use super::sizes::{SizeFields, token_header};
+use super::parts::token_header;
+use super::sizes::SizeFields;
 use crate::domain::write::Decision;
 use crate::domain::{FieldErrors, Grams, Millimetres, SizeLabel, SizeUpdate, Sku, SourceVersion};
 use crate::error::AppError;
