@@ -17,7 +17,7 @@ pub type CommandError = Box<dyn std::error::Error>;
 /// while one runs on any instance, cancelled by `DELETE /v1/admin/cache/warm`); a progress
 /// bar on a terminal, plain progress lines otherwise, and a summary at the end.
 pub async fn warm_cache(args: WarmCacheArgs) -> Result<(), CommandError> {
-    let config = Config::from_connection_args(args.connection)?;
+    let config = Config::from_args(args.connection)?;
     let service = app::service(&config).await?;
     let options = WarmOptions {
         batch_size: args.batch_size,
@@ -122,7 +122,7 @@ impl Progress {
 /// `product-size audit-cache [--repair]`: prints a summary table and the first divergent SKUs.
 /// Succeeds only when the cache agrees with the primary (after repair, when asked to repair).
 pub async fn audit_cache(args: AuditCacheArgs) -> Result<(), CommandError> {
-    let config = Config::from_connection_args(args.connection)?;
+    let config = Config::from_args(args.connection)?;
     let service = app::service(&config).await?;
     let report = service.audit_cache(args.repair).await?;
     println!("{}", audit_table(&report));

@@ -1,5 +1,6 @@
-//! Configuration: one typed struct, from environment variables and `serve` flags, checked at
-//! start so a bad URL or a missing token fails fast instead of at the first request.
+//! Configuration: [`Config`] for what every command needs and [`ServeConfig`] for what `serve`
+//! adds, from environment variables and flags (whose declarations hold every default), checked
+//! at start so a bad URL or a missing token fails fast instead of at the first request.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -182,6 +183,8 @@ pub struct DatabaseArgs {
     pub database_timeout_ms: u64,
 }
 
+/// What every command needs: how to reach the databases and Redis, and how the cache and
+/// reader leases behave.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: SecretString,
@@ -189,6 +192,15 @@ pub struct Config {
     pub replica_max_lag: Duration,
     pub redis_url: SecretString,
     pub secondary_cache: Option<SecondaryCache>,
+    pub database: DatabaseSettings,
+    pub cache: CacheSettings,
+    pub readers: ReaderSettings,
+}
+
+/// What `serve` adds: the listener, its limits and the callers' tokens.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub common: Config,
     pub bind_addr: SocketAddr,
     pub shutdown_grace: Duration,
     /// See `HTTP_MAX_CONNECTIONS` and `HTTP_HEADER_READ_TIMEOUT_MS`.
@@ -198,9 +210,6 @@ pub struct Config {
     /// See `ACCESS_LOG_HIT_SAMPLE`.
     pub access_log_hit_sample: u32,
     pub auth: AuthSettings,
-    pub database: DatabaseSettings,
-    pub cache: CacheSettings,
-    pub readers: ReaderSettings,
 }
 
 /// Reader leases (docs/reader-leases.md).
@@ -288,19 +297,10 @@ impl DatabaseSettings {
     }
 }
 
-impl Config {
+impl ServeConfig {
     /// The configuration of `serve`: connections plus listener and tokens.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
-        let mut config = Self::from_connection_args(args.connection)?;
-        let tokens = |raw: Vec<String>| -> Vec<SecretString> {
-            raw.into_iter()
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-                .map(SecretString::from)
-                .collect()
-        };
-        config.bind_addr = args.bind_addr;
-        config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
+        let common = Config::from_args(args.connection)?;
         if args.http_max_connections == 0
             || args.http_header_read_timeout_ms == 0
             || args.http_request_timeout_ms == 0
@@ -309,57 +309,43 @@ impl Config {
                 "HTTP_MAX_CONNECTIONS, HTTP_HEADER_READ_TIMEOUT_MS and HTTP_REQUEST_TIMEOUT_MS must be at least 1".into(),
             ));
         }
-        config.http = crate::infra::server::Limits {
-            max_connections: args.http_max_connections,
-            header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms),
-        };
-        config.request_timeout = Duration::from_millis(args.http_request_timeout_ms);
-        config.access_log_hit_sample = args.access_log_hit_sample;
-        config.auth = AuthSettings {
+        let auth = AuthSettings {
             read_tokens: tokens(args.api_read_tokens),
             write_tokens: tokens(args.api_write_tokens),
             admin_tokens: tokens(args.api_admin_tokens),
             disabled: args.auth_disabled,
         };
-        if !config.auth.disabled
-            && config.auth.read_tokens.is_empty()
-            && config.auth.write_tokens.is_empty()
-        {
+        if !auth.disabled && auth.read_tokens.is_empty() && auth.write_tokens.is_empty() {
             return Err(ConfigError::NoTokens);
         }
-        Ok(config)
+        Ok(Self {
+            common,
+            bind_addr: args.bind_addr,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            http: crate::infra::server::Limits {
+                max_connections: args.http_max_connections,
+                header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms),
+            },
+            request_timeout: Duration::from_millis(args.http_request_timeout_ms),
+            access_log_hit_sample: args.access_log_hit_sample,
+            auth,
+        })
     }
+}
 
-    /// The configuration of a command that serves no HTTP (warm-cache, audit-cache).
-    pub fn from_connection_args(args: ConnectionArgs) -> Result<Self, ConfigError> {
-        check_pg_url("DATABASE_URL", &args.database.database_url)?;
-        if let Some(url) = &args.database_replica_url {
-            check_pg_url("DATABASE_REPLICA_URL", url)?;
-        }
-        for url in std::iter::once(&args.redis_url).chain(&args.redis_secondary_url) {
-            let redis = fred::prelude::Config::from_url(url)
-                .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
-            // A CA bundle that cannot be used stops the start, not the first connection.
-            if redis.uses_tls() {
-                crate::cache::tls::config(args.redis_tls_ca_file.as_deref())
-                    .map_err(ConfigError::Invalid)?;
-            }
-        }
-        if args.cache_ttl_secs == 0 {
-            return Err(ConfigError::Invalid(
-                "CACHE_TTL_SECS must be at least 1".into(),
-            ));
-        }
-        if args.cache_key_prefix.is_empty() || args.cache_key_prefix.contains(['{', '}', ' ']) {
-            return Err(ConfigError::Invalid(
-                "CACHE_KEY_PREFIX must be non-empty, without braces or spaces".into(),
-            ));
-        }
-        if args.cache_read_lease_ms < 500 {
-            return Err(ConfigError::Invalid(
-                "CACHE_READ_LEASE_MS must be at least 500: leases are renewed every 250 ms".into(),
-            ));
-        }
+/// The non-empty tokens of a comma-separated list, trimmed.
+fn tokens(raw: Vec<String>) -> Vec<SecretString> {
+    raw.into_iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from)
+        .collect()
+}
+
+impl Config {
+    /// The configuration every command shares (`serve`, warm-cache, audit-cache).
+    pub fn from_args(args: ConnectionArgs) -> Result<Self, ConfigError> {
+        check_connection_args(&args)?;
         let entry_ttl = Duration::from_secs(args.cache_ttl_secs);
         Ok(Self {
             database_url: SecretString::from(args.database.database_url.clone()),
@@ -371,17 +357,6 @@ impl Config {
                 policy: args.cache_failover_policy,
                 failover_ttl: Duration::from_secs(args.cache_failover_ttl_secs.max(1)),
             }),
-            bind_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            shutdown_grace: Duration::from_secs(20),
-            http: crate::infra::server::Limits::default(),
-            request_timeout: Duration::from_secs(10),
-            access_log_hit_sample: 1,
-            auth: AuthSettings {
-                read_tokens: Vec::new(),
-                write_tokens: Vec::new(),
-                admin_tokens: Vec::new(),
-                disabled: true,
-            },
             database: DatabaseSettings {
                 replica_timeout: Duration::from_millis(args.replica_timeout_ms.max(1)),
                 ..DatabaseSettings::from_args(&args.database)
@@ -401,6 +376,39 @@ impl Config {
             },
         })
     }
+}
+
+/// Refuses URLs that do not parse, a CA bundle that cannot be used, and cache settings out of
+/// range: at start, not at the first connection.
+fn check_connection_args(args: &ConnectionArgs) -> Result<(), ConfigError> {
+    check_pg_url("DATABASE_URL", &args.database.database_url)?;
+    if let Some(url) = &args.database_replica_url {
+        check_pg_url("DATABASE_REPLICA_URL", url)?;
+    }
+    for url in std::iter::once(&args.redis_url).chain(&args.redis_secondary_url) {
+        let redis = fred::prelude::Config::from_url(url)
+            .map_err(|e| ConfigError::RedisUrl(e.details().to_string()))?;
+        if redis.uses_tls() {
+            crate::cache::tls::config(args.redis_tls_ca_file.as_deref())
+                .map_err(ConfigError::Invalid)?;
+        }
+    }
+    if args.cache_ttl_secs == 0 {
+        return Err(ConfigError::Invalid(
+            "CACHE_TTL_SECS must be at least 1".into(),
+        ));
+    }
+    if args.cache_key_prefix.is_empty() || args.cache_key_prefix.contains(['{', '}', ' ']) {
+        return Err(ConfigError::Invalid(
+            "CACHE_KEY_PREFIX must be non-empty, without braces or spaces".into(),
+        ));
+    }
+    if args.cache_read_lease_ms < 500 {
+        return Err(ConfigError::Invalid(
+            "CACHE_READ_LEASE_MS must be at least 500: leases are renewed every 250 ms".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `configured`, or for 0 one connection per CPU this process may use; 1 to 64.

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use product_size_service::cli::{Cli, Command};
-use product_size_service::config::{Config, DatabaseSettings};
+use product_size_service::config::{DatabaseSettings, ServeConfig};
 use product_size_service::{Application, commands, db, routes, telemetry};
 
 // Many small, short-lived allocations per request (headers, keys, futures): mimalloc serves
@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
 type AnyError = Box<dyn std::error::Error>;
 
 async fn serve(args: product_size_service::config::ServeArgs) -> Result<(), AnyError> {
-    let config = Config::from_args(args)?;
+    let config = ServeConfig::from_args(args)?;
     let app = Application::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "serving");
     app.run_until(shutdown_signal()).await;

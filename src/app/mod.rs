@@ -1,4 +1,4 @@
-//! Building the application from a [`Config`] and serving it.
+//! Building the application from a [`ServeConfig`] and serving it.
 
 mod router;
 mod startup;
@@ -12,7 +12,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ServeConfig};
 use crate::db::Db;
 use crate::db::replica::{ReplicaHealth, spawn_probe};
 use crate::infra::server;
@@ -43,15 +43,15 @@ pub struct Application {
 
 impl Application {
     /// Connects lazily to every dependency (so it starts while one is down) and binds.
-    pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let (db, cache, secondary) = connect(&config).await?;
+    pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
+        let (db, cache, secondary) = connect(&config.common).await?;
         let mut background = Vec::new();
-        let replica_health = start_replica_probe(&db, &config, &mut background);
+        let replica_health = start_replica_probe(&db, &config.common, &mut background);
         let metrics = Arc::new(Metrics::default());
         let sizes = Arc::new(
             SizeService::new(db, cache, metrics.clone(), replica_health.clone())
                 .with_secondary(secondary)
-                .with_readers(config.readers),
+                .with_readers(config.common.readers),
         );
         background.extend(prepare_and_start(&sizes, replica_health.as_deref()).await);
         let (access_log, access_log_writer) =

@@ -8,7 +8,7 @@ use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
 use product_size_service::Application;
 use product_size_service::cache::CacheRole;
 use product_size_service::config::{
-    CacheSettings, Config, DatabaseSettings, SecondaryCache, ServeArgs,
+    CacheSettings, Config, DatabaseSettings, SecondaryCache, ServeArgs, ServeConfig,
 };
 use product_size_service::db;
 use product_size_service::service::ledger;
@@ -179,7 +179,7 @@ impl TestApp {
         let _connection = redis.connect();
         let _ = tokio::time::timeout(Duration::from_secs(1), redis.wait_for_connect()).await;
         let test_app = Self {
-            config,
+            config: config.common,
             address,
             server: Some((stop, server)),
             client: reqwest::Client::new(),
@@ -438,7 +438,7 @@ fn test_config(
     redis_url: &str,
     key_prefix: &str,
     replica_url: Option<String>,
-) -> Config {
+) -> ServeConfig {
     #[derive(clap::Parser)]
     struct Serve {
         #[command(flatten)]
@@ -479,12 +479,12 @@ fn test_config(
     if let Some(ca_file) = &ca_file {
         argv.extend(["--redis-tls-ca-file", ca_file.as_str()]);
     }
-    let mut config = Config::from_args(<Serve as clap::Parser>::parse_from(argv).args)
+    let mut config = ServeConfig::from_args(<Serve as clap::Parser>::parse_from(argv).args)
         .expect("the test configuration loads");
     // The environment (`scripts/services.sh env`) names a replica; the test chooses its own.
-    config.replica_url = replica_url.map(SecretString::from);
-    config.secondary_cache = options.secondary_cache.clone();
-    config.database = options.database.clone().unwrap_or(DatabaseSettings {
+    config.common.replica_url = replica_url.map(SecretString::from);
+    config.common.secondary_cache = options.secondary_cache.clone();
+    config.common.database = options.database.clone().unwrap_or(DatabaseSettings {
         max_connections: 10,
         acquire_timeout: Duration::from_secs(2),
         statement_timeout: Duration::from_secs(5),
@@ -493,7 +493,7 @@ fn test_config(
     config.http = options.http;
     config.request_timeout = options.request_timeout;
     if let Some(readers) = options.readers {
-        config.readers = readers;
+        config.common.readers = readers;
     }
     config
 }
