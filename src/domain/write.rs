@@ -68,36 +68,56 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Decision {
     let live = current.filter(|row| !row.deleted);
-    let if_match_fails = preconditions
-        .if_match
-        .as_ref()
-        .is_some_and(|tags| !tags.matches(live));
-    let if_none_match_fails = preconditions
-        .if_none_match
-        .as_ref()
-        .is_some_and(|tags| tags.matches(live));
-    if if_match_fails || if_none_match_fails {
+    if !preconditions.hold(live) {
         return Decision::PreconditionFailed;
     }
+    match change {
+        Change::Delete => delete(live, now),
+        Change::Put(update) => put(sku, current, live, update, now),
+    }
+}
 
-    let update = match change {
-        Change::Delete => {
-            return match live {
-                None => Decision::NotFound,
-                Some(row) => Decision::Write {
-                    row: StoredSize {
-                        version: row.version + 1,
-                        deleted: true,
-                        updated_at: now,
-                        ..row.clone()
-                    },
-                    created: false,
-                },
-            };
-        }
-        Change::Put(update) => update,
-    };
+impl Preconditions {
+    /// Whether `If-Match` and `If-None-Match` both hold for the live row.
+    fn hold(&self, live: Option<&StoredSize>) -> bool {
+        let if_match_fails = self
+            .if_match
+            .as_ref()
+            .is_some_and(|tags| !tags.matches(live));
+        let if_none_match_fails = self
+            .if_none_match
+            .as_ref()
+            .is_some_and(|tags| tags.matches(live));
+        !(if_match_fails || if_none_match_fails)
+    }
+}
 
+/// A delete writes a tombstone at the next version; there is nothing to delete without a
+/// live row.
+fn delete(live: Option<&StoredSize>, now: DateTime<Utc>) -> Decision {
+    match live {
+        None => Decision::NotFound,
+        Some(row) => Decision::Write {
+            row: StoredSize {
+                version: row.version + 1,
+                deleted: true,
+                updated_at: now,
+                ..row.clone()
+            },
+            created: false,
+        },
+    }
+}
+
+/// A put: refused as stale when the WMS's counter went backwards, else written unless its
+/// content and counter are what is stored.
+fn put(
+    sku: &Sku,
+    current: Option<&StoredSize>,
+    live: Option<&StoredSize>,
+    update: &SizeUpdate,
+    now: DateTime<Utc>,
+) -> Decision {
     let stored_source = current.and_then(|row| row.source_version);
     if let (Some(incoming), Some(row)) = (update.source_version, current) {
         let same_content = live.is_some_and(|live| live.spec() == update.spec);
