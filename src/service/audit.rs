@@ -103,23 +103,9 @@ impl SizeService {
             let Some(last) = page.rows.last() else { break };
             after = last.sku.clone();
             let live: Vec<&StoredSize> = page.rows.iter().filter(|r| !r.deleted).collect();
-            let skus: Vec<&str> = live.iter().map(|r| r.sku.as_str()).collect();
-            let cached = self.cache.raw_entries(&skus).await?;
-            let absent: Vec<&StoredSize> = live
-                .into_iter()
-                .zip(cached)
-                .filter(|(_, c)| c.is_none())
-                .map(|(r, _)| r)
-                .collect();
+            let absent = self.uncached(live).await?;
             // Re-read so that a concurrent fill or write is not reported.
-            let absent_skus: Vec<&str> = absent.iter().map(|r| r.sku.as_str()).collect();
-            let still = self.cache.raw_entries(&absent_skus).await?;
-            let missing: Vec<&StoredSize> = absent
-                .into_iter()
-                .zip(still)
-                .filter(|(_, c)| c.is_none())
-                .map(|(r, _)| r)
-                .collect();
+            let missing = self.uncached(absent).await?;
             for row in &missing {
                 report.record(Divergent {
                     sku: row.sku.clone(),
@@ -145,32 +131,14 @@ impl SizeService {
         report: &mut AuditReport,
     ) -> Result<(), CacheJobError> {
         let raw = self.cache.raw_entries(skus).await?;
-        let rows: HashMap<String, StoredSize> = fetch(self.db.primary(), skus)
-            .await?
-            .rows
-            .into_iter()
-            .map(|r| (r.sku.clone(), r))
-            .collect();
-        let mut suspects = Vec::new();
-        for (sku, value) in skus.iter().zip(raw) {
-            let Some(value) = value else { continue }; // expired since the scan
-            report.checked += 1;
-            match judge(sku, &value, rows.get(*sku), epoch) {
-                None => report.agreeing += 1,
-                Some(_) => suspects.push(*sku),
-            }
-        }
+        let rows = self.stored_rows(skus).await?;
+        let suspects = suspects_among(skus, raw, &rows, epoch, report);
         if suspects.is_empty() {
             return Ok(());
         }
         // Look again: a write or fill may have landed between the two reads.
         let raw = self.cache.raw_entries(&suspects).await?;
-        let rows: HashMap<String, StoredSize> = fetch(self.db.primary(), &suspects)
-            .await?
-            .rows
-            .into_iter()
-            .map(|r| (r.sku.clone(), r))
-            .collect();
+        let rows = self.stored_rows(&suspects).await?;
         let mut to_install = Vec::new();
         for (sku, value) in suspects.iter().zip(raw) {
             let row = rows.get(*sku);
@@ -202,6 +170,34 @@ impl SizeService {
             report.repaired += self.install_rows(&to_install, epoch).await? as u64;
         }
         Ok(())
+    }
+
+    /// The primary's rows of `skus`, by SKU.
+    async fn stored_rows(
+        &self,
+        skus: &[&str],
+    ) -> Result<HashMap<String, StoredSize>, CacheJobError> {
+        Ok(fetch(self.db.primary(), skus)
+            .await?
+            .rows
+            .into_iter()
+            .map(|r| (r.sku.clone(), r))
+            .collect())
+    }
+
+    /// The rows among `rows` that have no cached entry.
+    async fn uncached<'r>(
+        &self,
+        rows: Vec<&'r StoredSize>,
+    ) -> Result<Vec<&'r StoredSize>, CacheJobError> {
+        let skus: Vec<&str> = rows.iter().map(|r| r.sku.as_str()).collect();
+        let cached = self.cache.raw_entries(&skus).await?;
+        Ok(rows
+            .into_iter()
+            .zip(cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(r, _)| r)
+            .collect())
     }
 
     async fn install_rows(
@@ -250,6 +246,27 @@ impl SizeService {
 
 /// How often the probes read the last audit's counts from Redis.
 pub const AUDIT_NOTE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The SKUs among `skus` whose cached value (in `raw`) diverges from the stored `rows`; those
+/// that agree are counted as such, and those expired since the scan not at all.
+fn suspects_among<'s>(
+    skus: &[&'s str],
+    raw: Vec<Option<Bytes>>,
+    rows: &HashMap<String, StoredSize>,
+    epoch: &Epoch,
+    report: &mut AuditReport,
+) -> Vec<&'s str> {
+    let mut suspects = Vec::new();
+    for (sku, value) in skus.iter().zip(raw) {
+        let Some(value) = value else { continue }; // expired since the scan
+        report.checked += 1;
+        match judge(sku, &value, rows.get(*sku), epoch) {
+            None => report.agreeing += 1,
+            Some(_) => suspects.push(*sku),
+        }
+    }
+    suspects
+}
 
 /// `None` when the cached value agrees with the stored row.
 fn judge(sku: &str, value: &Bytes, row: Option<&StoredSize>, epoch: &Epoch) -> Option<Divergent> {

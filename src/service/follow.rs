@@ -12,11 +12,12 @@
 //! replaced, in the same database transaction as the renewal that finds the lapse, so that a
 //! renewal is never committed before the stale entries are disowned.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgConnection;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::{SizeService, StoreError};
 use crate::cache::Cache;
@@ -90,19 +91,24 @@ impl SizeService {
             renewals += 1;
             self.forget_gone_readers().await;
             if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
-                let forgotten = bounded!(
-                    self.db.background(),
-                    self.db.background_deadline(),
-                    |conn| changes::forget_lapsed(conn)
-                );
-                match forgotten.await {
-                    Ok(0) => {}
-                    Ok(forgotten) => {
-                        tracing::info!(forgotten, "forgot ledgers nobody follows any more");
-                    }
-                    Err(error) => tracing::debug!(%error, "could not forget lapsed ledgers"),
-                }
+                self.forget_lapsed_ledgers().await;
             }
+        }
+    }
+
+    /// Removes the ledgers nobody follows any more (see [`changes::forget_lapsed`]).
+    async fn forget_lapsed_ledgers(&self) {
+        let forgotten = bounded!(
+            self.db.background(),
+            self.db.background_deadline(),
+            |conn| changes::forget_lapsed(conn)
+        );
+        match forgotten.await {
+            Ok(0) => {}
+            Ok(forgotten) => {
+                tracing::info!(forgotten, "forgot ledgers nobody follows any more");
+            }
+            Err(error) => tracing::debug!(%error, "could not forget lapsed ledgers"),
         }
     }
 
@@ -122,57 +128,75 @@ impl SizeService {
                 .max_connections(1)
                 .acquire_timeout(deadline)
                 .connect_lazy_with(self.db.changes().connect_options().as_ref().clone());
-            let connected = tokio::time::timeout(deadline, async {
-                let mut listener = PgListener::connect_with(&pool).await?;
-                listener.listen(changes::CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            })
-            .await;
-            let mut listener = match connected {
-                Ok(Ok(listener)) => listener,
+            let Some(mut listener) = listen_on(&pool, deadline).await else {
+                continue;
+            };
+            self.change_announced();
+            if self.hear_changes(&mut listener, deadline).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Passes on every announcement `listener` hears until its connection stops answering
+    /// (continue: replace it) or its pool is closed (break: the service stops).
+    async fn hear_changes(&self, listener: &mut PgListener, deadline: Duration) -> ControlFlow<()> {
+        loop {
+            match tokio::time::timeout(LISTENER_CHECK, listener.try_recv()).await {
+                Ok(Ok(Some(_))) => self.change_announced(),
+                Ok(Ok(None)) => {
+                    tracing::debug!("the change listener reconnected");
+                    self.change_announced();
+                }
+                Ok(Err(sqlx::Error::PoolClosed)) => return ControlFlow::Break(()),
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, "cannot listen for changes yet");
+                    tracing::debug!(%error, "the change listener lost its connection");
                     tokio::time::sleep(RECONNECT_DELAY).await;
-                    continue;
                 }
                 Err(_) => {
-                    tracing::debug!("listening for changes timed out; trying again");
-                    continue;
-                }
-            };
-            self.readers.renew_soon();
-            self.repairs.change_announced();
-            loop {
-                match tokio::time::timeout(LISTENER_CHECK, listener.try_recv()).await {
-                    Ok(Ok(Some(_))) => {
-                        self.readers.renew_soon();
-                        self.repairs.change_announced();
-                    }
-                    Ok(Ok(None)) => {
-                        tracing::debug!("the change listener reconnected");
-                        self.readers.renew_soon();
-                        self.repairs.change_announced();
-                    }
-                    Ok(Err(sqlx::Error::PoolClosed)) => return,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "the change listener lost its connection");
-                        tokio::time::sleep(RECONNECT_DELAY).await;
-                    }
-                    Err(_) => {
-                        let answered = tokio::time::timeout(
-                            deadline,
-                            sqlx::query("SELECT 1").execute(&mut listener),
-                        )
-                        .await;
-                        if !matches!(answered, Ok(Ok(_))) {
-                            tracing::warn!(
-                                "the change listener's connection stopped answering; replacing it"
-                            );
-                            break;
-                        }
+                    let answered = tokio::time::timeout(
+                        deadline,
+                        sqlx::query("SELECT 1").execute(&mut *listener),
+                    )
+                    .await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tracing::warn!(
+                            "the change listener's connection stopped answering; replacing it"
+                        );
+                        return ControlFlow::Continue(());
                     }
                 }
             }
+        }
+    }
+
+    /// A change may have been recorded (or its announcement missed): the leases are renewed
+    /// and the repair worker woken now.
+    fn change_announced(&self) {
+        self.readers.renew_soon();
+        self.repairs.change_announced();
+    }
+}
+
+/// A listener on the changes channel, on `pool`'s connection; `None` if it cannot be had
+/// within `deadline` (after a pause, if the server answered with an error).
+async fn listen_on(pool: &PgPool, deadline: Duration) -> Option<PgListener> {
+    let connected = tokio::time::timeout(deadline, async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(changes::CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    })
+    .await;
+    match connected {
+        Ok(Ok(listener)) => Some(listener),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "cannot listen for changes yet");
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            None
+        }
+        Err(_) => {
+            tracing::debug!("listening for changes timed out; trying again");
+            None
         }
     }
 }

@@ -19,11 +19,16 @@
 //!   the cache is owed, on any instance, and which epoch is the deployment's. A write whose
 //!   update did not land there is acknowledged only once every other instance knows.
 
+mod acknowledge;
 pub mod audit;
+mod authority;
 mod error;
+mod fetch;
 mod flight;
 mod follow;
 mod inspect;
+mod leases;
+mod lookup;
 mod position;
 mod read;
 mod readers;
@@ -36,6 +41,8 @@ pub use error::{ServiceError, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tracing::Instrument;
 
 pub use read::{ReadResult, ReadSource, SizeDoc};
 pub use write::{SyncItemOutcome, WriteOutcome};
@@ -187,6 +194,19 @@ impl SizeService {
             self.metrics.db_pool_timeouts.inc();
         }
         error.into()
+    }
+
+    /// Awaits a request path's `query` on the primary within `span`; see
+    /// [`Self::database_error`].
+    async fn on_primary<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+        span: tracing::Span,
+    ) -> Result<T, ServiceError> {
+        query
+            .instrument(span)
+            .await
+            .map_err(|e| self.database_error(e))
     }
 
     /// The metrics, with gauges brought up to date (for a scrape).

@@ -30,11 +30,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{SizeService, StoreError};
-use crate::cache::{Cache, CacheRole, Install};
+use crate::cache::{Cache, CacheRole, Install, Meta};
 use crate::db::lease::bounded;
 use crate::db::sizes::{
-    claim_repairs, fetch_on, hand_over_own_writes, owed_repairs, primary_position, repair_backlog,
-    settle_own_writes, settle_repairs,
+    Owed, claim_repairs, fetch_on, hand_over_own_writes, owed_repairs, primary_position,
+    repair_backlog, settle_own_writes, settle_repairs,
 };
 use crate::domain::StoredSize;
 
@@ -409,14 +409,7 @@ impl SizeService {
             owed.iter().map(|owed| (owed.sku.as_str(), owed.version)),
         );
         // The epoch is captured before the rows are read, like a write's.
-        let seen = cache.read_meta().await?;
-        // Only into the data set the deployment serves: a repair applied elsewhere would clear
-        // the record while readers still lack the version.
-        let meta = self
-            .current_meta(cache, seen)
-            .await
-            .filter(|meta| self.readers.is_authority(role, &meta.epoch))
-            .ok_or(StoreError::NoEpoch)?;
+        let meta = self.repair_epoch(role, cache).await?;
         let skus: Vec<&str> = owed.iter().map(|owed| owed.sku.as_str()).collect();
         let fetched = fetch_on(&mut tx, &skus).await?;
         let rows = fetched.rows;
@@ -445,6 +438,23 @@ impl SizeService {
         tx.commit().await?;
         self.repairs.clear(role, &done);
         self.readers.settled(role, &done);
+        self.count_applied(cache, &owed);
+        Ok((owed.len(), done.len()))
+    }
+
+    /// The epoch of `cache` a repair installs in. Only the data set the deployment serves: a
+    /// repair applied elsewhere would clear the record while readers still lack the version.
+    async fn repair_epoch(&self, role: CacheRole, cache: &Cache) -> Result<Meta, StoreError> {
+        let seen = cache.read_meta().await?;
+        self.current_meta(cache, seen)
+            .await
+            .filter(|meta| self.readers.is_authority(role, &meta.epoch))
+            .ok_or(StoreError::NoEpoch)
+    }
+
+    /// Logs and counts the `owed` records applied to `cache`: repairs of this service's own
+    /// writes, and other writers' changes.
+    fn count_applied(&self, cache: &Cache, owed: &[Owed]) {
         let repairs = owed.iter().filter(|owed| owed.own_write).count();
         if repairs > 0 {
             tracing::info!(repaired = repairs, cache = cache.prefix(), "cache repaired");
@@ -453,6 +463,5 @@ impl SizeService {
         self.metrics
             .changes_applied
             .inc_by((owed.len() - repairs) as u64);
-        Ok((owed.len(), done.len()))
     }
 }

@@ -1,13 +1,15 @@
 //! The write path: one transaction on the primary, then, before the response, the versioned
 //! compare-and-set into Redis (entry, fence and high-water mark in one pipeline).
 
-use chrono::Utc;
-use tracing::{Instrument, instrument};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tracing::instrument;
 
 use super::{ServiceError, SizeService};
 use crate::cache::{Cache, CacheRole, Epoch, Install, Meta};
 use crate::config::FailoverPolicy;
-use crate::db::sizes::{DatabaseHistory, write_transaction};
+use crate::db::sizes::{Committed, DatabaseHistory, write_transaction};
 use crate::domain::write::{Change, Decision, Preconditions, decide};
 use crate::domain::{Lsn, SizeUpdate, Sku, StoredSize};
 
@@ -88,47 +90,7 @@ impl SizeService {
             Some(secondary) => self.stamp_for_write(&secondary.cache).await,
             None => None,
         };
-        let mut skus: Vec<&str> = changes.iter().map(|(sku, _)| sku.as_str()).collect();
-        skus.sort_unstable();
-        skus.dedup();
-        let now = Utc::now();
-        let unsure = |rows: &[StoredSize], xact: i64| self.left_unrecorded(rows, Some(xact));
-        let committed = write_transaction(
-            self.db.primary_writes(),
-            &skus,
-            |current| {
-                let mut state = current.clone();
-                let mut written: Vec<&str> = Vec::new();
-                let decisions: Vec<Decision> = changes
-                    .iter()
-                    .map(|(sku, change)| {
-                        let decision =
-                            decide(sku, state.get(sku.as_str()), change, preconditions, now);
-                        if let Decision::Write { row, .. } = &decision {
-                            state.insert(row.sku.clone(), row.clone());
-                            written.push(sku.as_str());
-                        }
-                        decision
-                    })
-                    .collect();
-                written.sort_unstable();
-                written.dedup();
-                let rows: Vec<StoredSize> = written
-                    .iter()
-                    .filter_map(|sku| state.get(*sku).cloned())
-                    .collect();
-                (rows.clone(), (decisions, rows))
-            },
-            &unsure,
-        )
-        .instrument(tracing::debug_span!(
-            "db.write",
-            db.system = "postgresql",
-            database = "primary",
-            skus = skus.len()
-        ))
-        .await
-        .map_err(|e| self.database_error(e))?;
+        let committed = self.commit(changes, preconditions).await?;
         let (decisions, mut rows) = committed.outcome;
         rows.extend(already_stored(&decisions, &rows));
         if !rows.is_empty() {
@@ -141,19 +103,9 @@ impl SizeService {
                 xact: committed.xact,
                 done: false,
             };
-            let history = &committed.history;
-            let epochs = Epochs {
-                primary: self
-                    .epoch_after_commit(&self.cache, primary_stamp, history)
-                    .await,
-                secondary: match &self.secondary {
-                    Some(secondary) => Some(
-                        self.epoch_after_commit(&secondary.cache, secondary_stamp, history)
-                            .await,
-                    ),
-                    None => None,
-                },
-            };
+            let epochs = self
+                .epochs_after_commit(primary_stamp, secondary_stamp, &committed.history)
+                .await;
             // The rows the write only reported (unchanged, stale) were locked as long as those
             // it stored: the same position proves them.
             let installs: Vec<Install<'_>> = rows
@@ -175,6 +127,32 @@ impl SizeService {
             cancelled.done = true;
         }
         Ok((decisions, committed.lsn))
+    }
+
+    /// The transaction of [`Self::apply`]: the decisions, and the rows it stored.
+    async fn commit(
+        &self,
+        changes: &[(Sku, Change)],
+        preconditions: &Preconditions,
+    ) -> Result<Committed<(Vec<Decision>, Vec<StoredSize>)>, ServiceError> {
+        let mut skus: Vec<&str> = changes.iter().map(|(sku, _)| sku.as_str()).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        let now = Utc::now();
+        let unsure = |rows: &[StoredSize], xact: i64| self.left_unrecorded(rows, Some(xact));
+        let transaction = write_transaction(
+            self.db.primary_writes(),
+            &skus,
+            |current| decide_in_order(current, changes, preconditions, now),
+            &unsure,
+        );
+        let span = tracing::debug_span!(
+            "db.write",
+            db.system = "postgresql",
+            database = "primary",
+            skus = skus.len()
+        );
+        self.on_primary(transaction, span).await
     }
 
     /// A write committed (or may have) and its request ended before it updated the caches:
@@ -201,6 +179,27 @@ impl SizeService {
         let meta = self.current_meta(cache, seen).await?;
         let (_, history) = cache.read_meta_with_history().await.ok()?;
         Some(Stamp { meta, history })
+    }
+
+    /// The epoch each cache installs a commit on `history` with ([`Self::epoch_after_commit`]).
+    async fn epochs_after_commit(
+        &self,
+        primary_stamp: Option<Stamp>,
+        secondary_stamp: Option<Stamp>,
+        history: &DatabaseHistory,
+    ) -> Epochs {
+        Epochs {
+            primary: self
+                .epoch_after_commit(&self.cache, primary_stamp, history)
+                .await,
+            secondary: match &self.secondary {
+                Some(secondary) => Some(
+                    self.epoch_after_commit(&secondary.cache, secondary_stamp, history)
+                        .await,
+                ),
+                None => None,
+            },
+        }
     }
 
     /// The epoch to install a commit on `history` with: the stamp's, if its versions come
@@ -351,6 +350,36 @@ struct Stamp {
     meta: Meta,
     /// The database history the epoch is bound to, if any yet.
     history: Option<String>,
+}
+
+/// Decides `changes` in order against the `current` rows, each seeing the rows decided before
+/// it: the rows to store (the last of each SKU written), and the decisions with those rows.
+fn decide_in_order(
+    current: &HashMap<String, StoredSize>,
+    changes: &[(Sku, Change)],
+    preconditions: &Preconditions,
+    now: DateTime<Utc>,
+) -> (Vec<StoredSize>, (Vec<Decision>, Vec<StoredSize>)) {
+    let mut state = current.clone();
+    let mut written: Vec<&str> = Vec::new();
+    let decisions: Vec<Decision> = changes
+        .iter()
+        .map(|(sku, change)| {
+            let decision = decide(sku, state.get(sku.as_str()), change, preconditions, now);
+            if let Decision::Write { row, .. } = &decision {
+                state.insert(row.sku.clone(), row.clone());
+                written.push(sku.as_str());
+            }
+            decision
+        })
+        .collect();
+    written.sort_unstable();
+    written.dedup();
+    let rows: Vec<StoredSize> = written
+        .iter()
+        .filter_map(|sku| state.get(*sku).cloned())
+        .collect();
+    (rows.clone(), (decisions, rows))
 }
 
 /// The stored rows that `decisions` report without writing them (unchanged or stale) and that
