@@ -11,6 +11,7 @@ use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 
 use super::entry::{self, Entry, Epoch};
+use super::epochs::mark_raised;
 use super::fills::Fill;
 use super::{Cache, CacheError};
 use crate::domain::{Lsn, StoredSize};
@@ -43,7 +44,12 @@ impl Cache {
     /// Installs values read from the database, each only if nothing newer is cached or fenced.
     /// Returns how many were installed.
     pub async fn fill(&self, items: &[Install<'_>], epoch: &Epoch) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, None, None).await
+        let stamping = Stamping {
+            epoch,
+            written_at: None,
+            ttl: None,
+        };
+        self.install_all(items, stamping).await
     }
 
     /// Installs one value read from the database, unless nothing newer is cached or fenced,
@@ -106,7 +112,12 @@ impl Cache {
         epoch: &Epoch,
         lsn: Lsn,
     ) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, Some(lsn), None).await
+        let stamping = Stamping {
+            epoch,
+            written_at: Some(lsn),
+            ttl: None,
+        };
+        self.install_all(items, stamping).await
     }
 
     /// Like [`Cache::record_writes`], with entries that live only `ttl` (the `short-ttl`
@@ -118,26 +129,27 @@ impl Cache {
         lsn: Lsn,
         ttl: Duration,
     ) -> Result<usize, CacheError> {
-        self.install_all(items, epoch, Some(lsn), Some(ttl)).await
+        let stamping = Stamping {
+            epoch,
+            written_at: Some(lsn),
+            ttl: Some(ttl),
+        };
+        self.install_all(items, stamping).await
     }
 
     async fn install_all(
         &self,
         items: &[Install<'_>],
-        epoch: &Epoch,
-        written_at: Option<Lsn>,
-        ttl: Option<Duration>,
+        stamping: Stamping<'_>,
     ) -> Result<usize, CacheError> {
-        if items.is_empty() && written_at.is_none() {
+        if items.is_empty() && stamping.written_at.is_none() {
             return Ok(0);
         }
         // A script touching many keys would cross slots in a Cluster.
         if items.len() > 1 && !self.clustered {
-            return self
-                .guarded(self.install_in_chunks(items, epoch, written_at, ttl))
-                .await;
+            return self.guarded(self.install_in_chunks(items, stamping)).await;
         }
-        self.guarded(self.install_all_unguarded(items, epoch, written_at, ttl))
+        self.guarded(self.install_all_unguarded(items, stamping))
             .await
     }
 
@@ -146,20 +158,18 @@ impl Cache {
     async fn install_in_chunks(
         &self,
         items: &[Install<'_>],
-        epoch: &Epoch,
-        written_at: Option<Lsn>,
-        ttl: Option<Duration>,
+        stamping: Stamping<'_>,
     ) -> Result<usize, CacheError> {
         let client = self.client()?;
         let mut installed = 0;
         for chunk in items.chunks(CHUNK) {
             let mut keys = Vec::with_capacity(chunk.len() * 2);
             let mut args = Vec::with_capacity(chunk.len() * 4 + 2);
-            args.extend(self.install_header(epoch, written_at.is_some()));
+            args.extend(self.install_header(stamping));
             for item in chunk {
                 keys.push(self.entry_key(item.sku));
                 keys.push(self.fence_key(item.sku));
-                args.extend(self.install_item(item, epoch, written_at.is_some(), ttl));
+                args.extend(self.install_item(item, stamping));
             }
             let count: i64 = self
                 .install
@@ -167,8 +177,8 @@ impl Cache {
                 .await?;
             installed += usize::try_from(count).unwrap_or(0);
         }
-        if let Some(lsn) = written_at {
-            self.raise_hwm_of(epoch, lsn).await?;
+        if let Some(lsn) = stamping.written_at {
+            self.raise_hwm_of(stamping.epoch, lsn).await?;
         }
         Ok(installed)
     }
@@ -176,14 +186,12 @@ impl Cache {
     async fn install_all_unguarded(
         &self,
         items: &[Install<'_>],
-        epoch: &Epoch,
-        written_at: Option<Lsn>,
-        ttl: Option<Duration>,
+        stamping: Stamping<'_>,
     ) -> Result<usize, CacheError> {
         let client = &self.client()?;
-        let is_write = written_at.is_some();
+        let written_at = stamping.written_at;
         let results = self
-            .run_installs(client, items, epoch, is_write, written_at, ttl)
+            .run_installs(client, items, stamping, written_at)
             .await?;
         let no_script = |r: &Result<i64, CacheError>| {
             r.as_ref()
@@ -222,7 +230,7 @@ impl Cache {
             mark_landed(bumped)?;
         }
         let retried = self
-            .run_installs(client, &again, epoch, is_write, bump_again, ttl)
+            .run_installs(client, &again, stamping, bump_again)
             .await?;
         Ok(installed + count_installed(retried, again.len(), bump_again.is_some())?)
     }
@@ -233,14 +241,12 @@ impl Cache {
         &self,
         client: &Client,
         items: &[Install<'_>],
-        epoch: &Epoch,
-        is_write: bool,
+        stamping: Stamping<'_>,
         bump: Option<Lsn>,
-        ttl: Option<Duration>,
     ) -> Result<Vec<Result<i64, CacheError>>, CacheError> {
         let pipeline = client.pipeline();
         for item in items {
-            let (keys, args) = self.install_call(item, epoch, is_write, ttl);
+            let (keys, args) = self.install_call(item, stamping);
             let _: () = pipeline
                 .custom(evalsha(&keys[0]), script_args(&self.install, keys, args))
                 .await?;
@@ -249,7 +255,7 @@ impl Cache {
             let key = self.meta_key();
             let args = vec![
                 Bytes::from(entry::pad_lsn(lsn)),
-                Bytes::from(epoch.as_str().to_owned()),
+                Bytes::from(stamping.epoch.as_str().to_owned()),
             ];
             let _: () = pipeline
                 .custom(evalsha(&key), script_args(&self.bump, vec![key], args))
@@ -262,40 +268,33 @@ impl Cache {
     fn install_call(
         &self,
         item: &Install<'_>,
-        epoch: &Epoch,
-        is_write: bool,
-        ttl: Option<Duration>,
+        stamping: Stamping<'_>,
     ) -> ([String; 2], Vec<Bytes>) {
         let keys = [self.entry_key(item.sku), self.fence_key(item.sku)];
         let mut args = Vec::with_capacity(6);
-        args.extend(self.install_header(epoch, is_write));
-        args.extend(self.install_item(item, epoch, is_write, ttl));
+        args.extend(self.install_header(stamping));
+        args.extend(self.install_item(item, stamping));
         (keys, args)
     }
 
     /// The install script's leading ARGV: the epoch, and the fence TTL (`0`: a fill).
-    fn install_header(&self, epoch: &Epoch, is_write: bool) -> [Bytes; 2] {
-        let fence_ttl = if is_write {
+    fn install_header(&self, stamping: Stamping<'_>) -> [Bytes; 2] {
+        let fence_ttl = if stamping.is_write() {
             self.settings.fence_ttl.as_millis()
         } else {
             0
         };
         [
-            Bytes::from(epoch.as_str().to_owned()),
+            Bytes::from(stamping.epoch.as_str().to_owned()),
             Bytes::from(fence_ttl.to_string()),
         ]
     }
 
     /// The install script's ARGV for one item: version, encoded entry, entry TTL, and the
     /// fence a write sets (empty for a fill).
-    fn install_item(
-        &self,
-        item: &Install<'_>,
-        epoch: &Epoch,
-        is_write: bool,
-        ttl: Option<Duration>,
-    ) -> [Bytes; 4] {
-        let fence = if is_write {
+    fn install_item(&self, item: &Install<'_>, stamping: Stamping<'_>) -> [Bytes; 4] {
+        let epoch = stamping.epoch;
+        let fence = if stamping.is_write() {
             Bytes::from(format!("{}|{}", item.version, epoch.as_str()))
         } else {
             Bytes::new()
@@ -303,7 +302,7 @@ impl Cache {
         [
             Bytes::from(item.version.to_string()),
             Entry::encode(item.version, epoch, item.verified, item.body.as_ref()),
-            Bytes::from(self.entry_ttl(item, ttl).as_millis().to_string()),
+            Bytes::from(self.entry_ttl(item, stamping.ttl).as_millis().to_string()),
             fence,
         ]
     }
@@ -315,6 +314,23 @@ impl Cache {
             (None, None) if item.version == 0 => self.settings.negative_ttl,
             (None, _) => entry::jittered(self.settings.entry_ttl),
         }
+    }
+}
+
+/// What every install of one batch carries: the epoch it is stamped with, the position of the
+/// commit a write's values come from (`None` for a fill), and a TTL to use instead of the
+/// usual one.
+#[derive(Clone, Copy)]
+struct Stamping<'e> {
+    epoch: &'e Epoch,
+    written_at: Option<Lsn>,
+    ttl: Option<Duration>,
+}
+
+impl Stamping<'_> {
+    /// A write sets its fences; a fill sets none.
+    fn is_write(&self) -> bool {
+        self.written_at.is_some()
     }
 }
 
@@ -344,9 +360,9 @@ fn count_installed(
 /// The high-water mark script's result in a pipeline, as a result.
 fn mark_landed(result: Option<Result<i64, CacheError>>) -> Result<(), CacheError> {
     match result {
-        Some(Ok(answer)) => super::mark_raised(answer),
+        Some(Ok(answer)) => mark_raised(answer),
         Some(Err(error)) => Err(error),
-        None => super::mark_raised(0),
+        None => mark_raised(0),
     }
 }
 

@@ -23,9 +23,12 @@
 mod batch;
 mod breaker;
 pub mod entry;
+mod epochs;
 mod fills;
 mod install;
 pub mod link;
+mod reads;
+mod relink;
 mod scripts;
 pub mod tls;
 
@@ -39,11 +42,9 @@ use bytes::Bytes;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::Config as RedisConfig;
-use fred::prelude::Value;
-use fred::types::CustomCommand;
 use fred::types::scripts::Script;
+use futures_util::FutureExt;
 use futures_util::future::Either;
-use futures_util::{FutureExt, TryStreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
@@ -53,7 +54,6 @@ pub use install::Install;
 pub use link::ServerIdentity;
 
 use crate::config::CacheSettings;
-use crate::domain::{Lsn, Sku};
 
 pub type CacheError = fred::error::Error;
 
@@ -193,152 +193,6 @@ impl Cache {
         self.server.load().as_deref().cloned()
     }
 
-    /// Keeps the link: `true` if it is healthy (or was just replaced by a checked one).
-    async fn check_link(&self) -> bool {
-        if let Some(link) = self.link.load_full()
-            && link.is_alive()
-        {
-            match link.identify_again().await {
-                // A server that does not answer (paused, overloaded) is still the same one.
-                Err(_) => return true,
-                Ok(now) if link.same_data_set(&now) => {
-                    self.server.store(Some(Arc::new(now)));
-                    return true;
-                }
-                Ok(_) => tracing::warn!(
-                    cache = self.prefix(),
-                    "the Redis server changed under an open connection (failover or resync)"
-                ),
-            }
-        }
-        // Nothing may use the old link from here on.
-        self.server.store(None);
-        if let Some(old) = self.link.swap(None) {
-            tokio::spawn(async move {
-                let _ = old.pool.quit().await;
-            });
-        }
-        if self.is_closed() {
-            return false;
-        }
-        let opened = match link::Link::open(&self.config, &self.settings, self.clustered).await {
-            Ok(opened) => {
-                self.refused.store(None);
-                opened
-            }
-            Err(error) => {
-                tracing::debug!(%error, "cannot connect to Redis yet");
-                self.refused
-                    .store(is_refusal(&error).then(|| Arc::new(error.details().to_owned())));
-                return false;
-            }
-        };
-        match self.adopt(&opened).await {
-            // Quit while this link was being opened: keep nothing open.
-            Ok(()) if self.is_closed() => {
-                let _ = opened.pool.quit().await;
-                false
-            }
-            Ok(()) => {
-                if opened.server.may_evict_fences() {
-                    tracing::warn!(
-                        cache = self.prefix(),
-                        policy = %opened.server.eviction_policy,
-                        "Redis may evict fences under memory pressure, and then serve reads older than acknowledged writes; set maxmemory-policy noeviction"
-                    );
-                }
-                self.server.store(Some(Arc::new(opened.server.clone())));
-                self.link.store(Some(Arc::new(opened)));
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                true
-            }
-            Err(error) => {
-                tracing::debug!(%error, "cannot check the Redis data set yet");
-                let _ = opened.pool.quit().await;
-                false
-            }
-        }
-    }
-
-    /// Trusts the link's data set only if the current epoch was started on it; otherwise
-    /// starts a new epoch (its high-water mark still unknown) before the link is used.
-    async fn adopt(&self, opened: &link::Link) -> Result<(), CacheError> {
-        let server = &opened.server;
-        let client = opened.client();
-        for _ in 0..5 {
-            let mut values: Vec<Option<Bytes>> = client
-                .mget(vec![self.meta_key(), self.origin_key()])
-                .await?;
-            let origin = values.pop().flatten();
-            let seen = values.pop().flatten();
-            if let Some(meta) = seen.as_deref().and_then(Meta::decode)
-                && origin.as_deref() == Some(origin_value(&meta.epoch, server).as_bytes())
-            {
-                return Ok(());
-            }
-            if self.restart_epoch_on(client, seen, server).await? {
-                tracing::info!(
-                    cache = self.prefix(),
-                    server = %server.data_set(),
-                    "Redis data set not the one the epoch began on (restart, snapshot or failover); new cache epoch"
-                );
-                return Ok(());
-            }
-        }
-        Err(CacheError::new(
-            fred::error::ErrorKind::Unknown,
-            "the cache epoch kept changing while being checked",
-        ))
-    }
-
-    /// Replaces the epoch with a new one whose high-water mark is not known yet, if the meta
-    /// key still holds `seen`. The caller (or the next read) then raises the mark from the
-    /// primary.
-    async fn restart_epoch_on(
-        &self,
-        client: &Client,
-        seen: Option<Bytes>,
-        server: &ServerIdentity,
-    ) -> Result<bool, CacheError> {
-        let fresh = Meta {
-            epoch: Epoch::random(),
-            hwm: Lsn::ZERO,
-        };
-        let started: i64 = self
-            .restart_epoch
-            .evalsha_with_reload(
-                client,
-                vec![self.meta_key(), self.origin_key()],
-                vec![
-                    seen.unwrap_or_default(),
-                    Bytes::from(fresh.encode()),
-                    Bytes::from(origin_value(&fresh.epoch, server)),
-                ],
-            )
-            .await?;
-        Ok(started == 1)
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    fn relink_requested(&self) -> Arc<Notify> {
-        self.relink.clone()
-    }
-
-    /// Wakes the supervisor if a connection of the link has closed.
-    fn notice_failure(&self) {
-        if self
-            .link
-            .load()
-            .as_ref()
-            .is_some_and(|link| !link.is_alive())
-        {
-            self.relink.notify_one();
-        }
-    }
-
     /// Whether cache operations are being skipped because Redis keeps failing.
     pub fn is_unavailable(&self) -> bool {
         self.breaker.is_open()
@@ -400,101 +254,6 @@ impl Cache {
         format!("{{{}:meta}}:database", self.prefix)
     }
 
-    /// Every SKU that has a cache entry (on every node of a Cluster).
-    pub async fn entry_skus(&self) -> Result<Vec<String>, CacheError> {
-        let pattern = format!("{}:{{*}}", self.prefix);
-        let client = self.client()?;
-        let keys: Vec<fred::types::Key> = if self.clustered {
-            client
-                .scan_cluster_buffered(pattern, Some(1000), None)
-                .try_collect()
-                .await?
-        } else {
-            client
-                .scan_buffered(pattern, Some(1000), None)
-                .try_collect()
-                .await?
-        };
-        Ok(keys
-            .iter()
-            .filter_map(|key| key.as_str())
-            .filter_map(|key| {
-                key.strip_prefix(&self.prefix)?
-                    .strip_prefix(":{")?
-                    .strip_suffix('}')
-            })
-            .map(str::to_owned)
-            .collect())
-    }
-
-    /// Values of `keys` in one round trip: MGET, or, in a Cluster (where one MGET cannot span
-    /// slots), a pipeline of GETs that fred routes to each key's node.
-    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>, CacheError> {
-        // Boxed: the pipeline's futures would double the size of every read's future.
-        if self.clustered {
-            return Box::pin(self.get_many_clustered(keys)).await;
-        }
-        Box::pin(self.get_many_from_master(keys)).await
-    }
-
-    /// MGET, and `ROLE` right after it on the same connection: a server that is no longer a
-    /// master (demoted, and perhaps already resynchronised from another data set, without
-    /// closing connections) is refused in the same round trip, not at the next identity
-    /// check. Its role as the MGET ran is that of the ROLE after it: a demoted server stays a
-    /// replica until it is promoted again, which gives it a new replication id that the
-    /// identity check refuses.
-    async fn get_many_from_master(
-        &self,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<Bytes>>, CacheError> {
-        let pipeline = self.client()?.pipeline();
-        let _: () = pipeline.mget(keys).await?;
-        let _: () = pipeline
-            .custom(
-                CustomCommand::new_static("ROLE", None, false),
-                Vec::<Value>::new(),
-            )
-            .await?;
-        let mut replies: Vec<Value> = pipeline.all().await?;
-        let role = replies.pop();
-        let values = replies.pop();
-        let is_master = matches!(&role, Some(Value::Array(role))
-            if role.first().and_then(Value::as_str).as_deref() == Some("master"));
-        if !is_master {
-            // The supervisor checks the server's identity now, and replaces the link.
-            self.relink.notify_one();
-            return Err(CacheError::new(
-                fred::error::ErrorKind::Unknown,
-                "the Redis server is no longer a master",
-            ));
-        }
-        values.map_or_else(|| Ok(Vec::new()), Value::convert)
-    }
-
-    async fn get_many_clustered(
-        &self,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<Bytes>>, CacheError> {
-        let pipeline = self.client()?.pipeline();
-        for key in keys {
-            let _: () = pipeline.get(key).await?;
-        }
-        pipeline
-            .try_all::<Option<Bytes>>()
-            .await
-            .into_iter()
-            .collect()
-    }
-
-    /// The raw entry values of `skus`, as stored.
-    pub async fn raw_entries(&self, skus: &[&str]) -> Result<Vec<Option<Bytes>>, CacheError> {
-        if skus.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = skus.iter().map(|s| self.entry_key(s)).collect();
-        self.guarded(self.get_many(keys)).await
-    }
-
     /// Deletes an entry only if it still holds `seen`.
     pub async fn delete_entry_if_unchanged(
         &self,
@@ -530,184 +289,6 @@ impl Cache {
         self.guarded(client.get(format!("{}:note:{name}", self.prefix)))
             .await
     }
-
-    /// Entries, fences and the meta key for `skus`, in one MGET: a miss knows everything it
-    /// needs before the database, and a hit pays for its fence with a few bytes, not a round
-    /// trip. Read together, entry, fence and epoch are one instant of one data set. A read of
-    /// one SKU shares its MGET with the other single-SKU reads waiting at the time ([`batch`]).
-    pub async fn read(&self, skus: &[Sku]) -> Result<CacheRead, CacheError> {
-        if let ([sku], Some(batcher)) = (skus, &self.batcher) {
-            let slot = batcher
-                .read(self.entry_key(sku.as_str()), self.fence_key(sku.as_str()))
-                .await?;
-            return Ok(CacheRead {
-                entries: vec![slot.entry.and_then(Entry::decode)],
-                fences: vec![slot.fence.and_then(|v| Fence::decode(&v))],
-                meta: slot.meta.and_then(|v| Meta::decode(&v)),
-            });
-        }
-        // Never empty: the meta key is always read.
-        let mut keys: Vec<String> = Vec::with_capacity(2 * skus.len() + 1);
-        keys.extend(skus.iter().map(|s| self.entry_key(s.as_str())));
-        keys.extend(skus.iter().map(|s| self.fence_key(s.as_str())));
-        keys.push(self.meta_key());
-        let mut values: Vec<Option<Bytes>> = self.guarded(self.get_many(keys)).await?;
-        let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
-        let fences = values
-            .drain(skus.len()..)
-            .map(|v| v.and_then(|v| Fence::decode(&v)))
-            .collect();
-        let entries = values
-            .into_iter()
-            .map(|v| v.and_then(Entry::decode))
-            .collect();
-        Ok(CacheRead {
-            entries,
-            fences,
-            meta,
-        })
-    }
-
-    pub async fn read_meta(&self) -> Result<Option<Meta>, CacheError> {
-        let client = self.client()?;
-        let value: Option<Bytes> = self.guarded(client.get(self.meta_key())).await?;
-        Ok(value.and_then(|v| Meta::decode(&v)))
-    }
-
-    /// The meta key, and the database history bound to its epoch (if any), in one round trip.
-    pub async fn read_meta_with_history(
-        &self,
-    ) -> Result<(Option<Meta>, Option<String>), CacheError> {
-        let client = self.client()?;
-        let mut values: Vec<Option<Bytes>> = self
-            .guarded(client.mget(vec![self.meta_key(), self.database_key()]))
-            .await?;
-        let bound = values.pop().flatten();
-        let meta = values.pop().flatten().and_then(|v| Meta::decode(&v));
-        let history = match (&meta, bound) {
-            (Some(meta), Some(bound)) => std::str::from_utf8(&bound)
-                .ok()
-                .and_then(|text| text.split_once('|'))
-                .filter(|(epoch, _)| *epoch == meta.epoch.as_str())
-                .map(|(_, history)| history.to_owned()),
-            _ => None,
-        };
-        if let (Some(meta), Some(history)) = (&meta, &history) {
-            self.remember_history(&meta.epoch, history);
-        }
-        Ok((meta, history))
-    }
-
-    /// The database history (`<system identifier>/<timeline>`) `epoch` is bound to: from
-    /// memory (a binding never changes), else from Redis. `None` if `epoch` is not current or
-    /// not bound yet.
-    pub async fn bound_history(&self, epoch: &Epoch) -> Result<Option<Arc<str>>, CacheError> {
-        if let Some(bound) = self.bound.load().as_deref()
-            && bound.0 == *epoch
-        {
-            return Ok(Some(bound.1.clone()));
-        }
-        let (meta, history) = self.read_meta_with_history().await?;
-        Ok(match (meta, history) {
-            (Some(meta), Some(history)) if meta.epoch == *epoch => Some(history.into()),
-            _ => None,
-        })
-    }
-
-    /// The WAL timeline of the database history `epoch` is bound to (see
-    /// [`Cache::bound_history`]).
-    pub async fn bound_timeline(&self, epoch: &Epoch) -> Result<Option<u32>, CacheError> {
-        Ok(self
-            .bound_history(epoch)
-            .await?
-            .and_then(|history| timeline_of(&history)))
-    }
-
-    fn remember_history(&self, epoch: &Epoch, history: &str) {
-        self.bound
-            .store(Some(Arc::new((epoch.clone(), Arc::from(history)))));
-    }
-
-    /// Binds `epoch` to the database `history` unless it is bound already. `false` if it is
-    /// bound to another history, or is no longer the current epoch.
-    pub async fn bind_history(&self, epoch: &Epoch, history: &str) -> Result<bool, CacheError> {
-        let client = self.client()?;
-        let bound: i64 = self
-            .guarded(self.bind_history.evalsha_with_reload(
-                &client,
-                vec![self.meta_key(), self.database_key()],
-                vec![epoch.as_str().to_owned(), history.to_owned()],
-            ))
-            .await?;
-        if bound == 1 {
-            self.remember_history(epoch, history);
-        }
-        Ok(bound == 1)
-    }
-
-    /// Ends the epoch `seen` (if it is still current) and starts a new one, its high-water
-    /// mark not known yet: for a database history the old epoch does not describe. `false` if
-    /// `seen` was no longer current.
-    pub async fn replace_epoch(&self, seen: &Meta) -> Result<bool, CacheError> {
-        let link = self.link.load_full().ok_or_else(no_link)?;
-        self.restart_epoch_on(
-            link.client(),
-            Some(Bytes::from(seen.encode())),
-            &link.server,
-        )
-        .await
-    }
-
-    /// Starts a new epoch if none exists (its high-water mark still unknown: zero), on the
-    /// data set of the current link. The caller then raises the mark to a primary WAL position
-    /// read *after* this call, which covers every write acknowledged before; writes
-    /// acknowledged after it raise the mark themselves.
-    pub async fn start_epoch(&self) -> Result<(), CacheError> {
-        let link = self.link.load_full().ok_or_else(no_link)?;
-        self.restart_epoch_on(link.client(), None, &link.server)
-            .await?;
-        Ok(())
-    }
-
-    /// Raises the high-water mark of `epoch`, if it is still the current one, to `lsn` (never
-    /// lowers it). An error if `epoch` is not the current one: what was stamped with it is
-    /// not served, and the mark does not cover `lsn`.
-    pub async fn raise_hwm_of(&self, epoch: &Epoch, lsn: Lsn) -> Result<(), CacheError> {
-        let client = self.client()?;
-        let raised = self
-            .bump
-            .evalsha_with_reload::<i64, _, _>(
-                &client,
-                vec![self.meta_key()],
-                vec![entry::pad_lsn(lsn), epoch.as_str().to_owned()],
-            )
-            .await?;
-        mark_raised(raised)
-    }
-
-    /// Counts the links adopted so far: a new value means a new connection to Redis, possibly
-    /// to another data set than the last one.
-    pub fn link_generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Raises the high-water mark to `lsn` (never lowers it; no-op without an epoch).
-    pub async fn raise_hwm(&self, lsn: Lsn) -> Result<(), CacheError> {
-        let client = self.client()?;
-        self.bump
-            .evalsha_with_reload::<i64, _, _>(
-                &client,
-                vec![self.meta_key()],
-                vec![entry::pad_lsn(lsn)],
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-/// The origin recorded with `epoch`: the data set it was started on.
-fn origin_value(epoch: &Epoch, server: &ServerIdentity) -> String {
-    format!("{}|{}", epoch.as_str(), server.data_set())
 }
 
 /// A coalescer ([`crate::coalesce`]) whose batches run on a cache while it exists; once it is
@@ -752,33 +333,6 @@ fn breaker_open() -> CacheError {
         fred::error::ErrorKind::Canceled,
         "Redis is failing; the cache breaker is open",
     )
-}
-
-/// The timeline of a database history as bound to an epoch (`<system identifier>/<timeline>`).
-fn timeline_of(history: &str) -> Option<u32> {
-    history.rsplit_once('/')?.1.parse().ok()
-}
-
-/// The high-water mark script's answer as a result: 1 when the mark covers the position.
-fn mark_raised(answer: i64) -> Result<(), CacheError> {
-    if answer == 1 {
-        Ok(())
-    } else {
-        Err(CacheError::new(
-            fred::error::ErrorKind::Unknown,
-            "the cache epoch ended before its high-water mark was raised",
-        ))
-    }
-}
-
-/// Whether the server refused the connection's credentials (a wrong password or user, or a
-/// server that wants one), as opposed to not answering.
-fn is_refusal(error: &CacheError) -> bool {
-    let details = error.details();
-    *error.kind() == fred::error::ErrorKind::Auth
-        || ["WRONGPASS", "NOAUTH", "NOPERM"]
-            .iter()
-            .any(|code| details.contains(code))
 }
 
 fn no_link() -> CacheError {

@@ -1,7 +1,7 @@
 //! Connections the read path keeps between its queries, outside sqlx's pool.
 //!
 //! sqlx tests every connection on its way back into the pool (a Sync and a wait for
-//! ReadyForQuery) and again on its way out after idling: round trips that doubled the
+//! ReadyForQuery) and again on its way out after idling: round trips that would double the
 //! database work of a cache miss, whose query is one short round trip itself. The read path
 //! borrows connections from the pool and keeps up to `keep` of them between queries; a
 //! connection goes back to sqlx (which tests it) when its query failed; it is closed when its
@@ -18,9 +18,9 @@
 //! [`bounded!`] on leases made by [`Leases::background`], whose connections never go back to
 //! sqlx: after a query a connection is kept or closed, and a kept one is tested with a ping
 //! bounded by [`IDLE_TEST_TIMEOUT`] before its next query. sqlx's test of a returned
-//! connection has no deadline, so a server that stopped answering between a query's answer and
-//! that test held the pool's slot for good: with one connection for the renewals, no lease
-//! was ever renewed again.
+//! connection has no deadline, so a server that stops answering between a query's answer and
+//! that test would hold the pool's slot for good: with one connection for the renewals, no
+//! lease would be renewed again.
 //!
 //! **Load shedding.** When the database is saturated (a slow primary, a lock, more misses than
 //! it can answer), waiting longer for a connection helps nobody: the queue only grows until
@@ -212,6 +212,18 @@ impl Leases {
     }
 }
 
+/// The error a leased query ends with ([`leased!`]): it tells whether the connection, not the
+/// query, failed.
+pub trait QueryError: std::fmt::Display + From<sqlx::Error> {
+    fn is_broken_connection(&self) -> bool;
+}
+
+impl QueryError for sqlx::Error {
+    fn is_broken_connection(&self) -> bool {
+        is_broken_connection(self)
+    }
+}
+
 /// Whether `error` says the connection, not the query, failed: I/O, protocol, or the server
 /// ending the session (SQLSTATE class 08, or 57P01–57P03 for a shutdown).
 fn is_broken_connection(error: &sqlx::Error) -> bool {
@@ -242,14 +254,14 @@ impl Lease<'_> {
     /// After a completed query the connection is idle and may be kept. Returns whether to
     /// run the query again on a tested connection: this kept connection turned out broken,
     /// and the others, most likely broken with it, have been dropped.
-    pub fn finish<T>(mut self, result: &Result<T, sqlx::Error>) -> bool {
+    pub fn finish<T, E: QueryError>(mut self, result: &Result<T, E>) -> bool {
         self.answered = true;
         match result {
             Ok(_) => {
                 self.settled = true;
                 false
             }
-            Err(error) if self.kept && is_broken_connection(error) => {
+            Err(error) if self.kept && error.is_broken_connection() => {
                 tracing::debug!(%error, "a kept connection broke; retrying on a tested one");
                 self.leases.release_all();
                 true
@@ -266,11 +278,11 @@ impl Lease<'_> {
     }
 }
 
-/// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`) on a connection of
-/// `$leases`, and once more on a tested one if the kept connection turned out broken; all of it
-/// within the leases' deadline, after which the connection in use is closed (a server that
-/// stops answering without closing its connections holds a query until TCP gives up, minutes
-/// later) and the error says it timed out.
+/// Runs `$query` (an expression awaited, using `$conn: &mut PgConnection`, that fails with a
+/// [`QueryError`]) on a connection of `$leases`, and once more on a tested one if the kept
+/// connection turned out broken; all of it within the leases' deadline, after which the
+/// connection in use is closed (a server that stops answering without closing its connections
+/// holds a query until TCP gives up, minutes later) and the error says it timed out.
 macro_rules! leased {
     ($leases:expr, |$conn:ident| $query:expr) => {
         async {
@@ -296,7 +308,7 @@ macro_rules! leased {
                 Ok(result) => result,
                 Err(_) => {
                     leases.close_kept();
-                    Err($crate::db::lease::timed_out(leases.deadline()))
+                    Err($crate::db::lease::timed_out(leases.deadline()).into())
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the primary (all writes, fresh reads) and an optional streaming replica.
 
 pub mod changes;
+mod error;
 pub mod lease;
 pub mod readers;
 pub mod replica;
@@ -16,6 +17,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseSettings;
+pub use error::DbError;
 use lease::{Admission, IDLE_TEST_TIMEOUT, Leases};
 
 /// The `application_name` of the service's connections.
@@ -74,57 +76,39 @@ impl Db {
         settings: &DatabaseSettings,
         ledgers: &[String],
     ) -> Result<Self, sqlx::Error> {
-        let options = |url: &SecretString, name: &str| -> Result<PgConnectOptions, sqlx::Error> {
-            Ok(PgConnectOptions::from_str(url.expose_secret())?
-                .application_name(name)
-                .options([(
-                    "statement_timeout",
-                    format!("{}", settings.statement_timeout.as_millis()),
-                )]))
-        };
-        let pool = || {
-            tested(PgPoolOptions::new())
-                .max_connections(settings.max_connections)
-                .min_connections(0)
-                .acquire_timeout(settings.acquire_timeout)
-                .idle_timeout(Some(Duration::from_secs(300)))
-        };
-        let primary_options = options(primary_url, APPLICATION)?;
+        let primary_options = connect_options(primary_url, APPLICATION, settings)?;
         warn_if_unverified("DATABASE_URL", &primary_options);
         let listener = changes::listener_application(ledgers);
-        let ledgers = Arc::new(ledgers.join(" "));
-        let primary = pool()
-            .after_connect(move |conn, _| {
-                let ledgers = ledgers.clone();
-                Box::pin(async move {
-                    sqlx::query("SELECT set_config('product_size.own_ledgers', $1, false)")
-                        .bind(ledgers.as_str())
-                        .execute(conn)
-                        .await
-                        .map(drop)
-                })
-            })
-            .connect_lazy_with(primary_options);
-        let changes = tested(PgPoolOptions::new())
-            .max_connections(1)
-            .min_connections(0)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options(primary_url, &listener)?);
-        let readers = tested(PgPoolOptions::new())
-            .max_connections(1)
-            .min_connections(0)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options(primary_url, READERS_APPLICATION)?);
+        let primary = primary_pool(settings, primary_options, ledgers);
+        let changes = one_connection(settings, connect_options(primary_url, &listener, settings)?);
+        let readers = one_connection(
+            settings,
+            connect_options(primary_url, READERS_APPLICATION, settings)?,
+        );
         let replica = replica_url
             .map(|url| {
-                let replica = options(url, APPLICATION)?;
+                let replica = connect_options(url, APPLICATION, settings)?;
                 warn_if_unverified("DATABASE_REPLICA_URL", &replica);
-                Ok::<_, sqlx::Error>(pool().connect_lazy_with(replica))
+                Ok::<_, sqlx::Error>(request_pool(settings).connect_lazy_with(replica))
             })
             .transpose()?;
+        Ok(Self::with_pools(
+            primary, replica, changes, readers, settings,
+        ))
+    }
+
+    /// The handles over lazy pools: the leases of reads, writes and background queries on
+    /// each database, and their deadlines.
+    fn with_pools(
+        primary: PgPool,
+        replica: Option<PgPool>,
+        changes: PgPool,
+        readers: PgPool,
+        settings: &DatabaseSettings,
+    ) -> Self {
         let primary_deadline = settings.primary_deadline();
         let replica_deadline = settings.replica_timeout;
-        Ok(Self {
+        Self {
             primary_reads: Arc::new(Leases::new(primary.clone(), primary_deadline)),
             primary_writes: Arc::new(Admission::new(primary.clone())),
             replica_reads: replica
@@ -144,7 +128,7 @@ impl Db {
             changes,
             background_deadline: primary_deadline,
             replica_deadline,
-        })
+        }
     }
 
     pub fn primary(&self) -> &PgPool {
@@ -226,6 +210,59 @@ impl Db {
             replica.close().await;
         }
     }
+}
+
+/// How to connect to `url` as the application `name`, with the configured statement timeout.
+fn connect_options(
+    url: &SecretString,
+    name: &str,
+    settings: &DatabaseSettings,
+) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url.expose_secret())?
+        .application_name(name)
+        .options([(
+            "statement_timeout",
+            format!("{}", settings.statement_timeout.as_millis()),
+        )]))
+}
+
+/// The options of a pool that serves requests (and background work) on one server.
+fn request_pool(settings: &DatabaseSettings) -> PgPoolOptions {
+    tested(PgPoolOptions::new())
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+}
+
+/// The primary's pool, whose connections name `ledgers` (see [`Db::connect_lazy`]).
+fn primary_pool(
+    settings: &DatabaseSettings,
+    options: PgConnectOptions,
+    ledgers: &[String],
+) -> PgPool {
+    let ledgers = Arc::new(ledgers.join(" "));
+    request_pool(settings)
+        .after_connect(move |conn, _| {
+            let ledgers = ledgers.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT set_config('product_size.own_ledgers', $1, false)")
+                    .bind(ledgers.as_str())
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            })
+        })
+        .connect_lazy_with(options)
+}
+
+/// A pool of one connection, for a task that must not wait behind requests.
+fn one_connection(settings: &DatabaseSettings, options: PgConnectOptions) -> PgPool {
+    tested(PgPoolOptions::new())
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options)
 }
 
 /// Pool options whose idle connections are tested before they are handed out within

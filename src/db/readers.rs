@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
+use super::error::{DbError, parse_lsn};
 use super::lease::Leases;
-
 use crate::domain::Lsn;
 
 /// What one renewal (or one read of the book on a replica) returned.
@@ -43,7 +43,7 @@ pub async fn renew(
     reader: &str,
     applied: (Lsn, i32),
     lease: Duration,
-) -> Result<Book, sqlx::Error> {
+) -> Result<Book, DbError> {
     type Renewed = (bool, String, i32, Option<String>, Vec<String>, Vec<i64>);
     let lease_ms = i32::try_from(lease.as_millis()).unwrap_or(i32::MAX);
     let applied_to = applied.0.to_string();
@@ -59,7 +59,7 @@ pub async fn renew(
         })
         .await?;
     Ok(Book {
-        visible: parse(&visible)?,
+        visible: parse_lsn(&visible)?,
         timeline,
         authority,
         owed: skus.into_iter().zip(versions).collect(),
@@ -75,7 +75,7 @@ pub async fn owe_failed_write(
     ledger: &str,
     xacts: &[i64],
     owed: &[(&str, i64)],
-) -> Result<Lsn, sqlx::Error> {
+) -> Result<Lsn, DbError> {
     sqlx::query("SELECT owe_failed_write($1, $2, $3, $4)")
         .bind(ledger)
         .bind(xacts)
@@ -93,7 +93,7 @@ pub async fn record_epoch(
     conn: &mut PgConnection,
     ledger: &str,
     epoch: &str,
-) -> Result<Lsn, sqlx::Error> {
+) -> Result<Lsn, DbError> {
     sqlx::query("SELECT record_cache_epoch($1, $2)")
         .bind(ledger)
         .bind(epoch)
@@ -172,9 +172,4 @@ pub async fn forget_gone(executor: impl sqlx::PgExecutor<'_>) -> Result<u64, sql
     .execute(executor)
     .await
     .map(|done| done.rows_affected())
-}
-
-fn parse(text: &str) -> Result<Lsn, sqlx::Error> {
-    text.parse()
-        .map_err(|_| sqlx::Error::Protocol(format!("unexpected WAL position {text:?}")))
 }

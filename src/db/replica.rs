@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use super::DbError;
 use super::lease::Leases;
 use crate::domain::Lsn;
 
@@ -120,73 +121,117 @@ pub fn spawn_probe(
     max_lag: Duration,
     replica_deadline: Duration,
 ) -> JoinHandle<()> {
+    let mut probe = Probe {
+        primary,
+        replica,
+        health,
+        max_lag,
+        replica_deadline,
+        primary_timeout: interval.max(Duration::from_secs(1)),
+        history: PrimaryHistory::default(),
+        was_usable: true,
+    };
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut history = PrimaryHistory::default();
-        let mut was_usable = true;
-        let timeout = interval.max(Duration::from_secs(1));
         loop {
             ticker.tick().await;
-            // The replica first: the primary, read after, has written at least as much.
-            let replay = super::lease::bounded!(&replica, replica_deadline, |conn| replay_of(conn));
-            let (replay, reachable) = match replay.await {
-                Ok(replay) => (replay, true),
-                Err(error) => {
-                    if was_usable {
-                        tracing::warn!(%error, "replica probe failed; reading from the primary");
-                    }
-                    (None, false)
-                }
-            };
-            let now = Instant::now();
-            let position = super::lease::bounded!(&primary, timeout, |conn| position_of(conn));
-            let primary = match position.await {
-                Ok((lsn, timeline)) => {
-                    history.record(now, lsn, max_lag * 2 + Duration::from_secs(5));
-                    Some((lsn, timeline))
-                }
-                Err(_) => None,
-            };
-            let usable = match replay {
-                Some(replay) => {
-                    let (lag, bytes) = history.lag(replay.replayed, Instant::now());
-                    health
-                        .replayed
-                        .fetch_max(replay.replayed.as_u64(), Ordering::Relaxed);
-                    health.lag_bytes.store(bytes, Ordering::Relaxed);
-                    health
-                        .lag_millis
-                        .store(lag.as_millis() as u64, Ordering::Relaxed);
-                    if let Some(reason) = diverged(replay, primary) {
-                        if was_usable {
-                            tracing::warn!(reason, "replica not used; reading from the primary");
-                        }
-                        false
-                    } else {
-                        if lag > max_lag && was_usable {
-                            tracing::warn!(
-                                lag_ms = lag.as_millis() as u64,
-                                "replica lags past the bound; reading from the primary"
-                            );
-                        }
-                        lag <= max_lag
-                    }
-                }
-                None => false,
-            };
-            if usable && !was_usable {
-                tracing::info!("replica is usable again");
-            }
-            was_usable = usable;
-            health.usable.store(usable, Ordering::Relaxed);
-            health.reachable.store(reachable, Ordering::Relaxed);
-            health.probes.fetch_add(1, Ordering::Relaxed);
+            probe.once().await;
         }
     })
 }
 
-async fn position_of(conn: &mut sqlx::PgConnection) -> Result<(Lsn, u32), sqlx::Error> {
+/// The probe's task: what it reads from, what it publishes to, and what it remembers
+/// between probes.
+struct Probe {
+    primary: Arc<Leases>,
+    replica: Arc<Leases>,
+    health: Arc<ReplicaHealth>,
+    max_lag: Duration,
+    replica_deadline: Duration,
+    primary_timeout: Duration,
+    history: PrimaryHistory,
+    /// The last probe's verdict: a change is logged once, not on every probe.
+    was_usable: bool,
+}
+
+impl Probe {
+    /// Probes the replica, then the primary, and publishes what they say.
+    async fn once(&mut self) {
+        // The replica first: the primary, read after, has written at least as much.
+        let (replay, reachable) = self.replay().await;
+        let primary = self.read_primary(Instant::now()).await;
+        let usable = match replay {
+            Some(replay) => self.judge(replay, primary),
+            None => false,
+        };
+        if usable && !self.was_usable {
+            tracing::info!("replica is usable again");
+        }
+        self.was_usable = usable;
+        let health = &self.health;
+        health.usable.store(usable, Ordering::Relaxed);
+        health.reachable.store(reachable, Ordering::Relaxed);
+        health.probes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The replica's replay (`None` if it is not replaying), and whether it answered.
+    async fn replay(&self) -> (Option<Replay>, bool) {
+        let replay =
+            super::lease::bounded!(&self.replica, self.replica_deadline, |conn| replay_of(conn));
+        match replay.await {
+            Ok(replay) => (replay, true),
+            Err(error) => {
+                if self.was_usable {
+                    tracing::warn!(%error, "replica probe failed; reading from the primary");
+                }
+                (None, false)
+            }
+        }
+    }
+
+    /// The primary's position and timeline, recorded in the history as of `now`; `None` if
+    /// the primary did not answer.
+    async fn read_primary(&mut self, now: Instant) -> Option<(Lsn, u32)> {
+        let position =
+            super::lease::bounded!(&self.primary, self.primary_timeout, |conn| position_of(
+                conn
+            ));
+        let (lsn, timeline) = position.await.ok()?;
+        let keep = self.max_lag * 2 + Duration::from_secs(5);
+        self.history.record(now, lsn, keep);
+        Some((lsn, timeline))
+    }
+
+    /// Publishes how far behind `replay` is, and whether it may be read: on the primary's
+    /// history and within the lag bound.
+    fn judge(&self, replay: Replay, primary: Option<(Lsn, u32)>) -> bool {
+        let (lag, bytes) = self.history.lag(replay.replayed, Instant::now());
+        let health = &self.health;
+        health
+            .replayed
+            .fetch_max(replay.replayed.as_u64(), Ordering::Relaxed);
+        health.lag_bytes.store(bytes, Ordering::Relaxed);
+        health
+            .lag_millis
+            .store(lag.as_millis() as u64, Ordering::Relaxed);
+        if let Some(reason) = diverged(replay, primary) {
+            if self.was_usable {
+                tracing::warn!(reason, "replica not used; reading from the primary");
+            }
+            return false;
+        }
+        if lag > self.max_lag && self.was_usable {
+            tracing::warn!(
+                lag_ms = lag.as_millis() as u64,
+                "replica lags past the bound; reading from the primary"
+            );
+        }
+        lag <= self.max_lag
+    }
+}
+
+async fn position_of(conn: &mut sqlx::PgConnection) -> Result<(Lsn, u32), DbError> {
     let (lsn, history) = crate::db::sizes::primary_position(conn).await?;
     Ok((lsn, history.timeline))
 }

@@ -158,15 +158,12 @@ pub async fn status(
     ledger: &str,
     abandoned_after: Duration,
 ) -> Result<Option<WarmUpRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    let sql = concat!(
         "SELECT ",
         columns!(),
         " FROM cache_warm_ups WHERE ledger = $1"
-    ))
-    .bind(ledger)
-    .bind(secs(abandoned_after))
-    .fetch_optional(conn)
-    .await
+    );
+    fetch_row(conn, sql, ledger, abandoned_after).await
 }
 
 /// Asks the running warm-up of `ledger` to stop; returns it, or `None` if none runs.
@@ -175,14 +172,25 @@ pub async fn cancel(
     ledger: &str,
     abandoned_after: Duration,
 ) -> Result<Option<WarmUpRow>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    let sql = concat!(
         "UPDATE cache_warm_ups SET cancel_requested = true \
          WHERE ledger = $1 AND state = 'running' \
              AND reported_at >= now() - make_interval(secs => $2) RETURNING ",
         columns!()
-    ))
-    .bind(ledger)
-    .bind(secs(abandoned_after))
-    .fetch_optional(conn)
-    .await
+    );
+    fetch_row(conn, sql, ledger, abandoned_after).await
+}
+
+/// The row `sql` returns, if any, with `$1` the ledger and `$2` the limit of [`columns!`].
+async fn fetch_row(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    ledger: &str,
+    abandoned_after: Duration,
+) -> Result<Option<WarmUpRow>, sqlx::Error> {
+    sqlx::query_as(sql)
+        .bind(ledger)
+        .bind(secs(abandoned_after))
+        .fetch_optional(conn)
+        .await
 }

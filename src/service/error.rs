@@ -1,14 +1,18 @@
 //! What the service layer fails with. The HTTP layer maps these to statuses
 //! (`impl From<ServiceError> for AppError`); the causes stay chained for the one log line.
 
+use super::CacheJobError;
 use crate::cache::CacheError;
+use crate::db::DbError;
 
 /// Why a read or a write could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The database did not answer, or is shedding load: the request may succeed shortly.
+    /// The database did not answer, is shedding load, or answered what the service could not
+    /// use (a WAL position it cannot read, a write that lost every race to concurrent creates):
+    /// the request may succeed shortly.
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DbError),
     /// The database refused a query that should have run: a bug or a broken schema.
     #[error("the database refused a query")]
     Database(#[source] sqlx::Error),
@@ -23,22 +27,38 @@ pub enum ServiceError {
 
 impl From<sqlx::Error> for ServiceError {
     fn from(error: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        let unavailable = match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => true,
-            // Shutdown, crash or failover of the server, too many connections, and a
-            // transaction the server aborted (a deadlock, a serialization failure) whose
-            // retries ran out: each may succeed shortly.
-            E::Database(db) => db.code().is_some_and(|c| {
-                c.starts_with("57") || c.starts_with("08") || c.starts_with("40") || c == "53300"
-            }),
-            _ => false,
-        };
-        if unavailable {
-            Self::Unavailable(error)
+        if is_unavailable(&error) {
+            Self::Unavailable(error.into())
         } else {
             Self::Database(error)
         }
+    }
+}
+
+impl From<DbError> for ServiceError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Sqlx(error) => error.into(),
+            // Unavailable, as they were while the database layer encoded them as protocol
+            // errors: a retry may read a position the service can use, or win the race.
+            own @ (DbError::UnexpectedPosition(_) | DbError::KeptConflicting) => {
+                Self::Unavailable(own)
+            }
+        }
+    }
+}
+
+/// Whether `error` may pass shortly: the pool is exhausted or closed, the connection failed,
+/// or the server is shutting down, crashing, failing over, out of connections, or aborted a
+/// transaction (a deadlock, a serialization failure) whose retries ran out.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match error {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => true,
+        E::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("57") || c.starts_with("08") || c.starts_with("40") || c == "53300"
+        }),
+        _ => false,
     }
 }
 
@@ -46,10 +66,24 @@ impl From<sqlx::Error> for ServiceError {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error(transparent)]
     Cache(#[from] CacheError),
     /// No epoch of the cache could be read or started (see `SizeService::current_meta`).
     #[error("the cache has no epoch this instance can trust")]
     NoEpoch,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+/// [`CacheJobError`] carries sqlx errors only: the database layer's own failures go in as the
+/// protocol errors they were before [`DbError`], and a job reports them as it always did.
+impl From<DbError> for CacheJobError {
+    fn from(error: DbError) -> Self {
+        Self::Database(error.into_sqlx())
+    }
 }
