@@ -19,18 +19,6 @@ pub enum DbError {
     KeptConflicting,
 }
 
-impl DbError {
-    /// The error as a `sqlx::Error`, for a caller whose error type carries only those: the
-    /// service's own failures as the [`sqlx::Error::Protocol`] they were encoded as before
-    /// this type existed, so that such a caller treats them as it always did.
-    pub fn into_sqlx(self) -> sqlx::Error {
-        match self {
-            Self::Sqlx(error) => error,
-            own => sqlx::Error::Protocol(own.to_string()),
-        }
-    }
-}
-
 impl QueryError for DbError {
     /// The service's own failures never say the connection broke: it answered.
     fn is_broken_connection(&self) -> bool {

@@ -39,8 +39,7 @@ impl From<DbError> for ServiceError {
     fn from(error: DbError) -> Self {
         match error {
             DbError::Sqlx(error) => error.into(),
-            // Unavailable, as they were while the database layer encoded them as protocol
-            // errors: a retry may read a position the service can use, or win the race.
+            // Unavailable: a retry may read a position the service can use, or win the race.
             own @ (DbError::UnexpectedPosition(_) | DbError::KeptConflicting) => {
                 Self::Unavailable(own)
             }
@@ -80,10 +79,8 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// [`CacheJobError`] carries sqlx errors only: the database layer's own failures go in as the
-/// protocol errors they were before [`DbError`], and a job reports them as it always did.
-impl From<DbError> for CacheJobError {
-    fn from(error: DbError) -> Self {
-        Self::Database(error.into_sqlx())
+impl From<sqlx::Error> for CacheJobError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error.into())
     }
 }

@@ -50,6 +50,7 @@ pub use write::{SyncItemOutcome, WriteOutcome};
 use crate::cache::{Cache, CacheRole, Meta};
 use crate::config::{FailoverPolicy, ReaderSettings};
 use crate::db::Db;
+use crate::db::DbError;
 use crate::db::lease::bounded;
 use crate::db::replica::ReplicaHealth;
 use crate::db::sizes::{DatabaseHistory, SharedFetches, primary_position};
@@ -59,7 +60,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheJobError {
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error("Redis: {0}")]
     Cache(#[from] fred::error::Error),
     #[error("Redis has no usable epoch (is it reachable?)")]
@@ -189,8 +190,9 @@ impl SizeService {
     }
 
     /// Counts pool timeouts on the way to the caller.
-    fn database_error(&self, error: sqlx::Error) -> ServiceError {
-        if matches!(error, sqlx::Error::PoolTimedOut) {
+    fn database_error(&self, error: impl Into<DbError>) -> ServiceError {
+        let error = error.into();
+        if matches!(error, DbError::Sqlx(sqlx::Error::PoolTimedOut)) {
             self.metrics.db_pool_timeouts.inc();
         }
         error.into()
@@ -198,9 +200,9 @@ impl SizeService {
 
     /// Awaits a request path's `query` on the primary within `span`; see
     /// [`Self::database_error`].
-    async fn on_primary<T>(
+    async fn on_primary<T, E: Into<DbError>>(
         &self,
-        query: impl Future<Output = Result<T, sqlx::Error>>,
+        query: impl Future<Output = Result<T, E>>,
         span: tracing::Span,
     ) -> Result<T, ServiceError> {
         query

@@ -50,20 +50,6 @@ pub async fn write_transaction<T>(
     skus: &[&str],
     plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
     unsure: &(dyn Fn(&[StoredSize], i64) + Sync),
-) -> Result<Committed<T>, sqlx::Error> {
-    // Its caller (`SizeService::apply`) maps sqlx errors only: until it takes a `DbError`,
-    // the service's own failures reach it as the protocol errors they always were.
-    write_with_retries(primary, skus, plan, unsure)
-        .await
-        .map_err(DbError::into_sqlx)
-}
-
-/// [`write_transaction`], with the service's own failures told apart from the database's.
-async fn write_with_retries<T>(
-    primary: &Admission,
-    skus: &[&str],
-    plan: impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
-    unsure: &(dyn Fn(&[StoredSize], i64) + Sync),
 ) -> Result<Committed<T>, DbError> {
     let mut conn = primary.acquire().await?;
     let mut last = None;
