@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::read::{Load, Proof, ReadSource};
+use super::answer::ReadSource;
+use super::read::{Load, Proof};
 use super::{ServiceError, SizeService};
 use crate::db::DbRoute;
 use crate::db::lease::Leases;

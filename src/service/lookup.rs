@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tracing::instrument;
 
 use super::SizeService;
-use super::read::SizeDoc;
+use super::answer::SizeDoc;
 use crate::cache::{Cache, CacheRead, CacheRole, Entry, Epoch, Fence, Meta};
 use crate::db::lease::bounded;
 use crate::db::sizes::owed_repairs;

@@ -20,6 +20,7 @@
 //!   update did not land there is acknowledged only once every other instance knows.
 
 mod acknowledge;
+mod answer;
 pub mod audit;
 mod authority;
 mod error;
@@ -44,7 +45,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-pub use read::{ReadResult, ReadSource, SizeDoc};
+pub use answer::{ReadResult, ReadSource, SizeDoc};
 pub use write::{SyncItemOutcome, WriteOutcome};
 
 use crate::cache::{Cache, CacheRole, Meta};

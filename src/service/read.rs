@@ -1,56 +1,20 @@
 //! The read path: cache first, then the replica when it is provably fresh, else the primary;
 //! then fill the cache with a versioned compare-and-set.
-
 //!
 //! The steps have modules of their own: the cache lookup ([`super::lookup`]) and the database
 //! reads ([`super::fetch`]).
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use tracing::instrument;
 
+use super::answer::{ReadResult, ReadSource, SizeDoc};
 use super::lookup::{Miss, Sorted};
 use super::{FILL_MAX_AGE, ServiceError, SizeService};
 use crate::cache::{Cache, Install, Meta};
 use crate::db::DbRoute;
 use crate::domain::{Lsn, Sku};
 use crate::telemetry;
-
-/// Where an answer came from, in order of distance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ReadSource {
-    Cache,
-    Replica,
-    Primary,
-}
-
-impl ReadSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cache => "cache",
-            Self::Replica => "replica",
-            Self::Primary => "primary",
-        }
-    }
-}
-
-/// One SKU's current state: `body` is `None` when it does not exist (or was deleted).
-#[derive(Debug, Clone)]
-pub struct SizeDoc {
-    pub sku: Sku,
-    /// 0 when the SKU never existed.
-    pub version: i64,
-    pub body: Option<Bytes>,
-}
-
-#[derive(Debug)]
-pub struct ReadResult {
-    /// One per requested SKU, in request order.
-    pub docs: Vec<SizeDoc>,
-    /// The farthest source any of them came from.
-    pub source: ReadSource,
-}
 
 impl SizeService {
     /// Reads `skus` (distinct) as of at least every acknowledged write, and `token` if given,
