@@ -4,7 +4,6 @@
 pub mod app;
 pub mod cache;
 pub mod cli;
-mod coalesce;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -1,4 +1,4 @@
-//! Concurrent single-SKU reads coalesced into one `MGET` ([`crate::coalesce`]).
+//! Concurrent single-SKU reads coalesced into one `MGET` ([`crate::infra::coalesce`]).
 //!
 //! A cache hit is one small `MGET` (entry, fence, meta), and most of its cost is per command:
 //! fred's command and reply handling and its writer task in the service, parsing and dispatch

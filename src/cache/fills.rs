@@ -1,4 +1,4 @@
-//! Concurrent one-SKU fills coalesced into one install call ([`crate::coalesce`]).
+//! Concurrent one-SKU fills coalesced into one install call ([`crate::infra::coalesce`]).
 //!
 //! A miss's fill is one install script call for one item, and about half its cost is per call:
 //! Redis's script dispatch (about 7 µs of the 14 µs such a call takes, bench/RESULTS.md) and

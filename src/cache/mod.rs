@@ -21,7 +21,6 @@
 //! Cluster slot.
 
 mod batch;
-mod breaker;
 pub mod entry;
 mod epochs;
 mod fills;
@@ -48,7 +47,7 @@ use futures_util::future::Either;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
-pub use breaker::Breaker;
+pub use crate::infra::breaker::Breaker;
 pub use entry::{Entry, Epoch, Fence, Meta};
 pub use install::Install;
 pub use link::ServerIdentity;
@@ -291,9 +290,9 @@ impl Cache {
     }
 }
 
-/// A coalescer ([`crate::coalesce`]) whose batches run on a cache while it exists; once it is
+/// A coalescer ([`crate::infra::coalesce`]) whose batches run on a cache while it exists; once it is
 /// gone (or the coalescer stopped), each read is answered that the cache is closed.
-struct CacheCoalescer<Q, A>(crate::coalesce::Coalescer<Q, Result<A, CacheError>>);
+struct CacheCoalescer<Q, A>(crate::infra::coalesce::Coalescer<Q, Result<A, CacheError>>);
 
 impl<Q: Send + 'static, A: Send + 'static> CacheCoalescer<Q, A> {
     fn start<R, F>(
@@ -306,7 +305,7 @@ impl<Q: Send + 'static, A: Send + 'static> CacheCoalescer<Q, A> {
         R: Fn(Arc<Cache>, Vec<Q>) -> F + Send + Sync + 'static,
         F: Future<Output = Vec<Result<A, CacheError>>> + Send + 'static,
     {
-        Self(crate::coalesce::Coalescer::start(
+        Self(crate::infra::coalesce::Coalescer::start(
             max_batch,
             in_flight,
             move |batch: Vec<Q>| match cache.upgrade() {

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::lease::{Leases, leased};
-use crate::coalesce::Coalescer;
 use crate::domain::{Lsn, StoredSize};
+use crate::infra::coalesce::Coalescer;
 
 pub use position::{DatabaseHistory, current_wal_lsn, primary_position};
 pub use repairs::{
@@ -83,7 +83,7 @@ pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sql
 }
 
 /// Concurrent reads of one SKU each on one server, coalesced into one [`fetch`]
-/// ([`crate::coalesce`]): a query's cost is mostly per statement (parse, plan, snapshot, round
+/// ([`crate::infra::coalesce`]): a query's cost is mostly per statement (parse, plan, snapshot, round
 /// trip), not per row. Each read gets its own row with the statement's replay and visibility
 /// positions, which hold for every row of one snapshot, so each read's freshness check is the
 /// one it would make on a query of its own; the statement is sent after every read in it began.
