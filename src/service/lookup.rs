@@ -7,7 +7,8 @@ use tracing::instrument;
 
 use super::SizeService;
 use super::answer::SizeDoc;
-use crate::cache::{Cache, CacheRead, CacheRole, Entry, Epoch, Fence, Meta};
+use super::plan::{Miss, Plan, plan, servable};
+use crate::cache::{Cache, CacheRead, CacheRole, Meta};
 use crate::db::lease::bounded;
 use crate::db::sizes::owed_repairs;
 use crate::domain::{Lsn, Sku};
@@ -43,7 +44,10 @@ impl SizeService {
         // any other, acknowledged: neither its entry nor its fence can be trusted.
         let owed =
             |sku: &Sku| self.owes(role, sku.as_str()) || owed_by_secondary.contains(sku.as_str());
-        let (docs, misses) = self.sort_lookups(skus, entries, fences, epoch, token, owed);
+        let Plan { docs, misses } = plan(skus, entries, fences, epoch, token, owed);
+        for hit in docs.iter().flatten() {
+            self.inspector.served(&hit.sku, hit.version);
+        }
         self.count_lookups(skus.len(), &misses, meta.is_some());
         Sorted {
             cache,
@@ -68,50 +72,6 @@ impl SizeService {
         // Only the deployment's authoritative data set is served: another (an old master still
         // running after its replica was promoted) may lack writes.
         meta.filter(|meta| self.readers.is_authority(role, &meta.epoch))
-    }
-
-    /// Sorts each looked-up SKU into a hit (its document, noted as served) or a miss, in
-    /// request order.
-    fn sort_lookups(
-        &self,
-        skus: &[Sku],
-        entries: Vec<Option<Entry>>,
-        fences: Vec<Option<Fence>>,
-        epoch: Option<&Epoch>,
-        token: Option<Lsn>,
-        owed: impl Fn(&Sku) -> bool,
-    ) -> (Vec<Option<SizeDoc>>, Vec<Miss>) {
-        let mut docs: Vec<Option<SizeDoc>> = Vec::with_capacity(skus.len());
-        let mut misses = Vec::new();
-        let looked_up = skus.iter().zip(entries).zip(fences).enumerate();
-        for (index, ((sku, entry), fence)) in looked_up {
-            let owed = owed(sku);
-            match entry.filter(|e| servable(e, epoch, owed, token)) {
-                Some(entry) => {
-                    self.inspector.served(sku, entry.version);
-                    docs.push(Some(SizeDoc {
-                        sku: sku.clone(),
-                        version: entry.version,
-                        body: entry.body,
-                    }));
-                }
-                None => {
-                    docs.push(None);
-                    // A fence counts only in the epoch it was written in, and not for a SKU
-                    // owed a repair (only the primary is fresh for it).
-                    let fence = fence
-                        .filter(|f| !owed && Some(&f.epoch) == epoch)
-                        .map(|f| f.version);
-                    misses.push(Miss {
-                        index,
-                        sku: sku.clone(),
-                        fence,
-                        primary_only: owed,
-                    });
-                }
-            }
-        }
-        (docs, misses)
     }
 
     /// Counts `looked_up` lookups by outcome (a miss bypasses the cache when the cache is not
@@ -219,24 +179,4 @@ pub(super) struct Sorted<'a> {
     /// One per requested SKU: the hit's document, or `None` for a miss.
     pub(super) docs: Vec<Option<SizeDoc>>,
     pub(super) misses: Vec<Miss>,
-}
-
-/// One SKU the cache could not answer, and everything that decides where it may be read.
-#[derive(Debug)]
-pub(super) struct Miss {
-    /// Its place among the requested SKUs.
-    pub(super) index: usize,
-    pub(super) sku: Sku,
-    /// The newest acknowledged version, from a fence of the current epoch.
-    pub(super) fence: Option<i64>,
-    /// A cache repair is pending for this SKU: only the primary is known to be fresh.
-    pub(super) primary_only: bool,
-}
-
-/// Whether a cached `entry` may be served as a hit: stamped in the current `epoch`, not
-/// `owed` a repair, and verified at or past the client's `token`. A token may name a write
-/// this cache never saw (another instance's failed update, another deployment's write): only
-/// an entry verified at or past it proves it includes that write.
-fn servable(entry: &Entry, epoch: Option<&Epoch>, owed: bool, token: Option<Lsn>) -> bool {
-    Some(&entry.epoch) == epoch && !owed && token.is_none_or(|token| entry.verified >= token)
 }

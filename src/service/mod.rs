@@ -30,6 +30,7 @@ mod follow;
 mod inspect;
 mod leases;
 mod lookup;
+mod plan;
 mod position;
 mod read;
 mod readers;

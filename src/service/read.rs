@@ -1,15 +1,16 @@
 //! The read path: cache first, then the replica when it is provably fresh, else the primary;
 //! then fill the cache with a versioned compare-and-set.
 //!
-//! The steps have modules of their own: the cache lookup ([`super::lookup`]) and the database
-//! reads ([`super::fetch`]).
+//! The steps have modules of their own: the cache lookup ([`super::lookup`]) with its pure
+//! plan of hits and misses ([`super::plan`]), and the database reads ([`super::fetch`]).
 
 use std::time::Instant;
 
 use tracing::instrument;
 
 use super::answer::{ReadResult, ReadSource, SizeDoc};
-use super::lookup::{Miss, Sorted};
+use super::lookup::Sorted;
+use super::plan::Miss;
 use super::{FILL_MAX_AGE, ServiceError, SizeService};
 use crate::cache::{Cache, Install, Meta};
 use crate::db::DbRoute;
