@@ -1,5 +1,7 @@
 //! The cache's epochs: the meta key (`<epoch>|<hwm>`), the data set an epoch was started on,
 //! and the database history it is bound to (see the module doc of [`super`]).
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 4 (Redis losing its data).
 
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! Steps 2 and 3 of the read path: the misses from the replica where its snapshot provably
 //! holds every write they must see, the rest from the primary.
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 2 (a replica row only when provably fresh).
 
 use std::collections::HashMap;
 use std::sync::Arc;

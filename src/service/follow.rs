@@ -11,6 +11,8 @@
 //! off from the primary) may have missed changes, and nothing tells which: its epoch is
 //! replaced, in the same database transaction as the renewal that finds the lapse, so that a
 //! renewal is never committed before the stale entries are disowned.
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 9 (every change reaches the cache).
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! Step 1 of the read path: the cache. Entries, fences and epoch come in one round trip, and
 //! every SKU is sorted into a hit or a miss with what decides where it may be read.
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 2 (reads) and 10 (no hit without a reader lease).
 
 use std::collections::HashSet;
 

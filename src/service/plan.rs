@@ -1,6 +1,8 @@
 //! The read's plan: from what one cache lookup saw, which SKUs are hits (served as they are)
 //! and which are misses, each with what decides where it may be read. Pure: no I/O, so the
 //! rules are tested here without PostgreSQL or Redis.
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 2 (reads), 7 (tokens on hits) and 8 (owed SKUs go to the primary).
 
 use crate::cache::{Entry, Epoch, Fence};
 use crate::domain::{Lsn, Sku};

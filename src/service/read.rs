@@ -3,6 +3,8 @@
 //!
 //! The steps have modules of their own: the cache lookup ([`super::lookup`]) with its pure
 //! plan of hits and misses ([`super::plan`]), and the database reads ([`super::fetch`]).
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 2 (reads), 3 (fills) and 5 (not found).
 
 use std::time::Instant;
 

@@ -15,6 +15,8 @@
 //! other reader knows, before it can be used ([`SizeService::make_authoritative`](super::SizeService::make_authoritative)): after a
 //! Redis failover that leaves the old master running (split brain), no instance still on it
 //! serves it, or acknowledges a write that only it holds.
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 10 (reader leases).
 
 //!
 //! This module holds what the last renewal learned; the renewals themselves are in

@@ -19,6 +19,8 @@
 //! and applied with the compare-and-set of every install, so applying one again installs
 //! nothing older. An instance protects every SKU it owes, however many: it forgets one only
 //! when its record is gone from the database.
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 8 (repairs are never forgotten).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The write path: one transaction on the primary, then, before the response, the versioned
 //! compare-and-set into Redis (entry, fence and high-water mark in one pipeline).
+//!
+//! The invariants kept here: docs/consistency.md, "How reads stay fresh", 1 (writes) and 6 (a write that changes nothing).
 
 use std::collections::HashMap;
 
