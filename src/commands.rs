@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
 
 use crate::app;
 use crate::cli::{AuditCacheArgs, HealthcheckArgs, WarmCacheArgs};
@@ -38,7 +39,10 @@ pub async fn warm_cache(args: WarmCacheArgs) -> Result<(), CommandError> {
     };
     let mut display = Progress::new();
     let outcome = run
-        .run(&service, &options, |progress| display.update(progress))
+        // Never cancelled here: like any run, it stops when DELETE /v1/admin/cache/warm asks.
+        .run(&service, &options, CancellationToken::new(), |progress| {
+            display.update(progress)
+        })
         .await;
     display.finish();
     match outcome? {

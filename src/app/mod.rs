@@ -2,6 +2,7 @@
 
 mod router;
 mod startup;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,11 +11,9 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
-use crate::config::{Config, ServeConfig};
-use crate::db::Db;
-use crate::db::replica::{ReplicaHealth, spawn_probe};
+use crate::config::ServeConfig;
+use crate::db::replica::ReplicaHealth;
 use crate::infra::server;
 use crate::metrics::Metrics;
 use crate::middleware::access_log::{AccessLog, AccessLogWriter};
@@ -22,19 +21,22 @@ use crate::middleware::auth::Authenticator;
 use crate::middleware::metrics::RequestMetricsLayer;
 use crate::middleware::timeout::RequestTimeoutLayer;
 use crate::routes::AppState;
-use crate::service::SizeService;
+use crate::service::repair::settled_queue;
+use crate::service::{Background, SizeService};
 
 pub use router::router;
 pub use startup::{StartupError, connect, service};
 
-const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long shutdown waits for the background tasks, once cancelled, to end: they stop where
+/// they await, but a warm-up still records that it was cancelled.
+const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 
 /// A bound, ready-to-serve instance.
 pub struct Application {
     listener: TcpListener,
     router: Router,
     sizes: Arc<SizeService>,
-    background: Vec<JoinHandle<()>>,
+    background: Background,
     grace: Duration,
     limits: server::Limits,
     replica_health: Option<Arc<ReplicaHealth>>,
@@ -45,20 +47,24 @@ impl Application {
     /// Connects lazily to every dependency (so it starts while one is down) and binds.
     pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
         let (db, cache, secondary) = connect(&config.common).await?;
-        let mut background = Vec::new();
-        let replica_health = start_replica_probe(&db, &config.common, &mut background);
+        let background = Background::default();
+        let replica_health = workers::start_replica_probe(&db, &config.common, &background);
         let metrics = Arc::new(Metrics::default());
+        let (settled, settled_records) = settled_queue();
         let sizes = Arc::new(
             SizeService::new(db, cache, metrics.clone(), replica_health.clone())
                 .with_secondary(secondary)
-                .with_readers(config.common.readers),
+                .with_readers(config.common.readers)
+                .with_settled_queue(settled),
         );
-        background.extend(prepare_and_start(&sizes, replica_health.as_deref()).await);
+        let replica = replica_health.as_deref();
+        workers::prepare_and_start(&sizes, settled_records, replica, &background).await;
         let (access_log, access_log_writer) =
             AccessLog::start(config.access_log_hit_sample).unzip();
         let router = router(
             AppState {
                 sizes: sizes.clone(),
+                background: background.clone(),
             },
             Authenticator::new(&config.auth),
             RequestMetricsLayer::new(metrics, access_log),
@@ -96,8 +102,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves. Then it stops accepting, lets in-flight requests
-    /// finish within the grace period, applies pending cache repairs if Redis answers, and
-    /// closes the pools.
+    /// finish within the grace period, stops the background tasks (a warm-up it runs ends as
+    /// cancelled), applies pending cache repairs if Redis answers, and closes the pools.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let draining = server::serve(self.listener, self.router, self.limits, shutdown).await;
         tracing::info!(
@@ -113,9 +119,9 @@ impl Application {
                 "grace period over; dropping requests still in flight"
             );
         }
-        for task in &self.background {
-            task.abort();
-        }
+        // Before the flush and the pools: no repair pass runs beside the flush, and no task
+        // uses a pool after it is closed (unless one outlasts the bound).
+        self.background.stop(BACKGROUND_STOP).await;
         // Repairs need the lease, which the last renewal left for a while yet.
         self.sizes.flush_repairs(Duration::from_secs(2)).await;
         self.sizes.leave_readers().await;
@@ -127,61 +133,4 @@ impl Application {
             writer.finished(Duration::from_secs(1)).await;
         }
     }
-}
-
-/// Starts probing the replica, if one is configured; its health is what reads consult.
-fn start_replica_probe(
-    db: &Db,
-    config: &Config,
-    background: &mut Vec<JoinHandle<()>>,
-) -> Option<Arc<ReplicaHealth>> {
-    let replica = db.replica_background()?;
-    let health = Arc::new(ReplicaHealth::default());
-    background.push(spawn_probe(
-        db.background_leases(),
-        replica,
-        health.clone(),
-        REPLICA_PROBE_INTERVAL,
-        config.replica_max_lag,
-        config.database.replica_timeout,
-    ));
-    Some(health)
-}
-
-/// Everything an instance must know before it serves (owed repairs, the probes' first round,
-/// the change feed, its reader lease), then the background tasks, in that order.
-async fn prepare_and_start(
-    sizes: &Arc<SizeService>,
-    replica_health: Option<&ReplicaHealth>,
-) -> Vec<JoinHandle<()>> {
-    match sizes.adopt_owed_repairs().await {
-        Ok(0) => {}
-        Ok(owed) => tracing::info!(
-            owed,
-            "cache repairs recorded before this start will be applied"
-        ),
-        Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
-    }
-    // The backlog gauges have their first values before the first scrape.
-    sizes.read_backlog().await;
-    // `/readyz` answers from the probes: the first round completes before serving.
-    sizes.probe_dependencies().await;
-    let mut background = vec![tokio::spawn(sizes.clone().keep_probing())];
-    if let Some(health) = replica_health {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !health.probed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    if let Err(error) = sizes.follow_changes().await {
-        tracing::warn!(%error, "cannot follow the table's changes yet; retrying in the background");
-    }
-    // No hit is served before this instance knows what the cache is owed.
-    sizes.join_readers().await;
-    background.push(tokio::spawn(sizes.clone().keep_leases()));
-    background.extend(sizes.spawn_repair_tasks());
-    background.push(tokio::spawn(sizes.clone().keep_following()));
-    background.push(tokio::spawn(sizes.clone().listen_for_changes()));
-    background.push(tokio::spawn(sizes.clone().inspect_consistency()));
-    background
 }

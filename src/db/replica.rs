@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::DbError;
 use super::lease::Leases;
@@ -110,43 +110,16 @@ fn diverged(replay: Replay, primary: Option<(Lsn, u32)>) -> Option<&'static str>
     (replay.replayed > position).then_some("the replica has replayed past the primary's WAL")
 }
 
-/// Probes the replica (and the primary's position) every `interval` until aborted. A replica
-/// that does not answer within `replica_deadline` (a hung host, a network that drops packets)
-/// is marked down, and its connection closed.
-pub fn spawn_probe(
+/// Probes the replica (and the primary's position) every `interval`, and publishes what it
+/// saw to the [`ReplicaHealth`] that reads consult. A replica that does not answer within
+/// `replica_deadline` (a hung host, a network that drops packets) is marked down, and its
+/// connection closed. It remembers the primary's recent positions, to turn a replay position
+/// into a lag in time.
+pub struct ReplicaProbe {
     primary: Arc<Leases>,
     replica: Arc<Leases>,
     health: Arc<ReplicaHealth>,
     interval: Duration,
-    max_lag: Duration,
-    replica_deadline: Duration,
-) -> JoinHandle<()> {
-    let mut probe = Probe {
-        primary,
-        replica,
-        health,
-        max_lag,
-        replica_deadline,
-        primary_timeout: interval.max(Duration::from_secs(1)),
-        history: PrimaryHistory::default(),
-        was_usable: true,
-    };
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            probe.once().await;
-        }
-    })
-}
-
-/// The probe's task: what it reads from, what it publishes to, and what it remembers
-/// between probes.
-struct Probe {
-    primary: Arc<Leases>,
-    replica: Arc<Leases>,
-    health: Arc<ReplicaHealth>,
     max_lag: Duration,
     replica_deadline: Duration,
     primary_timeout: Duration,
@@ -155,7 +128,42 @@ struct Probe {
     was_usable: bool,
 }
 
-impl Probe {
+impl ReplicaProbe {
+    pub fn new(
+        primary: Arc<Leases>,
+        replica: Arc<Leases>,
+        health: Arc<ReplicaHealth>,
+        interval: Duration,
+        max_lag: Duration,
+        replica_deadline: Duration,
+    ) -> Self {
+        Self {
+            primary,
+            replica,
+            health,
+            interval,
+            max_lag,
+            replica_deadline,
+            primary_timeout: interval.max(Duration::from_secs(1)),
+            history: PrimaryHistory::default(),
+            was_usable: true,
+        }
+    }
+
+    /// Probes until `shutdown`, which drops a probe where it awaits.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        shutdown.run_until_cancelled(self.keep_probing()).await;
+    }
+
+    async fn keep_probing(&mut self) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.once().await;
+        }
+    }
+
     /// Probes the replica, then the primary, and publishes what they say.
     async fn once(&mut self) {
         // The replica first: the primary, read after, has written at least as much.

@@ -88,8 +88,10 @@ pub async fn start_warm(
         ..WarmOptions::default()
     };
     let sizes = state.sizes.clone();
-    tokio::spawn(async move {
-        if let Err(error) = run.run(&sizes, &options, |_| {}).await {
+    // On the instance's background tasks: its shutdown cancels the run and waits for it to
+    // record that it was cancelled.
+    state.background.spawn(|stop| async move {
+        if let Err(error) = run.run(&sizes, &options, stop, |_| {}).await {
             tracing::warn!(%error, "cache warm-up failed");
         }
     });

@@ -23,11 +23,13 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::middleware::{Access, Policies};
-use crate::service::SizeService;
+use crate::service::{Background, SizeService};
 
 #[derive(Clone)]
 pub struct AppState {
     pub sizes: Arc<SizeService>,
+    /// Where the jobs a request starts run, so that shutdown stops and awaits them.
+    pub background: Background,
 }
 
 #[derive(OpenApi)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{SizeService, StoreError};
+use super::{Background, SizeService, StoreError};
 use crate::cache::{Cache, CacheRole};
 
 impl SizeService {
@@ -13,7 +13,8 @@ impl SizeService {
     /// holds with a new one, made authoritative once every other instance knows. Runs apart
     /// from the renewals, which must go on meanwhile (the other instances wait for this one's
     /// renewal, or its lease to end, before theirs is authoritative); one at a time per cache.
-    pub(super) fn start_ended_epochs_afresh(self: &Arc<Self>) {
+    /// Stopped with the rest of `background`, wherever it awaits.
+    pub(super) fn start_ended_epochs_afresh(self: &Arc<Self>, background: &Background) {
         for (role, _) in self.ledgers() {
             let lease = &self.readers.caches[role.index()];
             if !self.readers.authority_ended(role)
@@ -22,34 +23,40 @@ impl SizeService {
                 continue;
             }
             let service = self.clone();
-            tokio::spawn(async move {
-                let cache = match role {
-                    CacheRole::Primary => service.cache.as_ref(),
-                    CacheRole::Secondary => match &service.secondary {
-                        Some(secondary) => secondary.cache.as_ref(),
-                        None => return,
-                    },
-                };
-                let restarted = match cache.read_meta().await {
-                    // No epoch: the next read starts one, authoritative first.
-                    Ok(None) => Ok(()),
-                    Ok(Some(seen)) => service.take_over(cache, &seen).await,
-                    Err(error) => Err(error.into()),
-                };
-                match restarted {
-                    Ok(()) => tracing::warn!(
-                        cache = cache.prefix(),
-                        "the table was truncated; the cache starts afresh"
-                    ),
-                    Err(error) => {
-                        tracing::warn!(%error, cache = cache.prefix(), "could not start the cache afresh after a truncate; retrying")
-                    }
-                }
-                service.readers.caches[role.index()]
-                    .starting_afresh
-                    .store(false, Ordering::Release);
+            background.spawn(|stop| async move {
+                stop.run_until_cancelled(service.start_afresh(role)).await;
             });
         }
+    }
+
+    /// Replaces the epoch of the cache `role` names, which a `TRUNCATE` ended, and lets the
+    /// next renewal start another if this fails.
+    async fn start_afresh(&self, role: CacheRole) {
+        let cache = match role {
+            CacheRole::Primary => self.cache.as_ref(),
+            CacheRole::Secondary => match &self.secondary {
+                Some(secondary) => secondary.cache.as_ref(),
+                None => return,
+            },
+        };
+        let restarted = match cache.read_meta().await {
+            // No epoch: the next read starts one, authoritative first.
+            Ok(None) => Ok(()),
+            Ok(Some(seen)) => self.take_over(cache, &seen).await,
+            Err(error) => Err(error.into()),
+        };
+        match restarted {
+            Ok(()) => tracing::warn!(
+                cache = cache.prefix(),
+                "the table was truncated; the cache starts afresh"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, cache = cache.prefix(), "could not start the cache afresh after a truncate; retrying")
+            }
+        }
+        self.readers.caches[role.index()]
+            .starting_afresh
+            .store(false, Ordering::Release);
     }
 
     /// After this instance linked to Redis again: if the data set it reaches holds an epoch

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
 
 use super::{SizeService, StoreError};
 use crate::cache::Cache;
@@ -78,26 +79,6 @@ impl SizeService {
         Ok(())
     }
 
-    /// Renews the registration for as long as the service runs, and now and then forgets the
-    /// ledgers nobody follows any more.
-    pub async fn keep_following(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewals = 0_u32;
-        loop {
-            ticker.tick().await;
-            if let Err(error) = self.follow_changes().await {
-                tracing::warn!(%error, "could not renew following the table's changes");
-                continue;
-            }
-            renewals += 1;
-            self.forget_gone_readers().await;
-            if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
-                self.forget_lapsed_ledgers().await;
-            }
-        }
-    }
-
     /// Removes the ledgers nobody follows any more (see [`changes::forget_lapsed`]).
     async fn forget_lapsed_ledgers(&self) {
         let forgotten = bounded!(
@@ -111,32 +92,6 @@ impl SizeService {
                 tracing::info!(forgotten, "forgot ledgers nobody follows any more");
             }
             Err(error) => tracing::debug!(%error, "could not forget lapsed ledgers"),
-        }
-    }
-
-    /// Wakes the repair worker whenever the primary announces another writer's change, and
-    /// after the listening connection was lost or replaced (announcements may have been
-    /// missed; the worker's regular pass would find their records anyway). A connection that
-    /// stays silent for [`LISTENER_CHECK`] is asked whether it still answers, and replaced if
-    /// it does not within the background deadline: a primary that stopped answering without
-    /// closing it would otherwise keep this listener deaf until TCP gives up, minutes later.
-    pub async fn listen_for_changes(self: Arc<Self>) {
-        let deadline = self.db.background_deadline();
-        loop {
-            // A pool of its own for each connection: a connection given up on is never
-            // handed back (sqlx would first test it with a round trip that does not end), and
-            // the next one must not wait for it.
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(deadline)
-                .connect_lazy_with(self.db.changes().connect_options().as_ref().clone());
-            let Some(mut listener) = listen_on(&pool, deadline).await else {
-                continue;
-            };
-            self.change_announced();
-            if self.hear_changes(&mut listener, deadline).await.is_break() {
-                return;
-            }
         }
     }
 
@@ -177,6 +132,79 @@ impl SizeService {
     fn change_announced(&self) {
         self.readers.renew_soon();
         self.repairs.change_announced();
+    }
+}
+
+/// Follows the table's changes, whoever makes them: keeps this instance's caches registered
+/// as followers, and listens for the primary's announcements of other writers' changes.
+pub struct ChangeFeed {
+    sizes: Arc<SizeService>,
+}
+
+impl ChangeFeed {
+    pub fn new(sizes: Arc<SizeService>) -> Self {
+        Self { sizes }
+    }
+
+    /// Renews and listens until `shutdown`, which drops either where it awaits: a renewal's
+    /// transaction not committed is rolled back, and the lapse it handled found again.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let following = self.keep_following();
+        let listening = self.listen_for_changes();
+        shutdown
+            .run_until_cancelled(async { tokio::join!(following, listening) })
+            .await;
+    }
+
+    /// Renews the registration every [`RENEW_INTERVAL`], and now and then forgets the ledgers
+    /// nobody follows any more.
+    async fn keep_following(&self) {
+        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewals = 0_u32;
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.sizes.follow_changes().await {
+                tracing::warn!(%error, "could not renew following the table's changes");
+                continue;
+            }
+            renewals += 1;
+            self.sizes.forget_gone_readers().await;
+            if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
+                self.sizes.forget_lapsed_ledgers().await;
+            }
+        }
+    }
+
+    /// Wakes the repair worker whenever the primary announces another writer's change, and
+    /// after the listening connection was lost or replaced (announcements may have been
+    /// missed; the worker's regular pass would find their records anyway). A connection that
+    /// stays silent for [`LISTENER_CHECK`] is asked whether it still answers, and replaced if
+    /// it does not within the background deadline: a primary that stopped answering without
+    /// closing it would otherwise keep this listener deaf until TCP gives up, minutes later.
+    async fn listen_for_changes(&self) {
+        let deadline = self.sizes.db.background_deadline();
+        loop {
+            // A pool of its own for each connection: a connection given up on is never
+            // handed back (sqlx would first test it with a round trip that does not end), and
+            // the next one must not wait for it.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(deadline)
+                .connect_lazy_with(self.sizes.db.changes().connect_options().as_ref().clone());
+            let Some(mut listener) = listen_on(&pool, deadline).await else {
+                continue;
+            };
+            self.sizes.change_announced();
+            if self
+                .sizes
+                .hear_changes(&mut listener, deadline)
+                .await
+                .is_break()
+            {
+                return;
+            }
+        }
     }
 }
 

@@ -11,11 +11,12 @@
 //! nothing checked).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::SizeService;
 use crate::db::lease::bounded;
@@ -104,23 +105,39 @@ fn ratio(checked: u64, divergent: u64) -> f64 {
     }
 }
 
-impl SizeService {
-    /// Checks the sampled hits every second, for as long as the service runs.
-    pub async fn inspect_consistency(self: std::sync::Arc<Self>) {
+/// Checks the hits sampled in each [`INTERVAL`] against the primary, and publishes the
+/// verdicts.
+pub struct ConsistencyCheck {
+    sizes: Arc<SizeService>,
+}
+
+impl ConsistencyCheck {
+    pub fn new(sizes: Arc<SizeService>) -> Self {
+        Self { sizes }
+    }
+
+    /// Checks every second until `shutdown`, which drops a check where it awaits: the
+    /// suspects it held go with it, unjudged.
+    pub async fn run(self, shutdown: CancellationToken) {
+        shutdown.run_until_cancelled(self.inspect()).await;
+    }
+
+    async fn inspect(&self) {
+        let sizes = &self.sizes;
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut suspects: Vec<Suspect> = Vec::new();
         let mut tally = Tally::default();
-        self.metrics.consistency_ratio.set(1.0);
+        sizes.metrics.consistency_ratio.set(1.0);
         loop {
             ticker.tick().await;
-            let sample = self.inspector.take();
+            let sample = sizes.inspector.take();
             let now = Instant::now();
             let (due, waiting): (Vec<Suspect>, Vec<Suspect>) = suspects
                 .into_iter()
                 .partition(|s| now.duration_since(s.seen) >= CONVERGE);
             suspects = waiting;
-            let (agreeing, new_suspects) = match self.compare(sample, now).await {
+            let (agreeing, new_suspects) = match sizes.compare(sample, now).await {
                 Ok(compared) => compared,
                 Err(error) => {
                     tracing::debug!(%error, "consistency sample not checked");
@@ -128,7 +145,7 @@ impl SizeService {
                 }
             };
             suspects.extend(new_suspects);
-            let (checked, divergent) = match self.confirm(&due).await {
+            let (checked, divergent) = match sizes.confirm(&due).await {
                 Some(divergent) => (agreeing + due.len() as u64, divergent),
                 None => {
                     // The cache does not answer: ask again next time.
@@ -136,14 +153,17 @@ impl SizeService {
                     (agreeing, 0)
                 }
             };
-            self.metrics.consistency_checked.inc_by(checked);
-            self.metrics.consistency_divergent.inc_by(divergent);
-            self.metrics
+            sizes.metrics.consistency_checked.inc_by(checked);
+            sizes.metrics.consistency_divergent.inc_by(divergent);
+            sizes
+                .metrics
                 .consistency_ratio
                 .set(tally.add(now, checked, divergent));
         }
     }
+}
 
+impl SizeService {
     /// How many sampled hits agree with the primary, and the suspects among the rest.
     async fn compare(
         &self,

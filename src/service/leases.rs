@@ -1,12 +1,16 @@
 //! Keeping this instance's reader leases ([`super::readers`]): the renewals, joining the
 //! readers before serving and leaving them on shutdown.
 
-use super::SizeService;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
 use super::readers::RENEW_INTERVAL;
+use super::{Background, SizeService};
 use crate::cache::CacheRole;
 use crate::db::lease::bounded;
 use crate::db::readers;
-use std::time::Instant;
 
 impl SizeService {
     /// Renews every lease once. Errors are logged, not returned: the lease simply runs out.
@@ -43,24 +47,6 @@ impl SizeService {
         }
     }
 
-    /// Renews the leases every [`RENEW_INTERVAL`], and at once, twice, when a change is
-    /// announced: the second renewal publishes that the book with the change is applied.
-    pub async fn keep_leases(self: std::sync::Arc<Self>) {
-        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.renew_leases().await,
-                () = self.readers.wake.notified() => {
-                    self.renew_leases().await;
-                    self.renew_leases().await;
-                }
-            }
-            self.reconcile_epochs().await;
-            self.start_ended_epochs_afresh();
-        }
-    }
-
     /// Stops serving from the caches and removes this instance's rows: writers stop waiting
     /// for it.
     pub async fn leave_readers(&self) {
@@ -86,6 +72,45 @@ impl SizeService {
             Ok(0) => {}
             Ok(gone) => tracing::info!(gone, "forgot the reader leases of instances long gone"),
             Err(error) => tracing::debug!(%error, "could not forget lapsed reader leases"),
+        }
+    }
+}
+
+/// Renews the reader leases every [`RENEW_INTERVAL`], and at once, twice, when a change is
+/// announced: the second renewal publishes that the book with the change is applied. After
+/// each round it replaces epochs that are not the deployment's, and starts afresh, apart, the
+/// epochs a `TRUNCATE` ended.
+pub struct LeaseRenewal {
+    sizes: Arc<SizeService>,
+    /// Where the epochs started afresh run: beside the renewals, stopped with them.
+    background: Background,
+}
+
+impl LeaseRenewal {
+    pub fn new(sizes: Arc<SizeService>, background: Background) -> Self {
+        Self { sizes, background }
+    }
+
+    /// Renews until `shutdown`, which drops a renewal where it awaits: a lease not renewed
+    /// runs out, and this instance leaves the readers right after anyway.
+    pub async fn run(self, shutdown: CancellationToken) {
+        shutdown.run_until_cancelled(self.keep_leases()).await;
+    }
+
+    async fn keep_leases(&self) {
+        let sizes = &self.sizes;
+        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => sizes.renew_leases().await,
+                () = sizes.readers.wake.notified() => {
+                    sizes.renew_leases().await;
+                    sizes.renew_leases().await;
+                }
+            }
+            sizes.reconcile_epochs().await;
+            sizes.start_ended_epochs_afresh(&self.background);
         }
     }
 }

@@ -23,6 +23,7 @@ mod acknowledge;
 mod answer;
 pub mod audit;
 mod authority;
+mod background;
 mod error;
 mod fetch;
 mod flight;
@@ -38,12 +39,17 @@ pub mod repair;
 pub mod warm;
 mod write;
 
+pub use background::Background;
 pub use error::{ServiceError, StoreError};
+pub use follow::ChangeFeed;
+pub use inspect::ConsistencyCheck;
+pub use leases::LeaseRenewal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use answer::{ReadResult, ReadSource, SizeDoc};
@@ -132,6 +138,38 @@ pub struct Readiness {
     pub cache_fences_evictable: bool,
 }
 
+/// Probes the primary and Redis every [`PROBE_INTERVAL`] (the replica has its own probe), and
+/// reads the last audit's counts every [`audit::AUDIT_NOTE_INTERVAL`]: `/readyz` and the
+/// audit gauges answer from what it last saw.
+pub struct DependencyProbe {
+    sizes: Arc<SizeService>,
+}
+
+impl DependencyProbe {
+    pub fn new(sizes: Arc<SizeService>) -> Self {
+        Self { sizes }
+    }
+
+    /// Probes until `shutdown`, which drops a probe where it awaits.
+    pub async fn run(self, shutdown: CancellationToken) {
+        shutdown.run_until_cancelled(self.keep_probing()).await;
+    }
+
+    async fn keep_probing(&self) {
+        let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audit_read: Option<tokio::time::Instant> = None;
+        loop {
+            ticker.tick().await;
+            self.sizes.probe_dependencies().await;
+            if audit_read.is_none_or(|at| at.elapsed() >= audit::AUDIT_NOTE_INTERVAL) {
+                audit_read = Some(tokio::time::Instant::now());
+                self.sizes.read_audit_note().await;
+            }
+        }
+    }
+}
+
 impl SizeService {
     pub fn new(
         db: Db,
@@ -145,7 +183,7 @@ impl SizeService {
             cache,
             metrics,
             replica_health,
-            repairs: repair::Repairs::default(),
+            repairs: repair::Repairs::new(None),
             flights: flight::Flights::default(),
             inspector: inspect::Inspector::default(),
             primary_position: position::PrimaryPosition::default(),
@@ -160,6 +198,14 @@ impl SizeService {
     /// Sets the reader lease and how long a write waits for the other readers.
     pub fn with_readers(mut self, settings: ReaderSettings) -> Self {
         self.readers = readers::Readers::new(settings);
+        self
+    }
+
+    /// Sends the write transactions whose cache updates settled to `settled`, whose
+    /// [`repair::SettledClearing`] clears their records. Without it they are cleared only once
+    /// handed over as orphans ([`repair::ORPHAN_AGE`] later), like those a crash left.
+    pub fn with_settled_queue(mut self, settled: repair::SettledQueue) -> Self {
+        self.repairs = repair::Repairs::new(Some(settled));
         self
     }
 
@@ -247,7 +293,7 @@ impl SizeService {
         &self.cache
     }
 
-    /// What the background probes last saw (see [`SizeService::keep_probing`]): answering
+    /// What the background probes last saw (see [`DependencyProbe`]): answering
     /// `/readyz` costs no query, however often a load balancer asks.
     pub fn readiness(&self) -> Readiness {
         let server = self.cache.server();
@@ -279,23 +325,6 @@ impl SizeService {
         let (primary, cache) = tokio::join!(primary, cache);
         self.probed.primary.store(primary, Ordering::Relaxed);
         self.probed.cache.store(cache, Ordering::Relaxed);
-    }
-
-    /// Probes the primary and Redis every [`PROBE_INTERVAL`] for as long as the service runs
-    /// (the replica has its own probe), and reads the last audit's counts every
-    /// [`audit::AUDIT_NOTE_INTERVAL`].
-    pub async fn keep_probing(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(PROBE_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut audit_read: Option<tokio::time::Instant> = None;
-        loop {
-            ticker.tick().await;
-            self.probe_dependencies().await;
-            if audit_read.is_none_or(|at| at.elapsed() >= audit::AUDIT_NOTE_INTERVAL) {
-                audit_read = Some(tokio::time::Instant::now());
-                self.read_audit_note().await;
-            }
-        }
     }
 
     /// The current epoch of `cache` with a known high-water mark, starting one if it has none.

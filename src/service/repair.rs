@@ -23,22 +23,24 @@
 //! The invariants kept here: docs/consistency.md, "How reads stay fresh", 8 (repairs are never forgotten).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use super::{SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Install, Meta};
 use crate::db::lease::bounded;
 use crate::db::sizes::{
     Owed, claim_repairs, fetch_on, hand_over_own_writes, owed_repairs, primary_position,
-    repair_backlog, settle_own_writes, settle_repairs,
+    repair_backlog, settle_repairs,
 };
 use crate::domain::StoredSize;
+
+mod workers;
+
+pub use workers::{RepairWorker, SettledClearing, SettledQueue, settled_queue};
 
 /// A repair record this old is taken to be orphaned (its writer died or could not clear it).
 pub const ORPHAN_AGE: Duration = Duration::from_secs(2);
@@ -51,7 +53,7 @@ const BATCH: usize = 1_000;
 const BATCHES_PER_PASS: usize = 50;
 
 /// One write transaction's versions, settled in one cache.
-struct Settled {
+pub struct Settled {
     role: CacheRole,
     xact: i64,
 }
@@ -67,26 +69,23 @@ pub struct Repairs {
     wake: Notify,
     /// Another writer's change was recorded (a notification from the primary).
     changed: Notify,
-    settled_tx: mpsc::Sender<Settled>,
-    settled_rx: Mutex<Option<mpsc::Receiver<Settled>>>,
+    /// Where settled updates go to have their records cleared; `None` where no
+    /// [`SettledClearing`] runs (the commands).
+    settled: Option<SettledQueue>,
 }
 
-impl Default for Repairs {
-    fn default() -> Self {
-        let (settled_tx, settled_rx) = mpsc::channel(10_000);
+impl Repairs {
+    pub fn new(settled: Option<SettledQueue>) -> Self {
         Self {
             pending: Mutex::new([HashMap::new(), HashMap::new()]),
             pending_count: AtomicUsize::new(0),
             failed_writes: Mutex::new([Vec::new(), Vec::new()]),
             wake: Notify::new(),
             changed: Notify::new(),
-            settled_tx,
-            settled_rx: Mutex::new(Some(settled_rx)),
+            settled,
         }
     }
-}
 
-impl Repairs {
     /// Whether `cache` may hold an older version of `sku` than this instance acknowledged.
     pub fn is_pending(&self, cache: CacheRole, sku: &str) -> bool {
         self.pending_count.load(Ordering::Acquire) > 0
@@ -183,81 +182,13 @@ impl Repairs {
     /// record in the background. A record that is not cleared (full queue, crash) is handed
     /// over and applied again later, which is harmless.
     pub fn settled(&self, cache: CacheRole, xact: i64) {
-        let _ = self.settled_tx.try_send(Settled { role: cache, xact });
+        if let Some(settled) = &self.settled {
+            let _ = settled.try_send(Settled { role: cache, xact });
+        }
     }
 }
 
 impl SizeService {
-    /// Starts the repair worker and the task that clears settled records.
-    pub fn spawn_repair_tasks(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        if let Some(settled) = self
-            .repairs
-            .settled_rx
-            .lock()
-            .ok()
-            .and_then(|mut rx| rx.take())
-        {
-            tasks.push(tokio::spawn(self.clone().clear_settled(settled)));
-        }
-        let service = self.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(REPAIR_INTERVAL);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut backlog_read = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    () = service.repairs.wake.notified() => {
-                        // Let Redis settle (or time out) before the first attempt.
-                        tokio::time::sleep(REPAIR_INTERVAL).await;
-                    }
-                    () = service.repairs.changed.notified() => {}
-                }
-                match service.repair_once().await {
-                    Ok(applied) => tracing::trace!(applied, "cache records applied"),
-                    Err(error) => tracing::debug!(%error, "cache repair postponed"),
-                }
-                service
-                    .metrics
-                    .repairs_pending
-                    .set(service.repairs.pending_count() as i64);
-                if backlog_read.elapsed() >= BACKLOG_INTERVAL {
-                    backlog_read = tokio::time::Instant::now();
-                    service.read_backlog().await;
-                }
-            }
-        }));
-        tasks
-    }
-
-    /// Clears the records of settled updates, in batches, for as long as the service runs.
-    async fn clear_settled(self: Arc<Self>, mut settled: mpsc::Receiver<Settled>) {
-        let mut batch = Vec::with_capacity(BATCH);
-        while settled.recv_many(&mut batch, BATCH).await > 0 {
-            for (role, _) in self.ledgers() {
-                let done: Vec<i64> = batch
-                    .iter()
-                    .filter(|s| s.role == role)
-                    .map(|s| s.xact)
-                    .collect();
-                if done.is_empty() {
-                    continue;
-                }
-                let ledger = self.ledger(role);
-                let settled = bounded!(
-                    self.db.background(),
-                    self.db.background_deadline(),
-                    |conn| settle_own_writes(conn, &ledger, &done)
-                );
-                if let Err(error) = settled.await {
-                    tracing::debug!(%error, "could not clear cache repairs; the worker will redo them");
-                }
-            }
-            batch.clear();
-        }
-    }
-
     /// Refreshes the backlog gauges: records owed to each cache, and the oldest one's age.
     pub async fn read_backlog(&self) {
         for (role, _) in self.ledgers() {

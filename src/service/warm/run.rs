@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::{WarmOptions, WarmProgress};
 use crate::cache::CacheRole;
@@ -100,7 +101,7 @@ pub enum ClaimError {
 #[derive(Debug)]
 pub enum WarmOutcome {
     Succeeded(WarmProgress),
-    /// An operator asked it to stop, on any instance.
+    /// An operator asked it to stop, on any instance, or the instance running it stopped.
     Cancelled(WarmProgress),
     /// Its reports failed for so long that another run took the deployment's warm-up over.
     TakenOver(WarmProgress),
@@ -127,12 +128,13 @@ impl WarmRun {
     }
 
     /// Warms the cache ([`SizeService::warm_cache`]), reporting to the deployment's row every
-    /// [`REPORT_INTERVAL`], until done, failed, asked to stop, or taken over; then records how
-    /// it ended.
+    /// [`REPORT_INTERVAL`], until done, failed, asked to stop (by any instance, or by `stop`
+    /// here: both end it as cancelled), or taken over; then records how it ended.
     pub async fn run(
         self,
         sizes: &SizeService,
         options: &WarmOptions,
+        stop: CancellationToken,
         mut report: impl FnMut(&WarmProgress),
     ) -> Result<WarmOutcome, CacheJobError> {
         let latest = Mutex::new(WarmProgress::default());
@@ -158,6 +160,10 @@ impl WarmRun {
                     return Ok(WarmOutcome::TakenOver(progress()));
                 }
                 tracing::info!("cache warm-up cancelled");
+                ("cancelled", Ok(WarmOutcome::Cancelled(progress())), None)
+            }
+            () = stop.cancelled() => {
+                tracing::info!("cache warm-up cancelled: this instance is stopping");
                 ("cancelled", Ok(WarmOutcome::Cancelled(progress())), None)
             }
         };

@@ -1,0 +1,92 @@
+//! The instance's background workers, each started on the one [`Background`] that shutdown
+//! cancels and waits for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::db::replica::{ReplicaHealth, ReplicaProbe};
+use crate::service::repair::{RepairWorker, Settled, SettledClearing};
+use crate::service::{
+    Background, ChangeFeed, ConsistencyCheck, DependencyProbe, LeaseRenewal, SizeService,
+};
+
+const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Starts probing the replica, if one is configured; its health is what reads consult.
+pub fn start_replica_probe(
+    db: &Db,
+    config: &Config,
+    background: &Background,
+) -> Option<Arc<ReplicaHealth>> {
+    let replica = db.replica_background()?;
+    let health = Arc::new(ReplicaHealth::default());
+    let probe = ReplicaProbe::new(
+        db.background_leases(),
+        replica,
+        health.clone(),
+        REPLICA_PROBE_INTERVAL,
+        config.replica_max_lag,
+        config.database.replica_timeout,
+    );
+    background.spawn(|stop| probe.run(stop));
+    Some(health)
+}
+
+/// Everything an instance must know before it serves (owed repairs, the probes' first round,
+/// the change feed, its reader lease), then the background workers, in that order. `settled`
+/// is the receiving end of the queue `sizes` sends its settled updates to.
+pub async fn prepare_and_start(
+    sizes: &Arc<SizeService>,
+    settled: mpsc::Receiver<Settled>,
+    replica_health: Option<&ReplicaHealth>,
+    background: &Background,
+) {
+    match sizes.adopt_owed_repairs().await {
+        Ok(0) => {}
+        Ok(owed) => tracing::info!(
+            owed,
+            "cache repairs recorded before this start will be applied"
+        ),
+        Err(error) => tracing::warn!(%error, "could not read recorded cache repairs"),
+    }
+    // The backlog gauges have their first values before the first scrape.
+    sizes.read_backlog().await;
+    // `/readyz` answers from the probes: the first round completes before serving.
+    sizes.probe_dependencies().await;
+    let probe = DependencyProbe::new(sizes.clone());
+    background.spawn(|stop| probe.run(stop));
+    if let Some(health) = replica_health {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !health.probed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    if let Err(error) = sizes.follow_changes().await {
+        tracing::warn!(%error, "cannot follow the table's changes yet; retrying in the background");
+    }
+    // No hit is served before this instance knows what the cache is owed.
+    sizes.join_readers().await;
+    start_workers(sizes, settled, background);
+}
+
+/// The workers that keep the instance's leases, repairs, change feed and consistency check.
+fn start_workers(
+    sizes: &Arc<SizeService>,
+    settled: mpsc::Receiver<Settled>,
+    background: &Background,
+) {
+    let leases = LeaseRenewal::new(sizes.clone(), background.clone());
+    background.spawn(|stop| leases.run(stop));
+    let clearing = SettledClearing::new(sizes.clone(), settled);
+    background.spawn(|stop| clearing.run(stop));
+    let repairs = RepairWorker::new(sizes.clone());
+    background.spawn(|stop| repairs.run(stop));
+    let feed = ChangeFeed::new(sizes.clone());
+    background.spawn(|stop| feed.run(stop));
+    let check = ConsistencyCheck::new(sizes.clone());
+    background.spawn(|stop| check.run(stop));
+}
