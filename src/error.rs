@@ -108,111 +108,70 @@ pub struct ProblemType {
     pub about: &'static str,
 }
 
-impl ProblemType {
-    pub const BAD_REQUEST: Self = Self {
-        uri: "tag:product-size-service,2026:problem/bad-request",
-        status: StatusCode::BAD_REQUEST,
-        about: "The request cannot be read: malformed JSON, an invalid SKU in the path, or a \
-                malformed header (`X-Consistency-Token`, `If-Match`, `If-None-Match`) or query \
-                parameter. Sent again unchanged, it fails again.",
-    };
-    pub const UNAUTHORIZED: Self = Self {
-        uri: "tag:product-size-service,2026:problem/unauthorized",
-        status: StatusCode::UNAUTHORIZED,
-        about: "No bearer token, or one the service does not know.",
-    };
-    pub const FORBIDDEN: Self = Self {
-        uri: "tag:product-size-service,2026:problem/forbidden",
-        status: StatusCode::FORBIDDEN,
-        about: "The token is valid but lacks the scope the route needs, which \
-                `WWW-Authenticate` names (`read`, `write` or `admin`).",
-    };
-    pub const NOT_FOUND: Self = Self {
-        uri: "tag:product-size-service,2026:problem/not-found",
-        status: StatusCode::NOT_FOUND,
-        about: "No size is stored for the SKU (never written, or deleted), or no route matches \
-                the path.",
-    };
-    pub const METHOD_NOT_ALLOWED: Self = Self {
-        uri: "tag:product-size-service,2026:problem/method-not-allowed",
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        about: "The route does not take this method; `Allow` lists those it does.",
-    };
-    pub const CONFLICT: Self = Self {
-        uri: "tag:product-size-service,2026:problem/conflict",
-        status: StatusCode::CONFLICT,
-        about: "The request contradicts what is stored: a PUT's `source_version` behind the \
-                stored one (nothing changed: the WMS already sent something newer), or a \
-                warm-up already running.",
-    };
-    pub const PRECONDITION_FAILED: Self = Self {
-        uri: "tag:product-size-service,2026:problem/precondition-failed",
-        status: StatusCode::PRECONDITION_FAILED,
-        about: "`If-Match` or `If-None-Match` does not hold for the stored version: nothing \
-                changed. Read the current version and decide again.",
-    };
-    pub const PAYLOAD_TOO_LARGE: Self = Self {
-        uri: "tag:product-size-service,2026:problem/payload-too-large",
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        about: "The body is larger than the service reads (the detail says how large); split \
-                the batch.",
-    };
-    pub const UNSUPPORTED_MEDIA_TYPE: Self = Self {
-        uri: "tag:product-size-service,2026:problem/unsupported-media-type",
-        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        about: "The body is not declared JSON: send `Content-Type: application/json`.",
-    };
-    pub const VALIDATION: Self = Self {
-        uri: "tag:product-size-service,2026:problem/validation",
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        about: "The JSON is well formed, but fields are invalid or unknown: `errors` names \
-                each one and what is wrong with it. Nothing changed.",
-    };
-    pub const UNAVAILABLE: Self = Self {
-        uri: "tag:product-size-service,2026:problem/unavailable",
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        about: "A dependency the request needs is down or saturated (the primary database \
-                for a write; every source of the data for a read). Nothing was written. Retry \
-                after `Retry-After` seconds.",
-    };
-    pub const UNACKNOWLEDGED: Self = Self {
-        uri: "tag:product-size-service,2026:problem/unacknowledged",
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        about: "The write is committed, but its cache update failed and not every instance \
-                could learn of it in time, so it is not acknowledged. Retry it after \
-                `Retry-After` seconds: the same PUT or sync again changes nothing twice.",
-    };
-    pub const TIMEOUT: Self = Self {
-        uri: "tag:product-size-service,2026:problem/timeout",
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        about: "The request took longer than the server's request timeout. A write may have \
-                committed, unacknowledged: retry it after `Retry-After` seconds (the same PUT \
-                or sync again changes nothing twice).",
-    };
-    pub const INTERNAL: Self = Self {
-        uri: "tag:product-size-service,2026:problem/internal",
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        about: "A bug: the service's log has the cause under the request's id. Report it with \
-                `request_id`.",
-    };
+/// Declares each kind of problem as a constant of [`ProblemType`] (its URI made from the
+/// name after `problem/`) and lists them all in [`ProblemType::ALL`], in the order given.
+macro_rules! problem_types {
+    ($($name:ident = $slug:literal, $status:ident, $about:literal;)*) => {
+        impl ProblemType {
+            $(
+                pub const $name: Self = Self {
+                    uri: concat!("tag:product-size-service,2026:problem/", $slug),
+                    status: StatusCode::$status,
+                    about: $about,
+                };
+            )*
 
-    /// Every kind of problem, by status.
-    pub const ALL: [Self; 14] = [
-        Self::BAD_REQUEST,
-        Self::UNAUTHORIZED,
-        Self::FORBIDDEN,
-        Self::NOT_FOUND,
-        Self::METHOD_NOT_ALLOWED,
-        Self::CONFLICT,
-        Self::PRECONDITION_FAILED,
-        Self::PAYLOAD_TOO_LARGE,
-        Self::UNSUPPORTED_MEDIA_TYPE,
-        Self::VALIDATION,
-        Self::UNAVAILABLE,
-        Self::UNACKNOWLEDGED,
-        Self::TIMEOUT,
-        Self::INTERNAL,
-    ];
+            /// Every kind of problem, by status.
+            pub const ALL: &[Self] = &[$(Self::$name),*];
+        }
+    };
+}
+
+problem_types! {
+    BAD_REQUEST = "bad-request", BAD_REQUEST,
+        "The request cannot be read: malformed JSON, an invalid SKU in the path, or a \
+        malformed header (`X-Consistency-Token`, `If-Match`, `If-None-Match`) or query \
+        parameter. Sent again unchanged, it fails again.";
+    UNAUTHORIZED = "unauthorized", UNAUTHORIZED,
+        "No bearer token, or one the service does not know.";
+    FORBIDDEN = "forbidden", FORBIDDEN,
+        "The token is valid but lacks the scope the route needs, which \
+        `WWW-Authenticate` names (`read`, `write` or `admin`).";
+    NOT_FOUND = "not-found", NOT_FOUND,
+        "No size is stored for the SKU (never written, or deleted), or no route matches \
+        the path.";
+    METHOD_NOT_ALLOWED = "method-not-allowed", METHOD_NOT_ALLOWED,
+        "The route does not take this method; `Allow` lists those it does.";
+    CONFLICT = "conflict", CONFLICT,
+        "The request contradicts what is stored: a PUT's `source_version` behind the \
+        stored one (nothing changed: the WMS already sent something newer), or a \
+        warm-up already running.";
+    PRECONDITION_FAILED = "precondition-failed", PRECONDITION_FAILED,
+        "`If-Match` or `If-None-Match` does not hold for the stored version: nothing \
+        changed. Read the current version and decide again.";
+    PAYLOAD_TOO_LARGE = "payload-too-large", PAYLOAD_TOO_LARGE,
+        "The body is larger than the service reads (the detail says how large); split \
+        the batch.";
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type", UNSUPPORTED_MEDIA_TYPE,
+        "The body is not declared JSON: send `Content-Type: application/json`.";
+    VALIDATION = "validation", UNPROCESSABLE_ENTITY,
+        "The JSON is well formed, but fields are invalid or unknown: `errors` names \
+        each one and what is wrong with it. Nothing changed.";
+    UNAVAILABLE = "unavailable", SERVICE_UNAVAILABLE,
+        "A dependency the request needs is down or saturated (the primary database \
+        for a write; every source of the data for a read). Nothing was written. Retry \
+        after `Retry-After` seconds.";
+    UNACKNOWLEDGED = "unacknowledged", SERVICE_UNAVAILABLE,
+        "The write is committed, but its cache update failed and not every instance \
+        could learn of it in time, so it is not acknowledged. Retry it after \
+        `Retry-After` seconds: the same PUT or sync again changes nothing twice.";
+    TIMEOUT = "timeout", SERVICE_UNAVAILABLE,
+        "The request took longer than the server's request timeout. A write may have \
+        committed, unacknowledged: retry it after `Retry-After` seconds (the same PUT \
+        or sync again changes nothing twice).";
+    INTERNAL = "internal", INTERNAL_SERVER_ERROR,
+        "A bug: the service's log has the cause under the request's id. Report it with \
+        `request_id`.";
 }
 
 /// The schema of a problem's `type`: every kind, what it means, and what a client may rely on.

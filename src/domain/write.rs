@@ -187,8 +187,24 @@ mod tests {
         )
     }
 
-    fn put(current: Option<&StoredSize>, change: SizeUpdate, pre: Preconditions) -> Decision {
+    fn put_if(current: Option<&StoredSize>, change: SizeUpdate, pre: Preconditions) -> Decision {
         decide(&sku(), current, &Change::Put(change), &pre, Utc::now())
+    }
+
+    /// A put without preconditions.
+    fn put(current: Option<&StoredSize>, change: SizeUpdate) -> Decision {
+        put_if(current, change, Preconditions::default())
+    }
+
+    /// A delete without preconditions.
+    fn delete(current: Option<&StoredSize>) -> Decision {
+        decide(
+            &sku(),
+            current,
+            &Change::Delete,
+            &Preconditions::default(),
+            Utc::now(),
+        )
     }
 
     fn written(decision: Decision) -> (i64, bool, Option<i64>) {
@@ -200,47 +216,27 @@ mod tests {
 
     #[test]
     fn create_is_version_one_and_change_bumps_it() {
-        assert_eq!(
-            written(put(None, update(1, None), Preconditions::default())),
-            (1, true, None)
-        );
+        assert_eq!(written(put(None, update(1, None))), (1, true, None));
         let row = stored(1, 1, None);
-        assert_eq!(
-            written(put(Some(&row), update(2, None), Preconditions::default())),
-            (2, false, None)
-        );
+        assert_eq!(written(put(Some(&row), update(2, None))), (2, false, None));
     }
 
     #[test]
     fn equal_content_is_a_no_op() {
         let row = stored(1, 4, Some(9));
-        assert!(matches!(
-            put(Some(&row), update(1, None), Preconditions::default()),
-            Decision::Unchanged(_)
-        ));
-        assert!(matches!(
-            put(Some(&row), update(1, Some(9)), Preconditions::default()),
-            Decision::Unchanged(_)
-        ));
+        let unchanged = Decision::Unchanged(row.clone());
+        assert_eq!(put(Some(&row), update(1, None)), unchanged);
+        assert_eq!(put(Some(&row), update(1, Some(9))), unchanged);
     }
 
     #[test]
     fn older_or_conflicting_source_versions_never_apply() {
         let row = stored(1, 4, Some(9));
-        assert!(matches!(
-            put(Some(&row), update(2, Some(8)), Preconditions::default()),
-            Decision::Stale(_)
-        ));
-        assert!(matches!(
-            put(Some(&row), update(2, Some(9)), Preconditions::default()),
-            Decision::Stale(_)
-        ));
+        let stale = Decision::Stale(row.clone());
+        assert_eq!(put(Some(&row), update(2, Some(8))), stale);
+        assert_eq!(put(Some(&row), update(2, Some(9))), stale);
         assert_eq!(
-            written(put(
-                Some(&row),
-                update(2, Some(10)),
-                Preconditions::default()
-            )),
+            written(put(Some(&row), update(2, Some(10)))),
             (5, false, Some(10))
         );
     }
@@ -249,7 +245,7 @@ mod tests {
     fn a_put_without_source_version_keeps_the_stored_one() {
         let row = stored(1, 4, Some(9));
         assert_eq!(
-            written(put(Some(&row), update(2, None), Preconditions::default())),
+            written(put(Some(&row), update(2, None))),
             (5, false, Some(9))
         );
     }
@@ -257,49 +253,40 @@ mod tests {
     #[test]
     fn if_match_and_if_none_match() {
         let row = stored(1, 4, None);
-        let if_match = |v| Preconditions {
-            if_match: Some(Tags::Versions(vec![v])),
-            ..Default::default()
-        };
-        assert_eq!(
-            put(Some(&row), update(2, None), if_match(3)),
-            Decision::PreconditionFailed
-        );
-        assert_eq!(written(put(Some(&row), update(2, None), if_match(4))).0, 5);
-        assert_eq!(
-            put(None, update(2, None), if_match(4)),
-            Decision::PreconditionFailed
-        );
-        let create_only = Preconditions {
-            if_none_match: Some(Tags::Any),
-            ..Default::default()
-        };
-        let unless = |v| Preconditions {
-            if_none_match: Some(Tags::Versions(vec![v])),
-            ..Default::default()
-        };
-        assert_eq!(
-            put(Some(&row), update(2, None), unless(4)),
-            Decision::PreconditionFailed
-        );
-        assert_eq!(written(put(Some(&row), update(2, None), unless(3))).0, 5);
-        assert_eq!(
-            put(Some(&row), update(2, None), create_only.clone()),
-            Decision::PreconditionFailed
-        );
-        assert!(written(put(None, update(2, None), create_only)).1);
+        let versions = |v| Some(Tags::Versions(vec![v]));
+        let any = || Some(Tags::Any);
+        // The stored row, `If-Match`, `If-None-Match`, and the version and creation written
+        // (`None`: 412).
+        let cases = [
+            (Some(&row), versions(3), None, None),
+            (Some(&row), versions(4), None, Some((5, false))),
+            (None, versions(4), None, None),
+            (Some(&row), None, versions(4), None),
+            (Some(&row), None, versions(3), Some((5, false))),
+            (Some(&row), None, any(), None),
+            (None, None, any(), Some((1, true))),
+        ];
+        for (current, if_match, if_none_match, expected) in cases {
+            let preconditions = Preconditions {
+                if_match,
+                if_none_match,
+            };
+            let decision = put_if(current, update(2, None), preconditions.clone());
+            let outcome = match decision {
+                Decision::PreconditionFailed => None,
+                written_row => {
+                    let (version, created, _) = written(written_row);
+                    Some((version, created))
+                }
+            };
+            assert_eq!(outcome, expected, "{preconditions:?} on {current:?}");
+        }
     }
 
     #[test]
     fn delete_leaves_a_tombstone_that_keeps_counting() {
         let row = stored(1, 4, Some(9));
-        let tombstone = match decide(
-            &sku(),
-            Some(&row),
-            &Change::Delete,
-            &Preconditions::default(),
-            Utc::now(),
-        ) {
+        let tombstone = match delete(Some(&row)) {
             Decision::Write {
                 row,
                 created: false,
@@ -308,31 +295,14 @@ mod tests {
         };
         assert!(tombstone.deleted);
         assert_eq!(tombstone.version, 5);
-        assert_eq!(
-            decide(
-                &sku(),
-                Some(&tombstone),
-                &Change::Delete,
-                &Preconditions::default(),
-                Utc::now()
-            ),
-            Decision::NotFound
-        );
+        assert_eq!(delete(Some(&tombstone)), Decision::NotFound);
         // A replayed WMS update does not resurrect it; a newer one re-creates it at version 6.
-        assert!(matches!(
-            put(
-                Some(&tombstone),
-                update(1, Some(9)),
-                Preconditions::default()
-            ),
-            Decision::Stale(_)
-        ));
         assert_eq!(
-            written(put(
-                Some(&tombstone),
-                update(1, Some(10)),
-                Preconditions::default()
-            )),
+            put(Some(&tombstone), update(1, Some(9))),
+            Decision::Stale(tombstone.clone())
+        );
+        assert_eq!(
+            written(put(Some(&tombstone), update(1, Some(10)))),
             (6, true, Some(10))
         );
     }

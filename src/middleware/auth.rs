@@ -9,8 +9,7 @@
 //! request's [`Principal`], recorded on its trace span and in its access line, so that a write
 //! made with the WMS's token can be told from one made with another.
 
-use std::future::{Future, Ready, ready};
-use std::pin::Pin;
+use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -21,8 +20,9 @@ use futures_util::future::Either;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
-use tower::{Layer, Service};
+use tower::Service;
 
+use super::layer::{Finish, Finishing, Middleware, MiddlewareLayer};
 use super::{Access, Policies};
 use crate::config::AuthSettings;
 use crate::error::AppError;
@@ -170,9 +170,12 @@ fn digest(token: &str) -> TokenDigest {
 }
 
 /// Checks each request's bearer token against the scope its route needs; answers 401/403
-/// itself. A plain tower layer: no boxed future or cloned service per request.
+/// itself.
+pub type AuthLayer = MiddlewareLayer<Authorization>;
+
+/// The tokens, and the access each route needs.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct Authorization {
     auth: Arc<Authenticator>,
     policies: Arc<Policies>,
 }
@@ -180,48 +183,30 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// Checks each request against the access `policies` record for its route.
     pub fn new(auth: Authenticator, policies: Arc<Policies>) -> Self {
-        Self {
+        MiddlewareLayer(Authorization {
             auth: Arc::new(auth),
             policies,
-        }
+        })
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            auth: self.auth.clone(),
-            policies: self.policies.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-    policies: Arc<Policies>,
-}
-
-impl<S> Service<Request> for AuthService<S>
+impl<S> Service<Request> for Middleware<S, Authorization>
 where
     S: Service<Request, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, Attributed<S::Future>>;
+    type Future = Either<Ready<Result<Response, S::Error>>, Finishing<S::Future, Attribution>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let access = self.policies.of(&request);
+        let Authorization { auth, policies } = &self.settings;
+        let access = policies.of(&request);
         if access == Access::NotAllowed {
-            let allow = self.policies.allowed(&request);
+            let allow = policies.allowed(&request);
             return Either::Left(ready(Ok(
                 AppError::MethodNotAllowed { allow }.into_response()
             )));
@@ -230,15 +215,15 @@ where
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let (checked, principal) = self.auth.check(access, authorization);
+        let (checked, principal) = auth.check(access, authorization);
         if let Some(Principal(name)) = principal {
             tracing::Span::current().record("principal", name);
         }
         match checked {
-            Ok(()) => Either::Right(Attributed {
-                inner: self.inner.call(request),
-                principal,
-            }),
+            Ok(()) => Either::Right(Finishing::new(
+                self.inner.call(request),
+                Attribution(principal),
+            )),
             Err(error) => {
                 let mut response = error.into_response();
                 if let Some(principal) = principal {
@@ -250,28 +235,18 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The inner response future; puts the request's [`Principal`] in the response.
-    pub struct Attributed<F> {
-        #[pin]
-        inner: F,
-        principal: Option<Principal>,
-    }
-}
+/// The request's [`Principal`], if its token names one, put in the response.
+#[derive(Debug, Clone, Copy)]
+pub struct Attribution(Option<Principal>);
 
-impl<F, E> Future for Attributed<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
+impl<E> Finish<Result<Response, E>> for Attribution {
     type Output = Result<Response, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = std::task::ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(principal)) = (&mut result, *this.principal) {
+    fn finish(&mut self, mut result: Result<Response, E>) -> Self::Output {
+        if let (Ok(response), Some(principal)) = (&mut result, self.0) {
             response.extensions_mut().insert(principal);
         }
-        Poll::Ready(result)
+        result
     }
 }
 

@@ -7,28 +7,29 @@
 //! family, and adds no box.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method};
 use axum::response::Response;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::access_log::{AccessLog, AccessRecord};
 use super::auth::Principal;
+use super::layer::{Finish, Finishing, Middleware, MiddlewareLayer};
 use crate::headers::X_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::service::ReadSource;
 use opentelemetry::trace::TraceId;
 
-/// Goes inside the router's matching (it reads the matched route), as a plain tower layer: no
-/// boxed future or cloned service per request.
+/// Goes inside the router's matching (it reads the matched route).
+pub type RequestMetricsLayer = MiddlewareLayer<Recorders>;
+
+/// Where a request is recorded.
 #[derive(Clone)]
-pub struct RequestMetricsLayer {
+pub struct Recorders {
     metrics: Arc<Metrics>,
     access: Option<Arc<AccessLog>>,
 }
@@ -36,36 +37,17 @@ pub struct RequestMetricsLayer {
 impl RequestMetricsLayer {
     /// `access`: the access log, if one is written.
     pub fn new(metrics: Arc<Metrics>, access: Option<Arc<AccessLog>>) -> Self {
-        Self { metrics, access }
+        MiddlewareLayer(Recorders { metrics, access })
     }
 }
 
-impl<S> Layer<S> for RequestMetricsLayer {
-    type Service = RequestMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestMetrics {
-            inner,
-            metrics: self.metrics.clone(),
-            access: self.access.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RequestMetrics<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-    access: Option<Arc<AccessLog>>,
-}
-
-impl<S, E> Service<Request> for RequestMetrics<S>
+impl<S, E> Service<Request> for Middleware<S, Recorders>
 where
     S: Service<Request, Response = Response, Error = E>,
 {
     type Response = Response;
     type Error = E;
-    type Future = Observed<S::Future>;
+    type Future = Finishing<S::Future, Observation>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
         self.inner.poll_ready(cx)
@@ -77,67 +59,59 @@ where
             .extensions()
             .get::<MatchedPath>()
             .map_or("unmatched", |path| interned(path.as_str()));
-        let access = self.access.clone().map(|log| {
+        let access = self.settings.access.clone().map(|log| {
             let request_id = request.headers().get(&X_REQUEST_ID).cloned();
             (log, request_id, crate::telemetry::current_trace_id())
         });
-        Observed {
-            inner: self.inner.call(request),
-            metrics: self.metrics.clone(),
+        let observation = Observation {
+            metrics: self.settings.metrics.clone(),
             access,
             method,
             route,
             started: Instant::now(),
-        }
+        };
+        Finishing::new(self.inner.call(request), observation)
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The inner response future; records the request when it completes.
-    pub struct Observed<F> {
-        #[pin]
-        inner: F,
-        metrics: Arc<Metrics>,
-        access: Option<(Arc<AccessLog>, Option<HeaderValue>, Option<TraceId>)>,
-        method: &'static str,
-        route: &'static str,
-        started: Instant,
-    }
+/// One request, from its start: recorded when its response is ready.
+pub struct Observation {
+    metrics: Arc<Metrics>,
+    access: Option<(Arc<AccessLog>, Option<HeaderValue>, Option<TraceId>)>,
+    method: &'static str,
+    route: &'static str,
+    started: Instant,
 }
 
-impl<F, E> Future for Observed<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
+impl<E> Finish<Result<Response, E>> for Observation {
     type Output = Result<Response, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let Ok(response) = &result {
-            let latency = this.started.elapsed();
-            let status = response.status().as_u16();
-            this.metrics
-                .observe_request(this.method, this.route, status, latency.as_secs_f64());
-            if let Some((log, request_id, trace_id)) = this.access.take() {
-                // Put there by the handler (`routes::parts::AnsweredFrom`), beside the header.
-                let read_source = response.extensions().get::<ReadSource>().copied();
-                if log.wants(read_source) {
-                    log.record(AccessRecord {
-                        method: this.method,
-                        route: this.route,
-                        status,
-                        latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                        read_source,
-                        principal: response.extensions().get::<Principal>().map(|p| p.0),
-                        request_id,
-                        trace_id,
-                        at: std::time::SystemTime::now(),
-                    });
-                }
+    fn finish(&mut self, result: Result<Response, E>) -> Self::Output {
+        let Ok(response) = &result else {
+            return result;
+        };
+        let latency = self.started.elapsed();
+        let status = response.status().as_u16();
+        self.metrics
+            .observe_request(self.method, self.route, status, latency.as_secs_f64());
+        if let Some((log, request_id, trace_id)) = self.access.take() {
+            // Put there by the handler (`routes::parts::AnsweredFrom`), beside the header.
+            let read_source = response.extensions().get::<ReadSource>().copied();
+            if log.wants(read_source) {
+                log.record(AccessRecord {
+                    method: self.method,
+                    route: self.route,
+                    status,
+                    latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                    read_source,
+                    principal: response.extensions().get::<Principal>().map(|p| p.0),
+                    request_id,
+                    trace_id,
+                    at: std::time::SystemTime::now(),
+                });
             }
         }
-        Poll::Ready(result)
+        result
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod layer;
 pub mod metrics;
 pub mod request_id;
 pub mod route;

@@ -1,22 +1,28 @@
-//! Read/write routing as a tower layer: each request gets a [`DbRoute`] in its extensions
-//! before it reaches a handler, so handlers never choose a pool themselves.
+//! Read routing as a tower layer: each read gets its [`ReadContext`] (the database to read
+//! and the `X-Consistency-Token` to honour) in its extensions before it reaches a handler, so
+//! handlers never choose a pool nor parse the token themselves.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::http::{HeaderMap, Request};
-use tower::{Layer, Service};
+use tower::Service;
 
+use super::layer::{Middleware, MiddlewareLayer};
 use super::{Access, Policies};
 use crate::db::DbRoute;
 use crate::db::replica::ReplicaHealth;
 use crate::domain::Lsn;
 use crate::headers::X_CONSISTENCY_TOKEN;
 
-/// Writes go to the primary. Reads prefer the replica while its probe says it is up and has
-/// replayed the request's `X-Consistency-Token`; otherwise they go to the primary.
+/// Reads prefer the replica while its probe says it is up and has replayed the request's
+/// `X-Consistency-Token`; otherwise they go to the primary. Writes always go to the primary:
+/// they get no context.
+pub type DbRouteLayer = MiddlewareLayer<DbRouting>;
+
+/// What the routing of reads depends on.
 #[derive(Clone)]
-pub struct DbRouteLayer {
+pub struct DbRouting {
     replica: Option<Arc<ReplicaHealth>>,
     policies: Arc<Policies>,
 }
@@ -25,55 +31,52 @@ impl DbRouteLayer {
     /// `replica` is `None` when no replica is configured: everything goes to the primary.
     /// Reads are the routes `policies` give [`Access::Read`].
     pub fn new(replica: Option<Arc<ReplicaHealth>>, policies: Arc<Policies>) -> Self {
-        Self { replica, policies }
+        MiddlewareLayer(DbRouting { replica, policies })
     }
 }
 
-impl<S> Layer<S> for DbRouteLayer {
-    type Service = DbRouteService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DbRouteService {
-            inner,
-            replica: self.replica.clone(),
-            policies: self.policies.clone(),
-        }
-    }
+/// What a read needs from its request, made once per read by [`DbRouteLayer`] and taken by
+/// the handler as an extractor (see `routes::extract`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadContext {
+    /// The database to read, chosen with the token below.
+    pub route: DbRoute,
+    /// The position of an earlier write the answer must be at least as new as.
+    pub token: Option<Lsn>,
 }
 
-#[derive(Clone)]
-pub struct DbRouteService<S> {
-    inner: S,
-    replica: Option<Arc<ReplicaHealth>>,
-    policies: Arc<Policies>,
-}
-
-impl<S> DbRouteService<S> {
-    /// Where a read goes: the replica while its probe says it is up and has replayed the
-    /// request's token; the primary for a malformed token (which the handler rejects).
-    fn read_route(&self, token: Result<Option<Lsn>, MalformedToken>) -> DbRoute {
-        let Some(replica) = self.replica.as_ref().filter(|r| r.is_up()) else {
-            return DbRoute::Primary;
-        };
-        match token {
-            Ok(None) => DbRoute::ReplicaPreferred,
-            Ok(Some(token)) if replica.replayed() >= token => DbRoute::ReplicaPreferred,
-            _ => DbRoute::Primary,
-        }
-    }
-}
-
-/// A request's `X-Consistency-Token`, parsed once: by this layer for reads (it needs the
-/// token to choose a database), and taken from the request's extensions by the handlers'
-/// extractor ([`crate::routes::extract::ConsistencyToken`]).
-#[derive(Debug, Clone, Copy)]
-pub struct ParsedToken(pub Result<Option<Lsn>, MalformedToken>);
-
+/// An `X-Consistency-Token` that names no position: the handler answers 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MalformedToken;
 
+/// What [`DbRouteLayer`] puts in a read's extensions.
+pub type ReadRequest = Result<ReadContext, MalformedToken>;
+
+impl DbRouting {
+    /// The context of a read sending `token`.
+    fn read_context(&self, token: Option<Lsn>) -> ReadContext {
+        let replayed = (self.replica.as_deref())
+            .filter(|replica| replica.is_up())
+            .map(ReplicaHealth::replayed);
+        ReadContext {
+            route: read_route(replayed, token),
+            token,
+        }
+    }
+}
+
+/// Where a read goes: the replica while it is up (`replayed` is then its replay position) and
+/// has replayed the request's token; otherwise the primary.
+fn read_route(replayed: Option<Lsn>, token: Option<Lsn>) -> DbRoute {
+    match (replayed, token) {
+        (Some(_), None) => DbRoute::ReplicaPreferred,
+        (Some(replayed), Some(token)) if replayed >= token => DbRoute::ReplicaPreferred,
+        _ => DbRoute::Primary,
+    }
+}
+
 /// `X-Consistency-Token`: absent, a position, or malformed.
-pub fn parse_token(headers: &HeaderMap) -> Result<Option<Lsn>, MalformedToken> {
+fn parse_token(headers: &HeaderMap) -> Result<Option<Lsn>, MalformedToken> {
     match headers.get(&X_CONSISTENCY_TOKEN) {
         None => Ok(None),
         Some(raw) => raw
@@ -85,7 +88,7 @@ pub fn parse_token(headers: &HeaderMap) -> Result<Option<Lsn>, MalformedToken> {
     }
 }
 
-impl<S, B> Service<Request<B>> for DbRouteService<S>
+impl<S, B> Service<Request<B>> for Middleware<S, DbRouting>
 where
     S: Service<Request<B>>,
 {
@@ -98,14 +101,84 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let route = if self.policies.of(&request) == Access::Read {
-            let token = parse_token(request.headers());
-            request.extensions_mut().insert(ParsedToken(token));
-            self.read_route(token)
-        } else {
-            DbRoute::Primary
-        };
-        request.extensions_mut().insert(route);
+        if self.settings.policies.of(&request) == Access::Read {
+            let read: ReadRequest =
+                parse_token(request.headers()).map(|token| self.settings.read_context(token));
+            request.extensions_mut().insert(read);
+        }
         self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::Method;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[test]
+    fn a_read_uses_the_replica_only_while_it_is_up_and_has_replayed_the_token() {
+        let (at, before, after) = (Lsn::new(10), Lsn::new(9), Lsn::new(11));
+        assert_eq!(read_route(Some(at), None), DbRoute::ReplicaPreferred);
+        assert_eq!(
+            read_route(Some(at), Some(before)),
+            DbRoute::ReplicaPreferred
+        );
+        assert_eq!(read_route(Some(at), Some(at)), DbRoute::ReplicaPreferred);
+        assert_eq!(read_route(Some(at), Some(after)), DbRoute::Primary);
+        // No replica, or one whose probe says it is down.
+        assert_eq!(read_route(None, None), DbRoute::Primary);
+        assert_eq!(read_route(None, Some(before)), DbRoute::Primary);
+    }
+
+    /// What the layer put in the extensions of a request for `method` with `token`.
+    async fn context(method: Method, token: Option<&str>) -> String {
+        let mut policies = Policies::default();
+        policies.insert(Method::GET, "/size", Access::Read);
+        policies.insert(Method::PUT, "/size", Access::Write);
+        let layer = DbRouteLayer::new(Some(Arc::new(ReplicaHealth::default())), Arc::new(policies));
+        let seen = |request: Request<Body>| async move {
+            format!("{:?}", request.extensions().get::<ReadRequest>())
+        };
+        let router = Router::new()
+            .route("/size", get(seen).put(seen))
+            .route_layer(layer);
+        let mut request = Request::builder().method(method).uri("/size");
+        if let Some(token) = token {
+            request = request.header(X_CONSISTENCY_TOKEN, token);
+        }
+        let response = router
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024).await;
+        String::from_utf8(body.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_get_their_context_once_and_writes_none() {
+        let primary = |token| {
+            format!(
+                "{:?}",
+                Some(Ok::<_, MalformedToken>(ReadContext {
+                    route: DbRoute::Primary,
+                    token,
+                }))
+            )
+        };
+        assert_eq!(context(Method::GET, None).await, primary(None));
+        assert_eq!(
+            context(Method::GET, Some("000000000000002A")).await,
+            primary(Some(Lsn::new(42)))
+        );
+        assert_eq!(
+            context(Method::GET, Some("not a token")).await,
+            "Some(Err(MalformedToken))"
+        );
+        assert_eq!(context(Method::PUT, Some("000000000000002A")).await, "None");
     }
 }

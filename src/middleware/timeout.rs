@@ -10,104 +10,70 @@
 //! the repair worker at once, and its client, told nothing was acknowledged, retries (an
 //! idempotent repeat).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
-use pin_project_lite::pin_project;
-use tokio::time::Sleep;
-use tower::{Layer, Service};
+use tokio::time::Timeout;
+use tokio::time::error::Elapsed;
+use tower::Service;
 
+use super::layer::{Finish, Finishing, Middleware, MiddlewareLayer};
 use crate::error::AppError;
 use crate::telemetry::Throttle;
 
+pub type RequestTimeoutLayer = MiddlewareLayer<TimeLimit>;
+
+/// How long a request may take.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestTimeoutLayer {
-    limit: Duration,
-}
+pub struct TimeLimit(Duration);
 
 impl RequestTimeoutLayer {
     pub fn new(limit: Duration) -> Self {
-        Self { limit }
+        MiddlewareLayer(TimeLimit(limit))
     }
 }
 
-impl<S> Layer<S> for RequestTimeoutLayer {
-    type Service = RequestTimeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestTimeout {
-            inner,
-            limit: self.limit,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestTimeout<S> {
-    inner: S,
-    limit: Duration,
-}
-
-impl<S, B> Service<Request<B>> for RequestTimeout<S>
+impl<S, B> Service<Request<B>> for Middleware<S, TimeLimit>
 where
     S: Service<Request<B>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = TimedOut<S::Future>;
+    type Future = Finishing<Timeout<S::Future>, TimeLimit>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        TimedOut {
-            inner: self.inner.call(request),
-            deadline: tokio::time::sleep(self.limit),
-            limit: self.limit,
-        }
+        let TimeLimit(limit) = self.settings;
+        Finishing::new(
+            tokio::time::timeout(limit, self.inner.call(request)),
+            self.settings,
+        )
     }
 }
 
-pin_project! {
-    /// The handler's response, or a 503 once the deadline passes.
-    pub struct TimedOut<F> {
-        #[pin]
-        inner: F,
-        #[pin]
-        deadline: Sleep,
-        limit: Duration,
-    }
-}
-
-impl<F, E> Future for TimedOut<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
+/// The handler's response, or a 503 once the limit passed.
+impl<E> Finish<Result<Result<Response, E>, Elapsed>> for TimeLimit {
     type Output = Result<Response, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(response) = this.inner.poll(cx) {
-            return Poll::Ready(response);
-        }
-        if this.deadline.poll(cx).is_ready() {
+    fn finish(&mut self, output: Result<Result<Response, E>, Elapsed>) -> Self::Output {
+        let Self(limit) = *self;
+        output.unwrap_or_else(|_| {
             // Under overload every request may time out: one warning a second, with a count.
             static TIMED_OUT: Throttle = Throttle::new();
             if let Some(suppressed) = TIMED_OUT.allow() {
                 tracing::warn!(
-                    limit_ms = this.limit.as_millis(),
+                    limit_ms = limit.as_millis(),
                     suppressed,
                     "request timed out"
                 );
             }
-            let limit_ms = u64::try_from(this.limit.as_millis()).unwrap_or(u64::MAX);
-            return Poll::Ready(Ok(AppError::TimedOut { limit_ms }.into_response()));
-        }
-        Poll::Pending
+            let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+            Ok(AppError::TimedOut { limit_ms }.into_response())
+        })
     }
 }

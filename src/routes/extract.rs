@@ -6,10 +6,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::domain::Sku;
 use crate::domain::write::{Preconditions, Tags};
-use crate::domain::{Lsn, Sku};
 use crate::error::AppError;
-use crate::middleware::route::{ParsedToken, parse_token};
+use crate::middleware::route::{MalformedToken, ReadContext, ReadRequest};
 
 /// The largest request body accepted (a full WMS batch of 1,000 items fits many times over).
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -75,21 +75,21 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// `X-Consistency-Token` from an earlier write; 400 if malformed.
-pub struct ConsistencyToken(pub Option<Lsn>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ConsistencyToken {
+/// A read's database and `X-Consistency-Token`, as the routing layer found them
+/// ([`crate::middleware::route`]); 400 if the token is malformed.
+impl<S: Send + Sync> FromRequestParts<S> for ReadContext {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // Parsed by the routing layer for reads; parsed here for anything else.
-        let token = match parts.extensions.get::<ParsedToken>() {
-            Some(ParsedToken(token)) => *token,
-            None => parse_token(&parts.headers),
-        };
-        token
-            .map(Self)
-            .map_err(|_| AppError::BadRequest("malformed X-Consistency-Token".into()))
+        match parts.extensions.get::<ReadRequest>() {
+            Some(Ok(context)) => Ok(*context),
+            Some(Err(MalformedToken)) => {
+                Err(AppError::BadRequest("malformed X-Consistency-Token".into()))
+            }
+            None => Err(AppError::internal(
+                "a read handler serves a route outside the read group",
+            )),
+        }
     }
 }
 

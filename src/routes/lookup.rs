@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -12,12 +12,11 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::body::{self, RequestBody, ValidJson};
-use super::extract::ConsistencyToken;
 use super::parts::AnsweredFrom;
-use crate::db::DbRoute;
 use crate::domain::{Field, FieldErrors, ProductSize, Sku};
 use crate::error::AppError;
 use crate::middleware::LOOKUP_PATH;
+use crate::middleware::route::ReadContext;
 use crate::service::SizeDoc;
 
 /// The reads this file serves (the read group).
@@ -161,8 +160,7 @@ impl LookupResponse {
 )]
 pub async fn lookup(
     State(state): State<AppState>,
-    Extension(route): Extension<DbRoute>,
-    ConsistencyToken(token): ConsistencyToken,
+    ReadContext { route, token }: ReadContext,
     ValidJson(Skus(skus)): ValidJson<LookupRequest>,
 ) -> Result<Response, AppError> {
     let read = state.sizes.read(&skus, route, token).await?;

@@ -1,6 +1,6 @@
 //! `/v1/products/{sku}/size`: read, create or replace, delete one product's size.
 
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -9,15 +9,15 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::body::{RequestBody, ValidJson};
-use super::extract::{ConsistencyToken, IfNoneMatch, SkuPath, WritePreconditions, etag};
+use super::extract::{IfNoneMatch, SkuPath, WritePreconditions, etag};
 use super::parts::{AnsweredFrom, token_header};
-use crate::db::DbRoute;
 use crate::domain::write::Decision;
 use crate::domain::{
     FieldErrors, Grams, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, Sku,
     SourceVersion,
 };
 use crate::error::AppError;
+use crate::middleware::route::ReadContext;
 
 /// The reads this file serves; `routes::api` gives them the read group's token and database.
 pub fn reads() -> OpenApiRouter<AppState> {
@@ -29,31 +29,72 @@ pub fn writes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(put_size, delete_size))
 }
 
-/// The body of a PUT: the size fields and, optionally, the WMS's counter.
-#[derive(utoipa::ToSchema, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"length_mm": 330, "width_mm": 210, "height_mm": 120, "weight_g": 950,
-                          "size_label": "EU 42", "source_version": 1017}))]
-pub struct SizeRequest {
-    /// Length in millimetres.
-    #[schema(value_type = Millimetres)]
-    length_mm: Option<Value>,
-    /// Width in millimetres.
-    #[schema(value_type = Millimetres)]
-    width_mm: Option<Value>,
-    /// Height in millimetres.
-    #[schema(value_type = Millimetres)]
-    height_mm: Option<Value>,
-    /// Weight in grams.
-    #[schema(value_type = Grams)]
-    weight_g: Option<Value>,
-    /// Optional size label.
-    #[schema(value_type = Option<SizeLabel>)]
-    size_label: Option<Value>,
-    /// The WMS's monotonic counter for this SKU. An update older than the stored one never
-    /// applies (409).
-    #[schema(value_type = Option<SourceVersion>)]
-    source_version: Option<Value>,
+/// Declares a documented request body with the five size fields, each kept as sent and
+/// documented as its domain type, where the body marks `..SizeFields` (the document lists
+/// fields in declaration order), and gives the body `size_fields`, which moves them out for
+/// [`SizeFields::check`]. So the PUT body and a sync item describe the size fields once;
+/// `#[serde(flatten)]` would turn the document's schema into an `allOf` and hide the fields
+/// from `body::read`'s unknown-key check.
+macro_rules! size_body {
+    (
+        $(#[$($attr:tt)*])*
+        pub struct $name:ident {
+            $($(#[$($leading_attr:tt)*])* $leading:ident: $leading_ty:ty,)*
+            ..SizeFields,
+            $($(#[$($trailing_attr:tt)*])* $trailing:ident: $trailing_ty:ty,)*
+        }
+    ) => {
+        $(#[$($attr)*])*
+        pub struct $name {
+            $($(#[$($leading_attr)*])* $leading: $leading_ty,)*
+            /// Length in millimetres.
+            #[schema(value_type = crate::domain::Millimetres)]
+            length_mm: Option<Value>,
+            /// Width in millimetres.
+            #[schema(value_type = crate::domain::Millimetres)]
+            width_mm: Option<Value>,
+            /// Height in millimetres.
+            #[schema(value_type = crate::domain::Millimetres)]
+            height_mm: Option<Value>,
+            /// Weight in grams.
+            #[schema(value_type = crate::domain::Grams)]
+            weight_g: Option<Value>,
+            /// Optional size label.
+            #[schema(value_type = Option<crate::domain::SizeLabel>)]
+            size_label: Option<Value>,
+            $($(#[$($trailing_attr)*])* $trailing: $trailing_ty,)*
+        }
+
+        impl $name {
+            /// The size fields, taken out for checking.
+            fn size_fields(&mut self) -> $crate::routes::sizes::SizeFields {
+                $crate::routes::sizes::SizeFields {
+                    length_mm: self.length_mm.take(),
+                    width_mm: self.width_mm.take(),
+                    height_mm: self.height_mm.take(),
+                    weight_g: self.weight_g.take(),
+                    size_label: self.size_label.take(),
+                }
+            }
+        }
+    };
+}
+
+pub(super) use size_body;
+
+size_body! {
+    /// The body of a PUT: the size fields and, optionally, the WMS's counter.
+    #[derive(utoipa::ToSchema, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({"length_mm": 330, "width_mm": 210, "height_mm": 120, "weight_g": 950,
+                              "size_label": "EU 42", "source_version": 1017}))]
+    pub struct SizeRequest {
+        ..SizeFields,
+        /// The WMS's monotonic counter for this SKU. An update older than the stored one never
+        /// applies (409).
+        #[schema(value_type = Option<SourceVersion>)]
+        source_version: Option<Value>,
+    }
 }
 
 impl RequestBody for SizeRequest {
@@ -63,16 +104,9 @@ impl RequestBody for SizeRequest {
 impl TryFrom<SizeRequest> for SizeUpdate {
     type Error = FieldErrors;
 
-    fn try_from(body: SizeRequest) -> Result<Self, FieldErrors> {
+    fn try_from(mut body: SizeRequest) -> Result<Self, FieldErrors> {
         let mut errors = FieldErrors::default();
-        let spec = SizeFields {
-            length_mm: body.length_mm,
-            width_mm: body.width_mm,
-            height_mm: body.height_mm,
-            weight_g: body.weight_g,
-            size_label: body.size_label,
-        }
-        .check(&mut errors);
+        let spec = body.size_fields().check(&mut errors);
         let source_version =
             errors.optional::<SourceVersion>("source_version", body.source_version.as_ref());
         let update = spec
@@ -148,9 +182,8 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 )]
 pub async fn get_size(
     State(state): State<AppState>,
-    Extension(route): Extension<DbRoute>,
     SkuPath(sku): SkuPath,
-    ConsistencyToken(token): ConsistencyToken,
+    ReadContext { route, token }: ReadContext,
     if_none_match: IfNoneMatch,
 ) -> Result<Response, AppError> {
     let read = state

@@ -10,9 +10,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::body::{self, RequestBody, ValidJson};
 use super::parts::token_header;
-use super::sizes::SizeFields;
+use super::sizes::size_body;
 use crate::domain::write::Decision;
-use crate::domain::{FieldErrors, Grams, Millimetres, SizeLabel, SizeUpdate, Sku, SourceVersion};
+use crate::domain::{FieldErrors, SizeUpdate, Sku, SourceVersion};
 use crate::error::AppError;
 
 /// The writes this file serves (the write group).
@@ -22,32 +22,20 @@ pub fn writes() -> OpenApiRouter<AppState> {
 
 pub const MAX_UPDATES: usize = 1000;
 
-/// One WMS update: the SKU, its size fields and the WMS's counter (required here).
-#[derive(utoipa::ToSchema, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"sku": "SHOE-42-BLK", "length_mm": 330, "width_mm": 210, "height_mm": 120,
-                          "weight_g": 950, "size_label": "EU 42", "source_version": 1017}))]
-pub struct SyncUpdate {
-    #[schema(value_type = Sku)]
-    sku: Option<Value>,
-    /// Length in millimetres.
-    #[schema(value_type = Millimetres)]
-    length_mm: Option<Value>,
-    /// Width in millimetres.
-    #[schema(value_type = Millimetres)]
-    width_mm: Option<Value>,
-    /// Height in millimetres.
-    #[schema(value_type = Millimetres)]
-    height_mm: Option<Value>,
-    /// Weight in grams.
-    #[schema(value_type = Grams)]
-    weight_g: Option<Value>,
-    /// Optional size label.
-    #[schema(value_type = Option<SizeLabel>)]
-    size_label: Option<Value>,
-    /// The WMS's monotonic counter for this SKU: an update older than the stored one is stale.
-    #[schema(value_type = SourceVersion)]
-    source_version: Option<Value>,
+size_body! {
+    /// One WMS update: the SKU, its size fields and the WMS's counter (required here).
+    #[derive(utoipa::ToSchema, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({"sku": "SHOE-42-BLK", "length_mm": 330, "width_mm": 210, "height_mm": 120,
+                              "weight_g": 950, "size_label": "EU 42", "source_version": 1017}))]
+    pub struct SyncUpdate {
+        #[schema(value_type = Sku)]
+        sku: Option<Value>,
+        ..SizeFields,
+        /// The WMS's monotonic counter for this SKU: an update older than the stored one is stale.
+        #[schema(value_type = SourceVersion)]
+        source_version: Option<Value>,
+    }
 }
 
 impl RequestBody for SyncUpdate {
@@ -57,17 +45,10 @@ impl RequestBody for SyncUpdate {
 impl TryFrom<SyncUpdate> for (Sku, SizeUpdate) {
     type Error = FieldErrors;
 
-    fn try_from(item: SyncUpdate) -> Result<Self, FieldErrors> {
+    fn try_from(mut item: SyncUpdate) -> Result<Self, FieldErrors> {
         let mut errors = FieldErrors::default();
         let sku = errors.required::<Sku>("sku", item.sku.as_ref());
-        let spec = SizeFields {
-            length_mm: item.length_mm,
-            width_mm: item.width_mm,
-            height_mm: item.height_mm,
-            weight_g: item.weight_g,
-            size_label: item.size_label,
-        }
-        .check(&mut errors);
+        let spec = item.size_fields().check(&mut errors);
         let source_version =
             errors.required::<SourceVersion>("source_version", item.source_version.as_ref());
         let update = sku
