@@ -104,8 +104,8 @@ pub async fn start_warm(
     tag = "operations",
     summary = "The deployment's warm-up",
     description = "The last or current warm-up of the deployment, whichever instance runs it: \
-        its state and progress (reported every second). A warm-up whose instance stopped while \
-        it ran reads as failed within 30 seconds.",
+        its state and progress (reported every second). A warm-up whose instance shut down while \
+        it ran reads as cancelled; one whose instance died reads as failed within 30 seconds.",
     responses(
         (status = 200, description = "The last or current warm-up", body = WarmStatus),
         (status = 503, description = "The database is unavailable", body = crate::error::Problem,

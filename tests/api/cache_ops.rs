@@ -442,6 +442,42 @@ async fn one_warm_up_runs_per_deployment_and_any_instance_reports_or_cancels_it(
 }
 
 #[tokio::test]
+async fn a_warm_up_whose_instance_shuts_down_ends_cancelled_not_abandoned() {
+    let primary = OwnPostgres::primary().await;
+    let mut app = app_on(&primary, None).await;
+    let other = app
+        .sibling(Options {
+            database_url: primary.url(),
+            replica: Replica::None,
+            ..Options::default()
+        })
+        .await;
+    seed(&app, 3_000).await;
+    // 100 rows a second: it runs for half a minute unless stopped.
+    let started = app
+        .request(
+            Method::POST,
+            "/v1/admin/cache/warm?rate_limit=100",
+            Some(ADMIN_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    warm_status_once(&other, |status| {
+        status["state"] == "running" && status["progress"]["rows"].as_u64() > Some(0)
+    })
+    .await;
+
+    // Its instance shuts down: the run is cancelled and says so on the way out, instead of
+    // reading as running until its reports are old enough to count as abandoned.
+    app.stop().await;
+    let ended = warm_status_once(&other, |status| status["state"] != "running").await;
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert!(ended["progress"]["rows"].as_u64() < Some(3_000), "{ended}");
+}
+
+#[tokio::test]
 async fn a_warm_up_misses_no_row_a_restore_wrote_while_the_replica_had_not_replayed_it() {
     let primary = OwnPostgres::primary().await;
     let replica = OwnPostgres::replica_of(primary.port, None).await;

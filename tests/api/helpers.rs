@@ -206,7 +206,7 @@ impl TestApp {
         .await
     }
 
-    /// Stops serving, like a crash: background tasks end with the server.
+    /// Shuts the instance down as SIGTERM does: background tasks are cancelled and waited for.
     pub async fn stop(&mut self) {
         if let Some((stop, server)) = self.server.take() {
             let _ = stop.send(());

@@ -31,9 +31,9 @@ pub enum JobState {
     Idle,
     Running,
     Succeeded,
-    /// Failed, or its instance stopped while it ran.
+    /// Failed, or its instance died while it ran.
     Failed,
-    /// Stopped by `DELETE /v1/admin/cache/warm`.
+    /// Stopped by `DELETE /v1/admin/cache/warm`, or by its instance shutting down.
     Cancelled,
 }
 
