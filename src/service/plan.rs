@@ -130,18 +130,27 @@ mod tests {
         assert_eq!(plan.misses, vec![miss]);
     }
 
+    /// The plan of one SKU, `A-1`, whose lookup read `entry` and `fence`.
+    fn plan_one(
+        entry: Option<Entry>,
+        fence: Option<Fence>,
+        served: Option<&Epoch>,
+        owed: bool,
+    ) -> Plan {
+        plan(
+            &[sku("A-1")],
+            vec![entry],
+            vec![fence],
+            served,
+            None,
+            |_| owed,
+        )
+    }
+
     #[test]
     fn another_epochs_entry_and_fence_count_for_nothing() {
         let (served, old) = (Epoch::random(), Epoch::random());
-        let skus = [sku("A-1")];
-        let plan = plan(
-            &skus,
-            vec![entry(3, &old, 10)],
-            vec![fence(4, &old)],
-            Some(&served),
-            None,
-            |_| false,
-        );
+        let plan = plan_one(entry(3, &old, 10), fence(4, &old), Some(&served), false);
         assert!(plan.docs[0].is_none());
         assert_eq!(plan.misses[0].fence, None);
     }
@@ -149,15 +158,7 @@ mod tests {
     #[test]
     fn without_a_trusted_epoch_every_sku_is_a_miss() {
         let epoch = Epoch::random();
-        let skus = [sku("A-1")];
-        let plan = plan(
-            &skus,
-            vec![entry(3, &epoch, 10)],
-            vec![fence(3, &epoch)],
-            None,
-            None,
-            |_| false,
-        );
+        let plan = plan_one(entry(3, &epoch, 10), fence(3, &epoch), None, false);
         assert!(plan.docs[0].is_none());
         assert_eq!(plan.misses[0].fence, None);
     }
@@ -165,15 +166,7 @@ mod tests {
     #[test]
     fn an_owed_sku_is_read_from_the_primary_whatever_the_cache_holds() {
         let epoch = Epoch::random();
-        let skus = [sku("A-1")];
-        let plan = plan(
-            &skus,
-            vec![entry(3, &epoch, 10)],
-            vec![fence(3, &epoch)],
-            Some(&epoch),
-            None,
-            |_| true,
-        );
+        let plan = plan_one(entry(3, &epoch, 10), fence(3, &epoch), Some(&epoch), true);
         assert!(plan.docs[0].is_none());
         assert!(plan.misses[0].primary_only);
         assert_eq!(
