@@ -128,16 +128,29 @@ JSON
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Gone before this script ends, so a run right after finds their ports free.
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 
+wait_healthy() { # port pid log: polls /healthz while the process lives; stops if it exits
+  until curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "the process for port $1 exited before it answered:" >&2
+      cat "$3" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
 start_service() { # port key_prefix
   API_READ_TOKENS=bench API_WRITE_TOKENS=bench BIND_ADDR=127.0.0.1:$1 \
     REDIS_URL=redis://127.0.0.1:$redis_port CACHE_KEY_PREFIX=$2 LOG_FORMAT=json RUST_LOG=${BENCH_RUST_LOG:-warn} "${servers[@]}" "$bin" serve >"$data/serve-$1.log" 2>&1 &
   pids+=($!)
-  until curl -fsS "http://127.0.0.1:$1/healthz" >/dev/null 2>&1; do sleep 0.1; done
+  wait_healthy "$1" "${pids[-1]}" "$data/serve-$1.log"
 }
 start_service "$port" bench
 service_pid=${pids[-1]}
@@ -147,7 +160,7 @@ pids+=($!)
 BIND_ADDR=127.0.0.1:$ceiling_port REDIS_URL=redis://127.0.0.1:$redis_port CACHE_KEY_PREFIX=bench \
   "${servers[@]}" "$ceiling" >"$data/ceiling.log" 2>&1 &
 pids+=($!)
-until curl -fsS "http://127.0.0.1:$ceiling_port/healthz" >/dev/null 2>&1; do sleep 0.1; done
+wait_healthy "$ceiling_port" "${pids[-1]}" "$data/ceiling.log"
 
 record() { # scenario round value unit [p50_ms p99_ms]
   printf '{"scenario":"%s","round":%s,"value":%s,"unit":"%s","p50_ms":%s,"p99_ms":%s}\n' \
