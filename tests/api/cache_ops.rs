@@ -386,10 +386,10 @@ async fn a_failed_warm_up_over_http_names_the_dependency_and_nothing_more() {
     );
 }
 
-#[tokio::test]
-async fn one_warm_up_runs_per_deployment_and_any_instance_reports_or_cancels_it() {
-    let primary = OwnPostgres::primary().await;
-    let app = app_on(&primary, None).await;
+/// Two instances of one deployment on `primary`, without a replica, and `rows` rows loaded as
+/// a restore would.
+async fn two_instances_with_rows(primary: &OwnPostgres, rows: i64) -> (TestApp, TestApp) {
+    let app = app_on(primary, None).await;
     let other = app
         .sibling(Options {
             database_url: primary.url(),
@@ -397,15 +397,28 @@ async fn one_warm_up_runs_per_deployment_and_any_instance_reports_or_cancels_it(
             ..Options::default()
         })
         .await;
-    seed(&app, 3_000).await;
-    let warm = |app: &TestApp, method: Method, query: &str| {
-        app.request(
-            method,
-            &format!("/v1/admin/cache/warm{query}"),
-            Some(ADMIN_TOKEN),
-        )
-        .send()
-    };
+    seed(&app, rows).await;
+    (app, other)
+}
+
+/// `/v1/admin/cache/warm` with `method` and `query`, on `app`.
+fn warm(
+    app: &TestApp,
+    method: Method,
+    query: &str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    app.request(
+        method,
+        &format!("/v1/admin/cache/warm{query}"),
+        Some(ADMIN_TOKEN),
+    )
+    .send()
+}
+
+#[tokio::test]
+async fn one_warm_up_runs_per_deployment_and_any_instance_reports_or_cancels_it() {
+    let primary = OwnPostgres::primary().await;
+    let (app, other) = two_instances_with_rows(&primary, 3_000).await;
     // Past the cap, nothing starts.
     let too_fast = warm(&app, Method::POST, "?rate_limit=50001").await.unwrap();
     assert_eq!(too_fast.status(), StatusCode::BAD_REQUEST);
@@ -444,25 +457,9 @@ async fn one_warm_up_runs_per_deployment_and_any_instance_reports_or_cancels_it(
 #[tokio::test]
 async fn a_warm_up_whose_instance_shuts_down_ends_cancelled_not_abandoned() {
     let primary = OwnPostgres::primary().await;
-    let mut app = app_on(&primary, None).await;
-    let other = app
-        .sibling(Options {
-            database_url: primary.url(),
-            replica: Replica::None,
-            ..Options::default()
-        })
-        .await;
-    seed(&app, 3_000).await;
+    let (mut app, other) = two_instances_with_rows(&primary, 3_000).await;
     // 100 rows a second: it runs for half a minute unless stopped.
-    let started = app
-        .request(
-            Method::POST,
-            "/v1/admin/cache/warm?rate_limit=100",
-            Some(ADMIN_TOKEN),
-        )
-        .send()
-        .await
-        .unwrap();
+    let started = warm(&app, Method::POST, "?rate_limit=100").await.unwrap();
     assert_eq!(started.status(), StatusCode::ACCEPTED);
     warm_status_once(&other, |status| {
         status["state"] == "running" && status["progress"]["rows"].as_u64() > Some(0)
