@@ -22,7 +22,7 @@ use crate::middleware::metrics::RequestMetricsLayer;
 use crate::middleware::timeout::RequestTimeoutLayer;
 use crate::routes::AppState;
 use crate::service::repair::settled_queue;
-use crate::service::{Background, SizeService};
+use crate::service::{Background, Reader, SizeService, Writer};
 
 pub use router::router;
 pub use startup::{StartupError, connect, service};
@@ -63,6 +63,8 @@ impl Application {
             AccessLog::start(config.access_log_hit_sample).unzip();
         let router = router(
             AppState {
+                reader: Arc::new(Reader::new(sizes.clone())),
+                writer: Arc::new(Writer::new(sizes.clone())),
                 sizes: sizes.clone(),
                 background: background.clone(),
             },

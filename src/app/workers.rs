@@ -57,8 +57,7 @@ pub async fn prepare_and_start(
     sizes.read_backlog().await;
     // `/readyz` answers from the probes: the first round completes before serving.
     sizes.probe_dependencies().await;
-    let probe = DependencyProbe::new(sizes.clone());
-    background.spawn(|stop| probe.run(stop));
+    background.start(DependencyProbe(sizes.clone()));
     if let Some(health) = replica_health {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !health.probed() && tokio::time::Instant::now() < deadline {
@@ -79,14 +78,9 @@ fn start_workers(
     settled: mpsc::Receiver<Settled>,
     background: &Background,
 ) {
-    let leases = LeaseRenewal::new(sizes.clone(), background.clone());
-    background.spawn(|stop| leases.run(stop));
-    let clearing = SettledClearing::new(sizes.clone(), settled);
-    background.spawn(|stop| clearing.run(stop));
-    let repairs = RepairWorker::new(sizes.clone());
-    background.spawn(|stop| repairs.run(stop));
-    let feed = ChangeFeed::new(sizes.clone());
-    background.spawn(|stop| feed.run(stop));
-    let check = ConsistencyCheck::new(sizes.clone());
-    background.spawn(|stop| check.run(stop));
+    background.start(LeaseRenewal::new(sizes.clone(), background.clone()));
+    background.start(SettledClearing::new(sizes.clone(), settled));
+    background.start(RepairWorker(sizes.clone()));
+    background.start(ChangeFeed(sizes.clone()));
+    background.start(ConsistencyCheck(sizes.clone()));
 }

@@ -163,7 +163,7 @@ pub async fn lookup(
     ReadContext { route, token }: ReadContext,
     ValidJson(Skus(skus)): ValidJson<LookupRequest>,
 ) -> Result<Response, AppError> {
-    let read = state.sizes.read(&skus, route, token).await?;
+    let read = state.reader.read(&skus, route, token).await?;
     let body = LookupResponse::from(read.docs)
         .to_json()
         .map_err(|e| AppError::Internal(e.into()))?;

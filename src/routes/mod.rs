@@ -23,10 +23,13 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::middleware::{Access, Policies};
-use crate::service::{Background, SizeService};
+use crate::service::{Background, Reader, SizeService, Writer};
 
 #[derive(Clone)]
 pub struct AppState {
+    pub reader: Arc<Reader>,
+    pub writer: Arc<Writer>,
+    /// What the reader, the writer and the workers share: readiness, metrics, cache jobs.
     pub sizes: Arc<SizeService>,
     /// Where the jobs a request starts run, so that shutdown stops and awaits them.
     pub background: Background,

@@ -187,7 +187,7 @@ pub async fn get_size(
     if_none_match: IfNoneMatch,
 ) -> Result<Response, AppError> {
     let read = state
-        .sizes
+        .reader
         .read(std::slice::from_ref(&sku), route, token)
         .await?;
     let source = AnsweredFrom(read.source);
@@ -285,7 +285,10 @@ pub async fn put_size(
     WritePreconditions(preconditions): WritePreconditions,
     ValidJson(update): ValidJson<SizeRequest>,
 ) -> Result<Response, AppError> {
-    let outcome = state.sizes.put(sku.clone(), update, &preconditions).await?;
+    let outcome = state
+        .writer
+        .put(sku.clone(), update, &preconditions)
+        .await?;
     let token = token_header(outcome.token);
     let (status, row) = match outcome.decision {
         Decision::Write { row, created: true } => (StatusCode::CREATED, row),
@@ -357,7 +360,7 @@ pub async fn delete_size(
     SkuPath(sku): SkuPath,
     WritePreconditions(preconditions): WritePreconditions,
 ) -> Result<Response, AppError> {
-    let outcome = state.sizes.delete(sku.clone(), &preconditions).await?;
+    let outcome = state.writer.delete(sku.clone(), &preconditions).await?;
     match outcome.decision {
         Decision::Write { .. } => {
             Ok((StatusCode::NO_CONTENT, [token_header(outcome.token)]).into_response())

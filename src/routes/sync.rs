@@ -206,7 +206,7 @@ pub async fn sync_sizes(
         .iter()
         .filter_map(|item| item.update.as_ref().ok().cloned())
         .collect();
-    let outcome = state.sizes.sync(valid).await?;
+    let outcome = state.writer.sync(valid).await?;
 
     let mut decisions = outcome.decisions.into_iter();
     let mut response = SyncResponse::default();

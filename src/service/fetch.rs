@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
+use super::ServiceError;
 use super::answer::ReadSource;
+use super::read::Reader;
 use super::read::{Load, Proof};
-use super::{ServiceError, SizeService};
 use crate::db::DbRoute;
 use crate::db::lease::Leases;
 use crate::db::sizes::{Fetched, fetch_leased};
@@ -19,12 +20,13 @@ use crate::domain::{Lsn, StoredSize};
 use crate::metrics::Database;
 use crate::telemetry::Throttle;
 
-impl SizeService {
+impl Reader {
     /// Step 2: the replica, for the misses it may serve, keeping the rows it proves fresh.
     /// Everything else stays pending for the primary.
     pub(super) async fn read_replica(&self, load: &Load<'_>) -> DatabaseRead {
         let mut read = DatabaseRead::all_pending(load.misses.len());
         let replica = self
+            .shared
             .db
             .replica_reads()
             .filter(|_| load.route == DbRoute::ReplicaPreferred)
@@ -43,7 +45,7 @@ impl SizeService {
         let (fetched, hwm) = async { tokio::join!(fetch, hwm) }
             .instrument(db_read_span("replica", replica_skus.len()))
             .await;
-        self.metrics.count_database_read(Database::Replica);
+        self.shared.metrics.count_database_read(Database::Replica);
         if let Some((fetched, replayed, hwm)) = judgeable(fetched, hwm) {
             read.keep_fresh(load, fetched, replayed, hwm);
         }
@@ -64,8 +66,9 @@ impl SizeService {
             // Boxed: taken only while Redis is down, it would size every miss's future.
             None => {
                 Box::pin(
-                    self.primary_position
-                        .read_after(load.started, self.db.primary_reads()),
+                    self.shared
+                        .primary_position
+                        .read_after(load.started, self.shared.db.primary_reads()),
                 )
                 .await
             }
@@ -79,7 +82,7 @@ impl SizeService {
         skus: &[&str],
     ) -> Result<Fetched, Arc<sqlx::Error>> {
         match (skus, &self.replica_fetches) {
-            ([sku], Some(shared)) => shared.fetch(sku).await,
+            ([sku], Some(batched)) => batched.fetch(sku).await,
             _ => fetch_leased(replica, skus).await.map_err(Arc::new),
         }
     }
@@ -96,11 +99,12 @@ impl SizeService {
             .iter()
             .map(|&i| load.misses[i].sku.as_str())
             .collect();
-        self.metrics.count_database_read(Database::Primary);
+        self.shared.metrics.count_database_read(Database::Primary);
         let began = Instant::now();
         let fetched = self
+            .shared
             .on_primary(
-                fetch_leased(self.db.primary_reads(), &rest),
+                fetch_leased(self.shared.db.primary_reads(), &rest),
                 db_read_span("primary", rest.len()),
             )
             .await?;

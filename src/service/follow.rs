@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use tokio_util::sync::CancellationToken;
 
 use super::{SizeService, StoreError};
 use crate::cache::Cache;
-use crate::db::changes;
 use crate::db::lease::bounded;
+use crate::db::{changes, readers};
+use crate::infra::background::{Worker, every};
 
 /// How often the registration is renewed. Well under the 45 s after which it lapses.
 const RENEW_INTERVAL: Duration = Duration::from_secs(5);
@@ -79,19 +79,19 @@ impl SizeService {
         Ok(())
     }
 
-    /// Removes the ledgers nobody follows any more (see [`changes::forget_lapsed`]).
-    async fn forget_lapsed_ledgers(&self) {
-        let forgotten = bounded!(
-            self.db.background(),
-            self.db.background_deadline(),
-            |conn| changes::forget_lapsed(conn)
+    /// Removes the rows of readers long gone ([`readers::forget_gone`]) and, with `ledgers`,
+    /// the ledgers nobody follows any more ([`changes::forget_lapsed`]). What it cannot remove
+    /// now, a later round does.
+    async fn forget_the_gone(&self, ledgers: bool) {
+        let (background, deadline) = (self.db.background(), self.db.background_deadline());
+        let gone = bounded!(background, deadline, |conn| readers::forget_gone(conn)).await;
+        log_forgotten(
+            gone.map(|n| n as i64),
+            "reader leases of instances long gone",
         );
-        match forgotten.await {
-            Ok(0) => {}
-            Ok(forgotten) => {
-                tracing::info!(forgotten, "forgot ledgers nobody follows any more");
-            }
-            Err(error) => tracing::debug!(%error, "could not forget lapsed ledgers"),
+        if ledgers {
+            let lapsed = bounded!(background, deadline, |conn| changes::forget_lapsed(conn)).await;
+            log_forgotten(lapsed, "ledgers nobody follows any more");
         }
     }
 
@@ -137,42 +137,31 @@ impl SizeService {
 
 /// Follows the table's changes, whoever makes them: keeps this instance's caches registered
 /// as followers, and listens for the primary's announcements of other writers' changes.
-pub struct ChangeFeed {
-    sizes: Arc<SizeService>,
+pub struct ChangeFeed(pub Arc<SizeService>);
+
+impl Worker for ChangeFeed {
+    /// Renews and listens. Dropped where they await, neither loses anything: a renewal's
+    /// transaction not committed is rolled back, and the lapse it handled found again.
+    async fn work(self) {
+        tokio::join!(self.keep_following(), self.listen_for_changes());
+    }
 }
 
 impl ChangeFeed {
-    pub fn new(sizes: Arc<SizeService>) -> Self {
-        Self { sizes }
-    }
-
-    /// Renews and listens until `shutdown`, which drops either where it awaits: a renewal's
-    /// transaction not committed is rolled back, and the lapse it handled found again.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let following = self.keep_following();
-        let listening = self.listen_for_changes();
-        shutdown
-            .run_until_cancelled(async { tokio::join!(following, listening) })
-            .await;
-    }
-
     /// Renews the registration every [`RENEW_INTERVAL`], and now and then forgets the ledgers
     /// nobody follows any more.
     async fn keep_following(&self) {
-        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = every(RENEW_INTERVAL);
         let mut renewals = 0_u32;
         loop {
             ticker.tick().await;
-            if let Err(error) = self.sizes.follow_changes().await {
+            if let Err(error) = self.0.follow_changes().await {
                 tracing::warn!(%error, "could not renew following the table's changes");
                 continue;
             }
             renewals += 1;
-            self.sizes.forget_gone_readers().await;
-            if renewals.is_multiple_of(RENEWALS_PER_CLEANUP) {
-                self.sizes.forget_lapsed_ledgers().await;
-            }
+            let ledgers_too = renewals.is_multiple_of(RENEWALS_PER_CLEANUP);
+            self.0.forget_the_gone(ledgers_too).await;
         }
     }
 
@@ -183,7 +172,7 @@ impl ChangeFeed {
     /// it does not within the background deadline: a primary that stopped answering without
     /// closing it would otherwise keep this listener deaf until TCP gives up, minutes later.
     async fn listen_for_changes(&self) {
-        let deadline = self.sizes.db.background_deadline();
+        let deadline = self.0.db.background_deadline();
         loop {
             // A pool of its own for each connection: a connection given up on is never
             // handed back (sqlx would first test it with a round trip that does not end), and
@@ -191,13 +180,13 @@ impl ChangeFeed {
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(deadline)
-                .connect_lazy_with(self.sizes.db.changes().connect_options().as_ref().clone());
+                .connect_lazy_with(self.0.db.changes().connect_options().as_ref().clone());
             let Some(mut listener) = listen_on(&pool, deadline).await else {
                 continue;
             };
-            self.sizes.change_announced();
+            self.0.change_announced();
             if self
-                .sizes
+                .0
                 .hear_changes(&mut listener, deadline)
                 .await
                 .is_break()
@@ -228,5 +217,14 @@ async fn listen_on(pool: &PgPool, deadline: Duration) -> Option<PgListener> {
             tracing::debug!("listening for changes timed out; trying again");
             None
         }
+    }
+}
+
+/// Logs what a clean-up that forgets `what` removed, or why it could not.
+fn log_forgotten(forgotten: Result<i64, sqlx::Error>, what: &str) {
+    match forgotten {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(forgotten, "forgot {what}"),
+        Err(error) => tracing::debug!(%error, "could not forget {what}"),
     }
 }

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::SizeService;
 use crate::db::lease::bounded;
 use crate::db::sizes::fetch_on;
 use crate::domain::Sku;
+use crate::infra::background::{Worker, every};
 
 /// How often the sample is checked.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -107,25 +107,14 @@ fn ratio(checked: u64, divergent: u64) -> f64 {
 
 /// Checks the hits sampled in each [`INTERVAL`] against the primary, and publishes the
 /// verdicts.
-pub struct ConsistencyCheck {
-    sizes: Arc<SizeService>,
-}
+pub struct ConsistencyCheck(pub Arc<SizeService>);
 
-impl ConsistencyCheck {
-    pub fn new(sizes: Arc<SizeService>) -> Self {
-        Self { sizes }
-    }
-
-    /// Checks every second until `shutdown`, which drops a check where it awaits: the
-    /// suspects it held go with it, unjudged.
-    pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.run_until_cancelled(self.inspect()).await;
-    }
-
-    async fn inspect(&self) {
-        let sizes = &self.sizes;
-        let mut ticker = tokio::time::interval(INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+impl Worker for ConsistencyCheck {
+    /// Checks every second. Dropped where it awaits, a check takes the suspects it held with
+    /// it, unjudged.
+    async fn work(self) {
+        let sizes = &self.0;
+        let mut ticker = every(INTERVAL);
         let mut suspects: Vec<Suspect> = Vec::new();
         let mut tally = Tally::default();
         sizes.metrics.consistency_ratio.set(1.0);

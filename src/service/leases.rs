@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-
 use super::readers::RENEW_INTERVAL;
 use super::{Background, SizeService};
 use crate::cache::CacheRole;
 use crate::db::lease::bounded;
 use crate::db::readers;
+use crate::infra::background::{Worker, every};
 
 impl SizeService {
     /// Renews every lease once. Errors are logged, not returned: the lease simply runs out.
@@ -60,20 +59,6 @@ impl SizeService {
             tracing::debug!(%error, "could not remove this instance's reader rows; they lapse");
         }
     }
-
-    /// Removes the rows of readers long gone (see [`readers::forget_gone`]).
-    pub(super) async fn forget_gone_readers(&self) {
-        let forgotten = bounded!(
-            self.db.background(),
-            self.db.background_deadline(),
-            |conn| readers::forget_gone(conn)
-        );
-        match forgotten.await {
-            Ok(0) => {}
-            Ok(gone) => tracing::info!(gone, "forgot the reader leases of instances long gone"),
-            Err(error) => tracing::debug!(%error, "could not forget lapsed reader leases"),
-        }
-    }
 }
 
 /// Renews the reader leases every [`RENEW_INTERVAL`], and at once, twice, when a change is
@@ -90,17 +75,14 @@ impl LeaseRenewal {
     pub fn new(sizes: Arc<SizeService>, background: Background) -> Self {
         Self { sizes, background }
     }
+}
 
-    /// Renews until `shutdown`, which drops a renewal where it awaits: a lease not renewed
+impl Worker for LeaseRenewal {
+    /// Renews. Dropped where it awaits, a renewal is harmless to lose: a lease not renewed
     /// runs out, and this instance leaves the readers right after anyway.
-    pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.run_until_cancelled(self.keep_leases()).await;
-    }
-
-    async fn keep_leases(&self) {
+    async fn work(self) {
         let sizes = &self.sizes;
-        let mut ticker = tokio::time::interval(RENEW_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = every(RENEW_INTERVAL);
         loop {
             tokio::select! {
                 _ = ticker.tick() => sizes.renew_leases().await,

@@ -23,7 +23,6 @@ mod acknowledge;
 mod answer;
 pub mod audit;
 mod authority;
-mod background;
 mod error;
 mod fetch;
 mod flight;
@@ -39,7 +38,8 @@ pub mod repair;
 pub mod warm;
 mod write;
 
-pub use background::Background;
+use crate::infra::background::every;
+pub use crate::infra::background::{Background, Worker};
 pub use error::{ServiceError, StoreError};
 pub use follow::ChangeFeed;
 pub use inspect::ConsistencyCheck;
@@ -49,11 +49,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use answer::{ReadResult, ReadSource, SizeDoc};
-pub use write::{SyncItemOutcome, WriteOutcome};
+pub use read::Reader;
+pub use write::{SyncItemOutcome, WriteOutcome, Writer};
 
 use crate::cache::{Cache, CacheRole, Meta};
 use crate::config::{FailoverPolicy, ReaderSettings};
@@ -61,7 +61,7 @@ use crate::db::Db;
 use crate::db::DbError;
 use crate::db::lease::bounded;
 use crate::db::replica::ReplicaHealth;
-use crate::db::sizes::{DatabaseHistory, SharedFetches, primary_position};
+use crate::db::sizes::{DatabaseHistory, primary_position};
 use crate::metrics::Metrics;
 
 /// Why a warm-up or an audit of the cache stopped.
@@ -89,17 +89,17 @@ pub fn ledger(prefix: &str, role: CacheRole) -> String {
 /// A fill whose database read is older than this is dropped rather than installed.
 pub const FILL_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// What the [`Reader`], the [`Writer`] and the workers share: the stores, the pending-repair
+/// book, this instance's reader leases and the epochs it serves; and what operators ask of
+/// the instance (readiness, metrics, the warm-up and the audit). It serves no request itself.
 pub struct SizeService {
     db: Db,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     repairs: repair::Repairs,
-    flights: flight::Flights,
     inspector: inspect::Inspector,
     primary_position: position::PrimaryPosition,
     replica_health: Option<Arc<ReplicaHealth>>,
-    /// Concurrent single-SKU replica reads, one query per batch.
-    replica_fetches: Option<SharedFetches>,
     secondary: Option<Secondary>,
     probed: Probed,
     /// This instance's leases on its caches (docs/reader-leases.md).
@@ -141,30 +141,19 @@ pub struct Readiness {
 /// Probes the primary and Redis every [`PROBE_INTERVAL`] (the replica has its own probe), and
 /// reads the last audit's counts every [`audit::AUDIT_NOTE_INTERVAL`]: `/readyz` and the
 /// audit gauges answer from what it last saw.
-pub struct DependencyProbe {
-    sizes: Arc<SizeService>,
-}
+pub struct DependencyProbe(pub Arc<SizeService>);
 
-impl DependencyProbe {
-    pub fn new(sizes: Arc<SizeService>) -> Self {
-        Self { sizes }
-    }
-
-    /// Probes until `shutdown`, which drops a probe where it awaits.
-    pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.run_until_cancelled(self.keep_probing()).await;
-    }
-
-    async fn keep_probing(&self) {
-        let mut ticker = tokio::time::interval(PROBE_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+impl Worker for DependencyProbe {
+    /// Probes. Dropped where it awaits, a probe records nothing.
+    async fn work(self) {
+        let mut ticker = every(PROBE_INTERVAL);
         let mut audit_read: Option<tokio::time::Instant> = None;
         loop {
             ticker.tick().await;
-            self.sizes.probe_dependencies().await;
+            self.0.probe_dependencies().await;
             if audit_read.is_none_or(|at| at.elapsed() >= audit::AUDIT_NOTE_INTERVAL) {
                 audit_read = Some(tokio::time::Instant::now());
-                self.sizes.read_audit_note().await;
+                self.0.read_audit_note().await;
             }
         }
     }
@@ -178,13 +167,11 @@ impl SizeService {
         replica_health: Option<Arc<ReplicaHealth>>,
     ) -> Self {
         Self {
-            replica_fetches: db.replica_leases().map(SharedFetches::start),
             db,
             cache,
             metrics,
             replica_health,
             repairs: repair::Repairs::new(None),
-            flights: flight::Flights::default(),
             inspector: inspect::Inspector::default(),
             primary_position: position::PrimaryPosition::default(),
             secondary: None,

@@ -1,29 +1,50 @@
 //! The read path: cache first, then the replica when it is provably fresh, else the primary;
 //! then fill the cache with a versioned compare-and-set.
 //!
-//! The steps have modules of their own: the cache lookup ([`super::lookup`]) with its pure
-//! plan of hits and misses ([`super::plan`]), and the database reads ([`super::fetch`]).
+//! The steps have modules of their own: the cache snapshot and its epoch
+//! ([`super::lookup`]), the pure plan of hits and misses ([`super::plan`]), and the database
+//! reads ([`super::fetch`]).
 //!
 //! The invariants kept here: docs/consistency.md, "How reads stay fresh", 2 (reads), 3 (fills) and 5 (not found).
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 
 use super::answer::{ReadResult, ReadSource, SizeDoc};
-use super::lookup::Sorted;
-use super::plan::Miss;
+use super::flight::Flights;
+use super::plan::{Miss, Plan};
 use super::{FILL_MAX_AGE, ServiceError, SizeService};
 use crate::cache::{Cache, Install, Meta};
 use crate::db::DbRoute;
+use crate::db::sizes::SharedFetches;
 use crate::domain::{Lsn, Sku};
 use crate::telemetry;
 
-impl SizeService {
+/// Serves reads. It shares the stores, the repair book and the leases with the writer and
+/// the workers; what only reads use is its own: the shared flights of single-SKU misses and
+/// the replica reads batched into one query.
+pub struct Reader {
+    pub(super) shared: Arc<SizeService>,
+    flights: Flights,
+    /// Concurrent single-SKU replica reads, one query per batch.
+    pub(super) replica_fetches: Option<SharedFetches>,
+}
+
+impl Reader {
+    pub fn new(shared: Arc<SizeService>) -> Self {
+        Self {
+            replica_fetches: shared.db.replica_leases().map(SharedFetches::start),
+            flights: Flights::default(),
+            shared,
+        }
+    }
+
     /// Reads `skus` (distinct) as of at least every acknowledged write, and `token` if given,
-    /// in named steps: look the SKUs up in the cache (entries, fences and epoch in one round
-    /// trip) and sort hits from misses; for the misses, the replica where it is provably
-    /// fresh, the primary for the rest, and fill the cache with what was read.
+    /// in named steps: the cache snapshot (entries, fences and epoch in one round trip), the
+    /// epoch it is served under, the plan of hits and misses; for the misses, the replica
+    /// where it is provably fresh, the primary for the rest, and the fill.
     #[instrument(skip_all, fields(skus = skus.len(), source = tracing::field::Empty))]
     pub async fn read(
         &self,
@@ -32,14 +53,17 @@ impl SizeService {
         token: Option<Lsn>,
     ) -> Result<ReadResult, ServiceError> {
         let started = Instant::now();
-        let Sorted {
-            cache,
-            meta,
-            mut docs,
-            misses,
-        } = self.look_up(skus, token).await;
+        let (cache, meta, Plan { mut docs, misses }) = async {
+            let mut snapshot = self.look_up(skus).await;
+            let meta = self.served_meta(&mut snapshot).await;
+            let cache = snapshot.cache;
+            let plan = self.sort(skus, snapshot, meta.as_ref(), token);
+            (cache, meta, plan)
+        }
+        .instrument(lookup_span(skus.len()))
+        .await;
         if misses.is_empty() {
-            self.metrics.count_read(ReadSource::Cache.as_str());
+            self.shared.metrics.count_read(ReadSource::Cache.as_str());
             record_source(ReadSource::Cache);
             return Ok(ReadResult {
                 docs: docs.into_iter().flatten().collect(),
@@ -63,7 +87,7 @@ impl SizeService {
         for (miss, doc) in misses.iter().zip(loaded) {
             docs[miss.index] = Some(doc);
         }
-        self.metrics.count_read(source.as_str());
+        self.shared.metrics.count_read(source.as_str());
         record_source(source);
         Ok(ReadResult {
             docs: docs.into_iter().flatten().collect(),
@@ -238,6 +262,16 @@ impl Answer {
             (None, Proof::PrimaryAfter(began)) => began >= started,
         }
     }
+}
+
+/// The span of steps 1 to 3, which count its hits and misses.
+fn lookup_span(skus: usize) -> tracing::Span {
+    tracing::debug_span!(
+        "cache.lookup",
+        skus,
+        hits = tracing::field::Empty,
+        misses = tracing::field::Empty
+    )
 }
 
 /// Names the read's source on its span, for traces.

@@ -4,6 +4,7 @@
 //! The invariants kept here: docs/consistency.md, "How reads stay fresh", 1 (writes) and 6 (a write that changes nothing).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tracing::instrument;
@@ -30,7 +31,18 @@ pub struct SyncItemOutcome {
     pub token: Lsn,
 }
 
-impl SizeService {
+/// Serves writes: each commits on the primary, then installs its version in the caches
+/// before it is acknowledged. It shares the stores, the repair book and the leases with the
+/// reader and the workers.
+pub struct Writer {
+    shared: Arc<SizeService>,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<SizeService>) -> Self {
+        Self { shared }
+    }
+
     #[instrument(skip_all, fields(sku = %sku))]
     pub async fn put(
         &self,
@@ -87,8 +99,8 @@ impl SizeService {
     ) -> Result<(Vec<Decision>, Lsn), ServiceError> {
         // Captured before the commit: if Redis loses its data after the commit, this stamp is
         // stale and readers ignore what we install.
-        let primary_stamp = self.stamp_for_write(&self.cache).await;
-        let secondary_stamp = match &self.secondary {
+        let primary_stamp = self.stamp_for_write(&self.shared.cache).await;
+        let secondary_stamp = match &self.shared.secondary {
             Some(secondary) => self.stamp_for_write(&secondary.cache).await,
             None => None,
         };
@@ -100,7 +112,7 @@ impl SizeService {
             // request (its timeout, its client gone) leaves the update to the repair worker at
             // once, not after the 2 s its record waits for its writer.
             let mut cancelled = Cancelled {
-                service: self,
+                writer: self,
                 rows: &rows,
                 xact: committed.xact,
                 done: false,
@@ -122,7 +134,7 @@ impl SizeService {
             if !self.record_in_cache(&written, &epochs, committed.lsn).await {
                 // Other instances still read the older entry: acknowledged only once each
                 // of them knows the cache is owed these SKUs.
-                let confirmed = self.confirm_owed(&rows, committed.xact).await;
+                let confirmed = self.shared.confirm_owed(&rows, committed.xact).await;
                 cancelled.done = true;
                 confirmed?;
             }
@@ -143,7 +155,7 @@ impl SizeService {
         let now = Utc::now();
         let unsure = |rows: &[StoredSize], xact: i64| self.left_unrecorded(rows, Some(xact));
         let transaction = write_transaction(
-            self.db.primary_writes(),
+            self.shared.db.primary_writes(),
             &skus,
             |current| decide_in_order(current, changes, preconditions, now),
             &unsure,
@@ -154,18 +166,19 @@ impl SizeService {
             database = "primary",
             skus = skus.len()
         );
-        self.on_primary(transaction, span).await
+        self.shared.on_primary(transaction, span).await
     }
 
     /// A write committed (or may have) and its request ended before it updated the caches:
     /// each is owed its rows, repaired at once, and not served them here until then.
     fn left_unrecorded(&self, rows: &[StoredSize], xact: Option<i64>) {
-        for (role, _) in self.ledgers() {
-            self.repairs.mark_pending(role, rows, xact);
+        for (role, _) in self.shared.ledgers() {
+            self.shared.repairs.mark_pending(role, rows, xact);
         }
-        self.metrics
+        self.shared
+            .metrics
             .repairs_pending
-            .set(self.repairs.pending_count() as i64);
+            .set(self.shared.repairs.pending_count() as i64);
     }
 
     /// The epoch `cache` holds now, and the database history it is bound to. Read on every
@@ -178,7 +191,7 @@ impl SizeService {
         if let Some(meta) = seen.clone().filter(Meta::is_complete) {
             return Some(Stamp { meta, history });
         }
-        let meta = self.current_meta(cache, seen).await?;
+        let meta = self.shared.current_meta(cache, seen).await?;
         let (_, history) = cache.read_meta_with_history().await.ok()?;
         Some(Stamp { meta, history })
     }
@@ -192,9 +205,9 @@ impl SizeService {
     ) -> Epochs {
         Epochs {
             primary: self
-                .epoch_after_commit(&self.cache, primary_stamp, history)
+                .epoch_after_commit(&self.shared.cache, primary_stamp, history)
                 .await,
-            secondary: match &self.secondary {
+            secondary: match &self.shared.secondary {
                 Some(secondary) => Some(
                     self.epoch_after_commit(&secondary.cache, secondary_stamp, history)
                         .await,
@@ -230,7 +243,8 @@ impl SizeService {
         if same_history {
             return stamp.meta.epoch;
         }
-        self.replace_epoch_for(cache, &stamp.meta, history)
+        self.shared
+            .replace_epoch_for(cache, &stamp.meta, history)
             .await
             .map_or_else(Epoch::unknown, |meta| meta.epoch)
     }
@@ -245,6 +259,7 @@ impl SizeService {
     async fn record_in_cache(&self, written: &Written<'_>, epochs: &Epochs, lsn: Lsn) -> bool {
         let installs = written.installs;
         let primary = self
+            .shared
             .cache
             .record_writes(installs, &epochs.primary, lsn)
             .await;
@@ -255,6 +270,7 @@ impl SizeService {
         // still reaches an old master) has not landed where readers look.
         let updated_primary = primary.is_ok()
             && self
+                .shared
                 .readers
                 .is_authority(CacheRole::Primary, &epochs.primary);
         if primary.is_ok() && !updated_primary {
@@ -264,7 +280,11 @@ impl SizeService {
             );
         }
         self.after_update(CacheRole::Primary, written, updated_primary);
-        let Some((secondary, epoch)) = self.secondary.as_ref().zip(epochs.secondary.as_ref())
+        let Some((secondary, epoch)) = self
+            .shared
+            .secondary
+            .as_ref()
+            .zip(epochs.secondary.as_ref())
         else {
             return updated_primary;
         };
@@ -303,13 +323,16 @@ impl SizeService {
     fn after_update(&self, cache: CacheRole, written: &Written<'_>, succeeded: bool) {
         if succeeded {
             if let Some(xact) = written.xact {
-                self.repairs.settled(cache, xact);
+                self.shared.repairs.settled(cache, xact);
             }
         } else {
-            self.repairs.mark_pending(cache, written.rows, written.xact);
-            self.metrics
+            self.shared
+                .repairs
+                .mark_pending(cache, written.rows, written.xact);
+            self.shared
+                .metrics
                 .repairs_pending
-                .set(self.repairs.pending_count() as i64);
+                .set(self.shared.repairs.pending_count() as i64);
         }
     }
 }
@@ -317,7 +340,7 @@ impl SizeService {
 /// Hands a write's cache updates to the repair worker if dropped before they are `done`: its
 /// request was cancelled between the commit and the end of the updates.
 struct Cancelled<'a> {
-    service: &'a SizeService,
+    writer: &'a Writer,
     rows: &'a [StoredSize],
     xact: Option<i64>,
     done: bool,
@@ -326,7 +349,7 @@ struct Cancelled<'a> {
 impl Drop for Cancelled<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.service.left_unrecorded(self.rows, self.xact);
+            self.writer.left_unrecorded(self.rows, self.xact);
         }
     }
 }

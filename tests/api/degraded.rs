@@ -9,7 +9,7 @@ use product_size_service::config::{DatabaseSettings, ReaderSettings};
 use product_size_service::db::{Db, DbRoute};
 use product_size_service::domain::{Lsn, Sku};
 use product_size_service::metrics::{Database, DatabaseLabels, Metrics};
-use product_size_service::service::{SizeService, ledger};
+use product_size_service::service::{Reader, SizeService, ledger};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -319,9 +319,10 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
     let service = Arc::new(SizeService::new(db, cache, metrics.clone(), None));
     service.follow_changes().await.unwrap();
     service.join_readers().await;
+    let reader = Arc::new(Reader::new(service));
     let sku = Sku::parse(&format!("SF-{:08x}", fastrand::u32(..))).unwrap();
     // Warm the epoch so every reader sees the same one.
-    service
+    reader
         .read(std::slice::from_ref(&sku), DbRoute::Primary, None)
         .await
         .unwrap();
@@ -338,9 +339,9 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
 
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..50 {
-        let (service, sku) = (service.clone(), sku2.clone());
+        let (reader, sku) = (reader.clone(), sku2.clone());
         readers.spawn(async move {
-            service
+            reader
                 .read(std::slice::from_ref(&sku), DbRoute::Primary, None)
                 .await
                 .unwrap()

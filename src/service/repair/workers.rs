@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::{BACKLOG_INTERVAL, BATCH, REPAIR_INTERVAL, Settled};
 use crate::db::lease::bounded;
 use crate::db::sizes::settle_own_writes;
+use crate::infra::background::{Worker, every};
 use crate::service::SizeService;
 
 /// Where the write path queues the transactions whose cache updates settled.
@@ -22,25 +22,14 @@ pub fn settled_queue() -> (SettledQueue, mpsc::Receiver<Settled>) {
 
 /// Applies what the caches are owed: every [`REPAIR_INTERVAL`], soon after a write's update
 /// failed, and at once when another writer's change is announced.
-pub struct RepairWorker {
-    sizes: Arc<SizeService>,
-}
+pub struct RepairWorker(pub Arc<SizeService>);
 
-impl RepairWorker {
-    pub fn new(sizes: Arc<SizeService>) -> Self {
-        Self { sizes }
-    }
-
-    /// Repairs until `shutdown`, which drops a pass where it awaits: every batch is one
+impl Worker for RepairWorker {
+    /// Repairs. Dropped where it awaits, a pass loses nothing: every batch is one
     /// transaction, and what it had not committed stays recorded.
-    pub async fn run(self, shutdown: CancellationToken) {
-        shutdown.run_until_cancelled(self.keep_repairing()).await;
-    }
-
-    async fn keep_repairing(&self) {
-        let service = &self.sizes;
-        let mut ticker = tokio::time::interval(REPAIR_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn work(self) {
+        let service = &self.0;
+        let mut ticker = every(REPAIR_INTERVAL);
         let mut backlog_read = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -79,14 +68,12 @@ impl SettledClearing {
     pub fn new(sizes: Arc<SizeService>, settled: mpsc::Receiver<Settled>) -> Self {
         Self { sizes, settled }
     }
+}
 
-    /// Clears until `shutdown`, which drops a batch where it awaits: a record not cleared is
-    /// handed over and applied again later, which is harmless.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        shutdown.run_until_cancelled(self.keep_clearing()).await;
-    }
-
-    async fn keep_clearing(&mut self) {
+impl Worker for SettledClearing {
+    /// Clears. Dropped where it awaits, a batch is harmless to lose: a record not cleared is
+    /// handed over and applied again later.
+    async fn work(mut self) {
         let sizes = &self.sizes;
         let mut batch = Vec::with_capacity(BATCH);
         while self.settled.recv_many(&mut batch, BATCH).await > 0 {

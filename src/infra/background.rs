@@ -6,8 +6,25 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// A value that works in the background for as long as the instance runs. It owns what it
+/// alone uses, and shares the rest (the stores, the repair book) with the others.
+pub trait Worker: Send + 'static {
+    /// The work, which ends only when there is nothing left to do. Stopping the instance drops
+    /// it where it awaits: each worker's doc says why that is safe wherever it awaits.
+    fn work(self) -> impl Future<Output = ()> + Send;
+}
+
+/// A ticker for a worker's rounds every `period`: the first at once, and a late round delays
+/// the next one instead of being made up for in a burst.
+pub fn every(period: Duration) -> Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
 
 /// A cheap handle (clone it) on the instance's background tasks.
 #[derive(Clone, Default)]
@@ -25,6 +42,13 @@ impl Background {
         F: Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task(self.shutdown.child_token()));
+    }
+
+    /// Starts `worker`, which works until it is done or the instance stops.
+    pub fn start(&self, worker: impl Worker) {
+        self.spawn(|stop| async move {
+            stop.run_until_cancelled(worker.work()).await;
+        });
     }
 
     /// Cancels every task and waits for them to end, for `bound` at most: a task still
