@@ -20,31 +20,16 @@ pub struct ServeArgs {
     pub bind_addr: SocketAddr,
 
     /// Comma-separated bearer tokens that may read.
-    #[arg(
-        long,
-        env = "API_READ_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    #[arg(long, env = "API_READ_TOKENS", hide_env_values = true)]
     pub api_read_tokens: Vec<String>,
 
     /// Comma-separated bearer tokens that may read and write.
-    #[arg(
-        long,
-        env = "API_WRITE_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    #[arg(long, env = "API_WRITE_TOKENS", hide_env_values = true)]
     pub api_write_tokens: Vec<String>,
 
     /// Comma-separated bearer tokens for the operator endpoints under `/v1/admin/` (and only
     /// those). None: every admin request is refused.
-    #[arg(
-        long,
-        env = "API_ADMIN_TOKENS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    #[arg(long, env = "API_ADMIN_TOKENS", hide_env_values = true)]
     pub api_admin_tokens: Vec<String>,
 
     /// Serve without authentication (development only).
@@ -310,9 +295,9 @@ impl ServeConfig {
             ));
         }
         let auth = AuthSettings {
-            read_tokens: tokens(args.api_read_tokens),
-            write_tokens: tokens(args.api_write_tokens),
-            admin_tokens: tokens(args.api_admin_tokens),
+            read_tokens: tokens(&args.api_read_tokens),
+            write_tokens: tokens(&args.api_write_tokens),
+            admin_tokens: tokens(&args.api_admin_tokens),
             disabled: args.auth_disabled,
         };
         if !auth.disabled && auth.read_tokens.is_empty() && auth.write_tokens.is_empty() {
@@ -333,11 +318,13 @@ impl ServeConfig {
     }
 }
 
-/// The non-empty tokens of a comma-separated list, trimmed.
-fn tokens(raw: Vec<String>) -> Vec<SecretString> {
-    raw.into_iter()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
+/// The non-empty tokens of comma-separated lists (a flag may be given more than once), trimmed.
+fn tokens(lists: &[String]) -> Vec<SecretString> {
+    lists
+        .iter()
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
         .map(SecretString::from)
         .collect()
 }
@@ -431,7 +418,19 @@ fn check_pg_url(name: &'static str, url: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use super::redis_pool_size;
+    use secrecy::ExposeSecret;
+
+    use super::{redis_pool_size, tokens};
+
+    #[test]
+    fn token_lists_are_split_at_commas_trimmed_and_without_empty_tokens() {
+        let lists = ["a, b".to_owned(), ",c ,".to_owned(), String::new()];
+        let tokens: Vec<String> = tokens(&lists)
+            .iter()
+            .map(|token| token.expose_secret().to_owned())
+            .collect();
+        assert_eq!(tokens, ["a", "b", "c"]);
+    }
 
     #[test]
     fn a_pool_of_zero_is_one_connection_per_usable_cpu() {

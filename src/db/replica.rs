@@ -119,10 +119,7 @@ pub struct ReplicaProbe {
     primary: Arc<Leases>,
     replica: Arc<Leases>,
     health: Arc<ReplicaHealth>,
-    interval: Duration,
-    max_lag: Duration,
-    replica_deadline: Duration,
-    primary_timeout: Duration,
+    timing: Timing,
     history: PrimaryHistory,
     /// The last probe's verdict: a change is logged once, not on every probe.
     was_usable: bool,
@@ -141,10 +138,11 @@ impl ReplicaProbe {
             primary,
             replica,
             health,
-            interval,
-            max_lag,
-            replica_deadline,
-            primary_timeout: interval.max(Duration::from_secs(1)),
+            timing: Timing {
+                interval,
+                max_lag,
+                replica_deadline,
+            },
             history: PrimaryHistory::default(),
             was_usable: true,
         }
@@ -156,7 +154,7 @@ impl ReplicaProbe {
     }
 
     async fn keep_probing(&mut self) {
-        let mut ticker = tokio::time::interval(self.interval);
+        let mut ticker = tokio::time::interval(self.timing.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
@@ -185,8 +183,8 @@ impl ReplicaProbe {
 
     /// The replica's replay (`None` if it is not replaying), and whether it answered.
     async fn replay(&self) -> (Option<Replay>, bool) {
-        let replay =
-            super::lease::bounded!(&self.replica, self.replica_deadline, |conn| replay_of(conn));
+        let deadline = self.timing.replica_deadline;
+        let replay = super::lease::bounded!(&self.replica, deadline, |conn| replay_of(conn));
         match replay.await {
             Ok(replay) => (replay, true),
             Err(error) => {
@@ -201,13 +199,10 @@ impl ReplicaProbe {
     /// The primary's position and timeline, recorded in the history as of `now`; `None` if
     /// the primary did not answer.
     async fn read_primary(&mut self, now: Instant) -> Option<(Lsn, u32)> {
-        let position =
-            super::lease::bounded!(&self.primary, self.primary_timeout, |conn| position_of(
-                conn
-            ));
+        let timeout = self.timing.primary_timeout();
+        let position = super::lease::bounded!(&self.primary, timeout, |conn| position_of(conn));
         let (lsn, timeline) = position.await.ok()?;
-        let keep = self.max_lag * 2 + Duration::from_secs(5);
-        self.history.record(now, lsn, keep);
+        self.history.record(now, lsn, self.timing.history_span());
         Some((lsn, timeline))
     }
 
@@ -229,13 +224,34 @@ impl ReplicaProbe {
             }
             return false;
         }
-        if lag > self.max_lag && self.was_usable {
+        if lag > self.timing.max_lag && self.was_usable {
             tracing::warn!(
                 lag_ms = lag.as_millis() as u64,
                 "replica lags past the bound; reading from the primary"
             );
         }
-        lag <= self.max_lag
+        lag <= self.timing.max_lag
+    }
+}
+
+/// How often the probe asks, how long it waits, and the lag reads tolerate.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    interval: Duration,
+    max_lag: Duration,
+    replica_deadline: Duration,
+}
+
+impl Timing {
+    /// How long the primary may take to say where it is: a probe's interval, at least a second.
+    fn primary_timeout(&self) -> Duration {
+        self.interval.max(Duration::from_secs(1))
+    }
+
+    /// How long the primary's positions are kept: twice the lag bound and then some, so a lag
+    /// past the bound is still measured.
+    fn history_span(&self) -> Duration {
+        self.max_lag * 2 + Duration::from_secs(5)
     }
 }
 
