@@ -6,6 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
+use crate::domain::WarmProgress;
+
 /// What a warm-up's row holds.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WarmUpRow {
@@ -23,17 +25,6 @@ pub struct WarmUpRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// The run's reports stopped more than the limit ago: its instance is gone.
     pub abandoned: bool,
-}
-
-/// A warm-up's progress, as its run reports it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counts {
-    pub total: u64,
-    pub rows: u64,
-    pub installed: u64,
-    pub skipped: u64,
-    pub pages_from_primary: u64,
-    pub elapsed_secs: f64,
 }
 
 /// The columns of a [`WarmUpRow`]; `$2` is the limit in seconds.
@@ -93,7 +84,7 @@ fn counted<'q>(
     sql: &'static str,
     ledger: &'q str,
     run: &'q str,
-    counts: &Counts,
+    counts: &WarmProgress,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(sql)
         .bind(ledger)
@@ -112,7 +103,7 @@ pub async fn report(
     conn: &mut PgConnection,
     ledger: &str,
     run: &str,
-    counts: &Counts,
+    counts: &WarmProgress,
 ) -> Result<Option<bool>, sqlx::Error> {
     let row = counted(
         "UPDATE cache_warm_ups SET total = $3, rows_read = $4, installed = $5, skipped = $6, \
@@ -133,7 +124,7 @@ pub async fn finish(
     ledger: &str,
     run: &str,
     state: &str,
-    counts: &Counts,
+    counts: &WarmProgress,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     counted(

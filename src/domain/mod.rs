@@ -4,6 +4,7 @@ pub mod field_errors;
 pub mod lsn;
 pub mod size;
 pub mod sku;
+pub mod warm;
 pub mod write;
 
 pub use field_errors::{Field, FieldError, FieldErrors};
@@ -12,3 +13,4 @@ pub use size::{
     Grams, Millimetres, ProductSize, SizeLabel, SizeSpec, SizeUpdate, SourceVersion, StoredSize,
 };
 pub use sku::Sku;
+pub use warm::WarmProgress;

@@ -8,15 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tracing::instrument;
 
 use super::{CacheJobError, FILL_MAX_AGE, SizeService};
 use crate::cache::{CacheError, Install, Meta};
 use crate::db::lease::bounded;
 use crate::db::sizes::{Fetched, count, fetch_page, primary_position};
-use crate::db::warm_ups::Counts;
 use crate::domain::Lsn;
+pub use crate::domain::WarmProgress;
 
 mod run;
 
@@ -41,23 +40,6 @@ impl Default for WarmOptions {
     }
 }
 
-/// How far a warm-up has come.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct WarmProgress {
-    /// Rows in the table when the warm-up began (tombstones included).
-    pub total: u64,
-    /// Rows read so far.
-    pub rows: u64,
-    /// Rows installed in the cache.
-    pub installed: u64,
-    /// Rows skipped because the cache already held that version or a newer one.
-    pub skipped: u64,
-    /// Pages read from the primary because the replica had not caught up.
-    pub pages_from_primary: u64,
-    /// Seconds since the warm-up began.
-    pub elapsed_secs: f64,
-}
-
 impl WarmProgress {
     /// Counts a page of `read` rows, `installed` of them installed, of a warm-up that began
     /// at `started`.
@@ -66,17 +48,6 @@ impl WarmProgress {
         self.installed += installed;
         self.skipped += read - installed;
         self.elapsed_secs = started.elapsed().as_secs_f64();
-    }
-
-    fn counts(&self) -> Counts {
-        Counts {
-            total: self.total,
-            rows: self.rows,
-            installed: self.installed,
-            skipped: self.skipped,
-            pages_from_primary: self.pages_from_primary,
-            elapsed_secs: self.elapsed_secs,
-        }
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{WarmOptions, WarmProgress};
 use crate::cache::CacheRole;
 use crate::db::lease::bounded;
-use crate::db::warm_ups::{self, Counts, WarmUpRow};
+use crate::db::warm_ups::{self, WarmUpRow};
 use crate::service::{CacheJobError, ServiceError, SizeService};
 
 /// How often the instance running a warm-up reports its progress and reads whether it was
@@ -168,8 +168,8 @@ impl WarmRun {
             }
         };
         let counts = match &result {
-            Ok(WarmOutcome::Succeeded(done)) => done.counts(),
-            _ => progress().counts(),
+            Ok(WarmOutcome::Succeeded(done)) => done.clone(),
+            _ => progress(),
         };
         self.record_end(sizes, state, &counts, error).await;
         result
@@ -186,7 +186,7 @@ impl WarmRun {
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let counts = progress().counts();
+            let counts = progress();
             let reported = bounded!(sizes.db.background(), REPORT_INTERVAL, |conn| {
                 warm_ups::report(conn, &self.ledger, &self.id, &counts)
             });
@@ -206,7 +206,7 @@ impl WarmRun {
         &self,
         sizes: &SizeService,
         state: &str,
-        counts: &Counts,
+        counts: &WarmProgress,
         error: Option<&str>,
     ) {
         let finished = bounded!(
