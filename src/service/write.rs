@@ -257,9 +257,8 @@ impl Writer {
     /// Returns whether the primary cache took the update.
     #[instrument(level = "debug", name = "cache.update", skip_all, fields(skus = written.rows.len()))]
     async fn record_in_cache(&self, written: &Written<'_>, epochs: &Epochs, lsn: Lsn) -> bool {
-        let installs = written.installs;
-        let primary = self
-            .shared
+        let (shared, installs) = (&self.shared, written.installs);
+        let primary = shared
             .cache
             .record_writes(installs, &epochs.primary, lsn)
             .await;
@@ -269,8 +268,7 @@ impl Writer {
         // An update of a data set the deployment does not serve (split brain: this instance
         // still reaches an old master) has not landed where readers look.
         let updated_primary = primary.is_ok()
-            && self
-                .shared
+            && shared
                 .readers
                 .is_authority(CacheRole::Primary, &epochs.primary);
         if primary.is_ok() && !updated_primary {
@@ -280,11 +278,7 @@ impl Writer {
             );
         }
         self.after_update(CacheRole::Primary, written, updated_primary);
-        let Some((secondary, epoch)) = self
-            .shared
-            .secondary
-            .as_ref()
-            .zip(epochs.secondary.as_ref())
+        let Some((secondary, epoch)) = shared.secondary.as_ref().zip(epochs.secondary.as_ref())
         else {
             return updated_primary;
         };
