@@ -66,7 +66,8 @@ pub struct ConnectionArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// PostgreSQL streaming replica; unset = read from the primary.
+    /// PostgreSQL streaming replicas, comma-separated: misses are spread over those that have
+    /// replayed what they must see. Unset = read from the primary.
     #[arg(long, env = "DATABASE_REPLICA_URL", hide_env_values = true)]
     pub database_replica_url: Option<String>,
 
@@ -173,7 +174,8 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: SecretString,
-    pub replica_url: Option<SecretString>,
+    /// The streaming replicas reads may use; none: every read goes to the primary.
+    pub replica_urls: Vec<SecretString>,
     pub replica_max_lag: Duration,
     pub redis_url: SecretString,
     pub secondary_cache: Option<SecondaryCache>,
@@ -329,6 +331,14 @@ fn tokens(lists: &[String]) -> Vec<SecretString> {
         .collect()
 }
 
+/// The URLs of a comma-separated `DATABASE_REPLICA_URL`, trimmed, without empty entries.
+fn replica_urls(list: Option<&str>) -> impl Iterator<Item = &str> {
+    list.into_iter()
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+}
+
 impl Config {
     /// The configuration every command shares (`serve`, warm-cache, audit-cache).
     pub fn from_args(args: ConnectionArgs) -> Result<Self, ConfigError> {
@@ -336,7 +346,9 @@ impl Config {
         let entry_ttl = Duration::from_secs(args.cache_ttl_secs);
         Ok(Self {
             database_url: SecretString::from(args.database.database_url.clone()),
-            replica_url: args.database_replica_url.map(SecretString::from),
+            replica_urls: replica_urls(args.database_replica_url.as_deref())
+                .map(SecretString::from)
+                .collect(),
             replica_max_lag: Duration::from_millis(args.replica_max_lag_ms),
             redis_url: SecretString::from(args.redis_url),
             secondary_cache: args.redis_secondary_url.map(|url| SecondaryCache {
@@ -369,7 +381,7 @@ impl Config {
 /// range: at start, not at the first connection.
 fn check_connection_args(args: &ConnectionArgs) -> Result<(), ConfigError> {
     check_pg_url("DATABASE_URL", &args.database.database_url)?;
-    if let Some(url) = &args.database_replica_url {
+    for url in replica_urls(args.database_replica_url.as_deref()) {
         check_pg_url("DATABASE_REPLICA_URL", url)?;
     }
     for url in std::iter::once(&args.redis_url).chain(&args.redis_secondary_url) {

@@ -53,7 +53,7 @@ async fn serve(args: product_size_service::config::ServeArgs) -> Result<(), AnyE
 
 async fn migrate(args: product_size_service::config::DatabaseArgs) -> Result<(), AnyError> {
     let url = secrecy::SecretString::from(args.database_url.clone());
-    let db = db::Db::connect_lazy(&url, None, &DatabaseSettings::from_args(&args), &[])?;
+    let db = db::Db::connect_lazy(&url, &[], &DatabaseSettings::from_args(&args), &[])?;
     db::migrate(db.primary()).await?;
     tracing::info!("migrations applied");
     Ok(())

@@ -27,6 +27,12 @@ pub struct DatabaseLabels {
     pub database: Database,
 }
 
+/// A replica, by its `host:port`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum CacheOutcome {
     /// Served from Redis.
@@ -184,15 +190,18 @@ metrics! {
     /// 1 while Redis's `maxmemory-policy` may evict fences (anything but `noeviction`).
     cache_fences_evictable: Gauge = "cache_fences_evictable",
         "1 while Redis's maxmemory-policy may evict the fences reads rely on (use noeviction)";
-    /// 1 while the replica probe lets reads use the replica (reachable, on the primary's
-    /// history, within the lag bound).
-    replica_usable: Gauge = "replica_usable",
+    /// 1 while a replica's probe lets reads use it (reachable, on the primary's history,
+    /// within the lag bound), per replica.
+    replica_usable: Family<ReplicaLabels, Gauge> = "replica_usable",
         "1 while reads may use the replica: reachable, on the primary's timeline, within the lag bound";
-    /// How far the replica's replay is behind the primary.
-    replica_lag_bytes: Gauge = "replica_lag" in Bytes,
+    /// How far each replica's replay is behind the primary.
+    replica_lag_bytes: Family<ReplicaLabels, Gauge> = "replica_lag" in Bytes,
         "How far the replica's replay is behind the primary's WAL";
-    replica_lag_seconds: Gauge<f64, AtomicU64> = "replica_lag" in Seconds,
+    replica_lag_seconds: Family<ReplicaLabels, Gauge<f64, AtomicU64>> = "replica_lag" in Seconds,
         "How long ago the primary was where the replica's replay is now";
+    /// Queries that read product rows on each replica.
+    replica_reads: Family<ReplicaLabels, Counter> = "replica_reads",
+        "Queries that read product rows, by replica";
     /// The counts of the last cache audit (any instance's or `audit-cache`'s).
     audit_entries: Family<AuditLabels, Gauge> = "cache_audit_entries",
         "Counts of the last cache audit: checked, agreeing, stale, orphaned, missing, repaired";
@@ -277,13 +286,38 @@ impl Metrics {
             .set(oldest.as_secs_f64());
     }
 
-    pub fn set_pool(&self, database: Database, pool: &sqlx::PgPool) {
-        let idle = pool.num_idle() as i64;
-        for (state, value) in [
-            ("open", i64::from(pool.size())),
-            ("idle", idle),
-            ("max", i64::from(pool.options().get_max_connections())),
-        ] {
+    /// Counts a read of product rows on `replica` (and on the replicas as a whole).
+    pub fn count_replica_read(&self, replica: &str) {
+        self.count_database_read(Database::Replica);
+        self.replica_reads
+            .get_or_create(&ReplicaLabels {
+                replica: replica.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publishes what the probe of `replica` last saw.
+    pub fn set_replica(&self, replica: &str, health: &crate::db::replica::ReplicaHealth) {
+        let labels = ReplicaLabels {
+            replica: replica.to_owned(),
+        };
+        let usable = i64::from(health.is_up());
+        self.replica_usable.get_or_create(&labels).set(usable);
+        let lag_bytes = i64::try_from(health.lag_bytes()).unwrap_or(i64::MAX);
+        self.replica_lag_bytes.get_or_create(&labels).set(lag_bytes);
+        let lag = health.lag().as_secs_f64();
+        self.replica_lag_seconds.get_or_create(&labels).set(lag);
+    }
+
+    /// The connections of `pools`, all of `database` (the replicas' summed), by state.
+    pub fn set_pools<'a>(&self, database: Database, pools: impl Iterator<Item = &'a sqlx::PgPool>) {
+        let (mut open, mut idle, mut max) = (0, 0, 0);
+        for pool in pools {
+            open += i64::from(pool.size());
+            idle += pool.num_idle() as i64;
+            max += i64::from(pool.options().get_max_connections());
+        }
+        for (state, value) in [("open", open), ("idle", idle), ("max", max)] {
             self.db_pool_connections
                 .get_or_create(&PoolLabels { database, state })
                 .set(value);

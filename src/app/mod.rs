@@ -13,7 +13,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::ServeConfig;
-use crate::db::replica::ReplicaHealth;
+use crate::db::replicas::Replicas;
 use crate::infra::server;
 use crate::metrics::Metrics;
 use crate::middleware::access_log::{AccessLog, AccessLogWriter};
@@ -39,7 +39,7 @@ pub struct Application {
     background: Background,
     grace: Duration,
     limits: server::Limits,
-    replica_health: Option<Arc<ReplicaHealth>>,
+    replicas: Replicas,
     access_log: Option<AccessLogWriter>,
 }
 
@@ -48,17 +48,17 @@ impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
         let (db, cache, secondary) = connect(&config.common).await?;
         let background = Background::default();
-        let replica_health = workers::start_replica_probe(&db, &config.common, &background);
+        workers::start_replica_probes(&db, &config.common, &background);
+        let replicas = db.replicas().clone();
         let metrics = Arc::new(Metrics::default());
         let (settled, settled_records) = settled_queue();
         let sizes = Arc::new(
-            SizeService::new(db, cache, metrics.clone(), replica_health.clone())
+            SizeService::new(db, cache, metrics.clone())
                 .with_secondary(secondary)
                 .with_readers(config.common.readers)
                 .with_settled_queue(settled),
         );
-        let replica = replica_health.as_deref();
-        workers::prepare_and_start(&sizes, settled_records, replica, &background).await;
+        workers::prepare_and_start(&sizes, settled_records, &background).await;
         let (access_log, access_log_writer) =
             AccessLog::start(config.access_log_hit_sample).unzip();
         let router = router(
@@ -71,7 +71,7 @@ impl Application {
             Authenticator::new(&config.auth),
             RequestMetricsLayer::new(metrics, access_log),
             RequestTimeoutLayer::new(config.request_timeout),
-            replica_health.clone(),
+            replicas.clone(),
         );
         let listener = TcpListener::bind(config.bind_addr)
             .await
@@ -86,15 +86,15 @@ impl Application {
             background,
             grace: config.shutdown_grace,
             limits: config.http,
-            replica_health,
+            replicas,
             access_log: access_log_writer,
         })
     }
 
-    /// What the replica probe last saw (`None` without a replica): reads use the replica
-    /// only as it says.
-    pub fn replica_health(&self) -> Option<Arc<ReplicaHealth>> {
-        self.replica_health.clone()
+    /// The replicas, with what their probes last saw: reads use a replica only as its probe
+    /// says.
+    pub fn replicas(&self) -> Replicas {
+        self.replicas.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -15,7 +15,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::db::replica::ReplicaHealth;
+use crate::db::replicas::Replicas;
 use crate::error::{self, AppError};
 use crate::headers::X_REQUEST_ID;
 use crate::middleware::Access;
@@ -36,7 +36,7 @@ pub fn router(
     authenticator: Authenticator,
     metrics: RequestMetricsLayer,
     timeout: RequestTimeoutLayer,
-    replica_health: Option<Arc<ReplicaHealth>>,
+    replicas: Replicas,
 ) -> Router {
     let (api, mut policies) = routes::api();
     let (api, _) = api.split_for_parts();
@@ -45,7 +45,7 @@ pub fn router(
     }
     let policies = Arc::new(policies);
     let auth = AuthLayer::new(authenticator, policies.clone());
-    let db_route = DbRouteLayer::new(replica_health, policies);
+    let db_route = DbRouteLayer::new(replicas, policies);
     with_docs(api)
         .fallback(|| async { AppError::NoRoute })
         .with_state(state)

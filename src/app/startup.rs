@@ -40,7 +40,7 @@ pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondar
     }
     let db = Db::connect_lazy(
         &config.database_url,
-        config.replica_url.as_ref(),
+        &config.replica_urls,
         &config.database,
         &ledgers,
     )?;
@@ -56,12 +56,10 @@ pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondar
     let refused = |setting| move |reason| StartupError::Refused { setting, reason };
     let (primary, replica, linked, secondary_linked) = tokio::join!(
         check_database("DATABASE_URL", db.primary()),
-        async {
-            match db.replica() {
-                Some(replica) => check_database("DATABASE_REPLICA_URL", replica).await,
-                None => Ok(()),
-            }
-        },
+        futures_util::future::try_join_all(
+            (db.replicas().iter())
+                .map(|replica| check_database("DATABASE_REPLICA_URL", replica.pool()))
+        ),
         cache.wait_connected(Duration::from_secs(2)),
         async {
             match &secondary {
@@ -122,6 +120,6 @@ async fn check_database(setting: &'static str, pool: &sqlx::PgPool) -> Result<()
 pub async fn service(config: &Config) -> Result<Arc<SizeService>, StartupError> {
     let (db, cache, secondary) = connect(config).await?;
     Ok(Arc::new(
-        SizeService::new(db, cache, Arc::new(Metrics::default()), None).with_secondary(secondary),
+        SizeService::new(db, cache, Arc::new(Metrics::default())).with_secondary(secondary),
     ))
 }

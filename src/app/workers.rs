@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::db::replica::{ReplicaHealth, ReplicaProbe};
+use crate::db::replica::ReplicaProbe;
 use crate::service::repair::{RepairWorker, Settled, SettledClearing};
 use crate::service::{
     Background, ChangeFeed, ConsistencyCheck, DependencyProbe, LeaseRenewal, SizeService,
@@ -16,24 +16,17 @@ use crate::service::{
 
 const REPLICA_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Starts probing the replica, if one is configured; its health is what reads consult.
-pub fn start_replica_probe(
-    db: &Db,
-    config: &Config,
-    background: &Background,
-) -> Option<Arc<ReplicaHealth>> {
-    let replica = db.replica_background()?;
-    let health = Arc::new(ReplicaHealth::default());
-    let probe = ReplicaProbe::new(
-        db.background_leases(),
-        replica,
-        health.clone(),
-        REPLICA_PROBE_INTERVAL,
-        config.replica_max_lag,
-        config.database.replica_timeout,
-    );
-    background.spawn(|stop| probe.run(stop));
-    Some(health)
+/// Starts probing each replica; its health is what reads consult.
+pub fn start_replica_probes(db: &Db, config: &Config, background: &Background) {
+    for replica in db.replicas().iter() {
+        background.start(ReplicaProbe::new(
+            db.background_leases(),
+            replica,
+            REPLICA_PROBE_INTERVAL,
+            config.replica_max_lag,
+            config.database.replica_timeout,
+        ));
+    }
 }
 
 /// Everything an instance must know before it serves (owed repairs, the probes' first round,
@@ -42,7 +35,6 @@ pub fn start_replica_probe(
 pub async fn prepare_and_start(
     sizes: &Arc<SizeService>,
     settled: mpsc::Receiver<Settled>,
-    replica_health: Option<&ReplicaHealth>,
     background: &Background,
 ) {
     match sizes.adopt_owed_repairs().await {
@@ -58,11 +50,9 @@ pub async fn prepare_and_start(
     // `/readyz` answers from the probes: the first round completes before serving.
     sizes.probe_dependencies().await;
     background.start(DependencyProbe(sizes.clone()));
-    if let Some(health) = replica_health {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !health.probed() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !sizes.db().replicas().probed() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if let Err(error) = sizes.follow_changes().await {
         tracing::warn!(%error, "cannot follow the table's changes yet; retrying in the background");

@@ -1,10 +1,11 @@
-//! PostgreSQL: the primary (all writes, fresh reads) and an optional streaming replica.
+//! PostgreSQL: the primary (all writes, fresh reads) and any number of streaming replicas.
 
 pub mod changes;
 mod error;
 pub mod lease;
 pub mod readers;
 pub mod replica;
+pub mod replicas;
 pub mod sizes;
 pub mod warm_ups;
 
@@ -19,6 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use crate::config::DatabaseSettings;
 pub use error::DbError;
 use lease::{Admission, IDLE_TEST_TIMEOUT, Leases};
+use replicas::{Replica, Replicas};
 
 /// The `application_name` of the service's connections.
 const APPLICATION: &str = "product-size-service";
@@ -33,10 +35,10 @@ const READERS_APPLICATION: &str = "product-size-service readers";
 /// [`DbRouteLayer`](crate::middleware::route::DbRouteLayer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbRoute {
-    /// Writes, and reads the replica cannot serve (not configured, unhealthy, or behind the
+    /// Writes, and reads no replica can serve (none configured, none usable, or none past the
     /// request's consistency token).
     Primary,
-    /// Reads: the replica, when it has replayed every write the read must see.
+    /// Reads: a replica, when it has replayed every write the read must see.
     ReplicaPreferred,
 }
 
@@ -44,15 +46,14 @@ pub enum DbRoute {
 #[derive(Clone, Debug)]
 pub struct Db {
     primary: PgPool,
-    replica: Option<PgPool>,
     /// The read path's connections (see [`lease`]).
     primary_reads: Arc<Leases>,
-    replica_reads: Option<Arc<Leases>>,
     /// How writes wait for a primary connection.
     primary_writes: Arc<Admission>,
-    /// Background queries on the primary and on the replica ([`lease::bounded!`]).
+    /// Background queries on the primary ([`lease::bounded!`]).
     background: Arc<Leases>,
-    replica_background: Option<Arc<Leases>>,
+    /// Each replica's pools and health.
+    replicas: Replicas,
     /// One connection that listens for changes made by other writers (see [`changes`]).
     changes: PgPool,
     /// The reader leases' renewals ([`readers`]), on a connection apart from the requests'
@@ -61,7 +62,7 @@ pub struct Db {
     /// How long a background query on the primary may take before its connection is given
     /// up ([`lease::bounded!`]).
     background_deadline: Duration,
-    /// The same for the replica (`REPLICA_TIMEOUT_MS`).
+    /// The same for a replica (`REPLICA_TIMEOUT_MS`).
     replica_deadline: Duration,
 }
 
@@ -72,7 +73,7 @@ impl Db {
     /// records of its writes to it (see the migration `capture_every_change`).
     pub fn connect_lazy(
         primary_url: &SecretString,
-        replica_url: Option<&SecretString>,
+        replica_urls: &[SecretString],
         settings: &DatabaseSettings,
         ledgers: &[String],
     ) -> Result<Self, sqlx::Error> {
@@ -85,15 +86,16 @@ impl Db {
             settings,
             connect_options(primary_url, READERS_APPLICATION, settings)?,
         );
-        let replica = replica_url
+        let replicas = replica_urls
+            .iter()
             .map(|url| {
                 let replica = connect_options(url, APPLICATION, settings)?;
                 warn_if_unverified("DATABASE_REPLICA_URL", &replica);
                 Ok::<_, sqlx::Error>(request_pool(settings).connect_lazy_with(replica))
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::with_pools(
-            primary, replica, changes, readers, settings,
+            primary, replicas, changes, readers, settings,
         ))
     }
 
@@ -101,7 +103,7 @@ impl Db {
     /// each database, and their deadlines.
     fn with_pools(
         primary: PgPool,
-        replica: Option<PgPool>,
+        replicas: Vec<PgPool>,
         changes: PgPool,
         readers: PgPool,
         settings: &DatabaseSettings,
@@ -111,20 +113,24 @@ impl Db {
         Self {
             primary_reads: Arc::new(Leases::new(primary.clone(), primary_deadline)),
             primary_writes: Arc::new(Admission::new(primary.clone())),
-            replica_reads: replica
-                .clone()
-                .map(|r| Arc::new(Leases::new(r, replica_deadline))),
+
             background: Arc::new(Leases::background(
                 primary.clone(),
                 primary_deadline,
                 BACKGROUND_KEPT.min(settings.max_connections as usize / 4),
             )),
-            replica_background: replica
-                .clone()
-                .map(|r| Arc::new(Leases::background(r, replica_deadline, 1))),
+            replicas: Replicas::new(
+                replicas
+                    .into_iter()
+                    .map(|pool| {
+                        let reads = Leases::new(pool.clone(), replica_deadline);
+                        let background = Leases::background(pool.clone(), replica_deadline, 1);
+                        Replica::new(pool, reads, background)
+                    })
+                    .collect(),
+            ),
             readers: Arc::new(Leases::background(readers, primary_deadline, 1)),
             primary,
-            replica,
             changes,
             background_deadline: primary_deadline,
             replica_deadline,
@@ -146,8 +152,9 @@ impl Db {
         self.replica_deadline
     }
 
-    pub fn replica(&self) -> Option<&PgPool> {
-        self.replica.as_ref()
+    /// The replicas reads may use, each with what its probe last saw.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
     }
 
     /// The connection the lease renewals run on.
@@ -165,11 +172,6 @@ impl Db {
         self.background.clone()
     }
 
-    /// Background queries on the replica, shared (for a task of its own).
-    pub fn replica_background(&self) -> Option<Arc<Leases>> {
-        self.replica_background.clone()
-    }
-
     /// The pool the change listener takes its one connection from.
     pub fn changes(&self) -> &PgPool {
         &self.changes
@@ -184,31 +186,15 @@ impl Db {
         &self.primary_writes
     }
 
-    pub fn replica_reads(&self) -> Option<&Leases> {
-        self.replica_reads.as_deref()
-    }
-
-    /// The replica's read connections, shared (for a task that reads on them).
-    pub fn replica_leases(&self) -> Option<Arc<Leases>> {
-        self.replica_reads.clone()
-    }
-
     pub async fn close(&self) {
         self.primary_reads.release_all();
         self.background.release_all();
         self.readers.release_all();
-        for leases in [&self.replica_reads, &self.replica_background]
-            .into_iter()
-            .flatten()
-        {
-            leases.release_all();
-        }
+        self.replicas.release_all();
         self.changes.close().await;
         self.readers.pool().close().await;
         self.primary.close().await;
-        if let Some(replica) = &self.replica {
-            replica.close().await;
-        }
+        self.replicas.close().await;
     }
 }
 

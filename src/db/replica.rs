@@ -1,4 +1,4 @@
-//! A background probe of the replica, so request routing can skip a replica that is down,
+//! A background probe of each replica, so request routing can skip a replica that is down,
 //! lagging past the configured bound, or behind a client's consistency token without a round
 //! trip of its own. Every replica read still checks freshness exactly; this only avoids reads
 //! that would be thrown away.
@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use super::DbError;
 use super::lease::Leases;
+use super::replicas::Replica;
 use crate::domain::Lsn;
+use crate::infra::background::{Worker, every};
 
 #[derive(Debug, Default)]
 pub struct ReplicaHealth {
@@ -117,6 +117,8 @@ fn diverged(replay: Replay, primary: Option<(Lsn, u32)>) -> Option<&'static str>
 /// into a lag in time.
 pub struct ReplicaProbe {
     primary: Arc<Leases>,
+    /// The replica's name, for the logs.
+    name: String,
     replica: Arc<Leases>,
     health: Arc<ReplicaHealth>,
     timing: Timing,
@@ -126,18 +128,19 @@ pub struct ReplicaProbe {
 }
 
 impl ReplicaProbe {
+    /// Probes `replica`, and the primary's position on `primary`.
     pub fn new(
         primary: Arc<Leases>,
-        replica: Arc<Leases>,
-        health: Arc<ReplicaHealth>,
+        replica: &Replica,
         interval: Duration,
         max_lag: Duration,
         replica_deadline: Duration,
     ) -> Self {
         Self {
             primary,
-            replica,
-            health,
+            name: replica.name().to_owned(),
+            replica: replica.background(),
+            health: replica.shared_health(),
             timing: Timing {
                 interval,
                 max_lag,
@@ -147,21 +150,20 @@ impl ReplicaProbe {
             was_usable: true,
         }
     }
+}
 
-    /// Probes until `shutdown`, which drops a probe where it awaits.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        shutdown.run_until_cancelled(self.keep_probing()).await;
-    }
-
-    async fn keep_probing(&mut self) {
-        let mut ticker = tokio::time::interval(self.timing.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+impl Worker for ReplicaProbe {
+    /// Probes. Dropped where it awaits, a probe publishes nothing.
+    async fn work(mut self) {
+        let mut ticker = every(self.timing.interval);
         loop {
             ticker.tick().await;
             self.once().await;
         }
     }
+}
 
+impl ReplicaProbe {
     /// Probes the replica, then the primary, and publishes what they say.
     async fn once(&mut self) {
         // The replica first: the primary, read after, has written at least as much.
@@ -172,7 +174,7 @@ impl ReplicaProbe {
             None => false,
         };
         if usable && !self.was_usable {
-            tracing::info!("replica is usable again");
+            tracing::info!(replica = self.name, "replica is usable again");
         }
         self.was_usable = usable;
         let health = &self.health;
@@ -189,7 +191,7 @@ impl ReplicaProbe {
             Ok(replay) => (replay, true),
             Err(error) => {
                 if self.was_usable {
-                    tracing::warn!(%error, "replica probe failed; reading from the primary");
+                    tracing::warn!(replica = self.name, %error, "replica probe failed; left out of reads");
                 }
                 (None, false)
             }
@@ -220,14 +222,19 @@ impl ReplicaProbe {
             .store(lag.as_millis() as u64, Ordering::Relaxed);
         if let Some(reason) = diverged(replay, primary) {
             if self.was_usable {
-                tracing::warn!(reason, "replica not used; reading from the primary");
+                tracing::warn!(
+                    replica = self.name,
+                    reason,
+                    "replica not used; left out of reads"
+                );
             }
             return false;
         }
         if lag > self.timing.max_lag && self.was_usable {
             tracing::warn!(
+                replica = self.name,
                 lag_ms = lag.as_millis() as u64,
-                "replica lags past the bound; reading from the primary"
+                "replica lags past the bound; left out of reads"
             );
         }
         lag <= self.timing.max_lag

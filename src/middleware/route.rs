@@ -11,11 +11,11 @@ use tower::Service;
 use super::layer::{Middleware, MiddlewareLayer};
 use super::{Access, Policies};
 use crate::db::DbRoute;
-use crate::db::replica::ReplicaHealth;
+use crate::db::replicas::Replicas;
 use crate::domain::Lsn;
 use crate::headers::X_CONSISTENCY_TOKEN;
 
-/// Reads prefer the replica while its probe says it is up and has replayed the request's
+/// Reads prefer the replicas while a probe says one is up and has replayed the request's
 /// `X-Consistency-Token`; otherwise they go to the primary. Writes always go to the primary:
 /// they get no context.
 pub type DbRouteLayer = MiddlewareLayer<DbRouting>;
@@ -23,15 +23,15 @@ pub type DbRouteLayer = MiddlewareLayer<DbRouting>;
 /// What the routing of reads depends on.
 #[derive(Clone)]
 pub struct DbRouting {
-    replica: Option<Arc<ReplicaHealth>>,
+    replicas: Replicas,
     policies: Arc<Policies>,
 }
 
 impl DbRouteLayer {
-    /// `replica` is `None` when no replica is configured: everything goes to the primary.
-    /// Reads are the routes `policies` give [`Access::Read`].
-    pub fn new(replica: Option<Arc<ReplicaHealth>>, policies: Arc<Policies>) -> Self {
-        MiddlewareLayer(DbRouting { replica, policies })
+    /// Without `replicas`, everything goes to the primary. Reads are the routes `policies`
+    /// give [`Access::Read`].
+    pub fn new(replicas: Replicas, policies: Arc<Policies>) -> Self {
+        MiddlewareLayer(DbRouting { replicas, policies })
     }
 }
 
@@ -55,18 +55,15 @@ pub type ReadRequest = Result<ReadContext, MalformedToken>;
 impl DbRouting {
     /// The context of a read sending `token`.
     fn read_context(&self, token: Option<Lsn>) -> ReadContext {
-        let replayed = (self.replica.as_deref())
-            .filter(|replica| replica.is_up())
-            .map(ReplicaHealth::replayed);
         ReadContext {
-            route: read_route(replayed, token),
+            route: read_route(self.replicas.furthest(), token),
             token,
         }
     }
 }
 
-/// Where a read goes: the replica while it is up (`replayed` is then its replay position) and
-/// has replayed the request's token; otherwise the primary.
+/// Where a read goes: the replicas while one is up (`replayed` is then the furthest replay
+/// position among those that are) and has replayed the request's token; otherwise the primary.
 fn read_route(replayed: Option<Lsn>, token: Option<Lsn>) -> DbRoute {
     match (replayed, token) {
         (Some(_), None) => DbRoute::ReplicaPreferred,
@@ -140,7 +137,7 @@ mod tests {
         let mut policies = Policies::default();
         policies.insert(Method::GET, "/size", Access::Read);
         policies.insert(Method::PUT, "/size", Access::Write);
-        let layer = DbRouteLayer::new(Some(Arc::new(ReplicaHealth::default())), Arc::new(policies));
+        let layer = DbRouteLayer::new(Replicas::default(), Arc::new(policies));
         let seen = |request: Request<Body>| async move {
             format!("{:?}", request.extensions().get::<ReadRequest>())
         };

@@ -1,5 +1,7 @@
 //! `/healthz` (the process is alive) and `/readyz` (what it can serve).
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -39,7 +41,13 @@ pub struct Readiness {
     #[schema(example = "ready")]
     status: &'static str,
     primary: DependencyState,
+    /// `up` while every replica answers its probe, `down` while one does not, `disabled`
+    /// without replicas.
     replica: DependencyState,
+    /// Each replica by `host:port`: whether it answers its probe. Reads use it only while it
+    /// is also within the lag bound (`product_size_replica_usable` per replica).
+    #[schema(example = json!({"10.0.0.7:5432": "up", "10.0.0.8:5432": "down"}))]
+    replicas: BTreeMap<String, DependencyState>,
     cache: DependencyState,
     /// Redis's `maxmemory-policy` (absent while Redis is unreachable, or in a Cluster).
     /// Anything but `noeviction` may evict the fences that keep reads fresh.
@@ -63,7 +71,7 @@ pub async fn healthz() -> Json<Health> {
 
 /// Readiness: what the instance can serve
 ///
-/// Names each dependency (the primary database, the replica, the cache) up or down, from
+/// Names each dependency (the primary database, each replica, the cache) up or down, from
 /// probes that run in the background, so asking often costs the dependencies nothing. 200
 /// while the instance can serve anything, possibly degraded (reads from what answers); 503
 /// only when it can serve nothing. Needs no token.
@@ -82,10 +90,16 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             DependencyState::Down
         }
     };
-    let replica = ready.replica.map_or(DependencyState::Disabled, up);
+    let every_replica = ready.replicas.iter().all(|(_, reachable)| *reachable);
+    let any_replica = ready.replicas.iter().any(|(_, reachable)| *reachable);
+    let replica = if ready.replicas.is_empty() {
+        DependencyState::Disabled
+    } else {
+        up(every_replica)
+    };
 
-    let any_reads = ready.primary || ready.replica == Some(true) || ready.cache;
-    let all_up = ready.primary && ready.cache && ready.replica != Some(false);
+    let any_reads = ready.primary || any_replica || ready.cache;
+    let all_up = ready.primary && ready.cache && every_replica;
     let (status, word) = match (all_up, any_reads) {
         (true, _) => (StatusCode::OK, "ready"),
         (false, true) => (StatusCode::OK, "degraded"),
@@ -99,6 +113,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             status: word,
             primary: up(ready.primary),
             replica,
+            replicas: (ready.replicas.into_iter())
+                .map(|(name, reachable)| (name, up(reachable)))
+                .collect(),
             cache: up(ready.cache),
             cache_eviction_policy: ready.cache_eviction_policy,
             cache_fences_evictable: ready.cache_fences_evictable,

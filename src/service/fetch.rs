@@ -21,17 +21,16 @@ use crate::metrics::Database;
 use crate::telemetry::Throttle;
 
 impl Reader {
-    /// Step 2: the replica, for the misses it may serve, keeping the rows it proves fresh.
-    /// Everything else stays pending for the primary.
+    /// Step 2: a replica, for the misses it may serve, keeping the rows it proves fresh: the
+    /// next in turn among those the probes saw usable and past the token. Everything else
+    /// stays pending for the primary.
     pub(super) async fn read_replica(&self, load: &Load<'_>) -> DatabaseRead {
         let mut read = DatabaseRead::all_pending(load.misses.len());
-        let replica = self
-            .shared
-            .db
-            .replica_reads()
+        let replica = Some(self.shared.db.replicas())
             .filter(|_| load.route == DbRoute::ReplicaPreferred)
-            .filter(|_| load.misses.iter().any(|m| !m.primary_only));
-        let Some(replica) = replica else {
+            .filter(|_| load.misses.iter().any(|m| !m.primary_only))
+            .and_then(|replicas| replicas.pick(load.token));
+        let Some((index, replica)) = replica else {
             return read;
         };
         let replica_skus: Vec<&str> = load
@@ -41,11 +40,11 @@ impl Reader {
             .map(|m| m.sku.as_str())
             .collect();
         let hwm = self.replica_hwm(load);
-        let fetch = self.fetch_from_replica(replica, &replica_skus);
+        let fetch = self.fetch_from_replica(index, replica.reads(), &replica_skus);
         let (fetched, hwm) = async { tokio::join!(fetch, hwm) }
             .instrument(db_read_span("replica", replica_skus.len()))
             .await;
-        self.shared.metrics.count_database_read(Database::Replica);
+        self.shared.metrics.count_replica_read(replica.name());
         if let Some((fetched, replayed, hwm)) = judgeable(fetched, hwm) {
             read.keep_fresh(load, fetched, replayed, hwm);
         }
@@ -75,13 +74,15 @@ impl Reader {
         }
     }
 
-    /// The replica's rows of `skus`: a single SKU's read is shared with concurrent reads.
+    /// The rows of `skus` on the replica at `index`, whose read connections are `replica`: a
+    /// single SKU's read is shared with concurrent reads of that replica.
     async fn fetch_from_replica(
         &self,
+        index: usize,
         replica: &Leases,
         skus: &[&str],
     ) -> Result<Fetched, Arc<sqlx::Error>> {
-        match (skus, &self.replica_fetches) {
+        match (skus, self.replica_fetches.get(index)) {
             ([sku], Some(batched)) => batched.fetch(sku).await,
             _ => fetch_leased(replica, skus).await.map_err(Arc::new),
         }

@@ -60,9 +60,9 @@ use crate::config::{FailoverPolicy, ReaderSettings};
 use crate::db::Db;
 use crate::db::DbError;
 use crate::db::lease::bounded;
-use crate::db::replica::ReplicaHealth;
+use crate::db::replicas::Replica;
 use crate::db::sizes::{DatabaseHistory, primary_position};
-use crate::metrics::Metrics;
+use crate::metrics::{Database, Metrics};
 
 /// Why a warm-up or an audit of the cache stopped.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,6 @@ pub struct SizeService {
     repairs: repair::Repairs,
     inspector: inspect::Inspector,
     primary_position: position::PrimaryPosition,
-    replica_health: Option<Arc<ReplicaHealth>>,
     secondary: Option<Secondary>,
     probed: Probed,
     /// This instance's leases on its caches (docs/reader-leases.md).
@@ -131,14 +130,15 @@ pub struct Secondary {
 #[derive(Debug, Clone)]
 pub struct Readiness {
     pub primary: bool,
-    pub replica: Option<bool>,
+    /// Each replica by name, and whether it answered its last probe.
+    pub replicas: Vec<(String, bool)>,
     pub cache: bool,
     /// Redis's `maxmemory-policy` (in a Cluster, the first master's that may evict fences).
     pub cache_eviction_policy: Option<String>,
     pub cache_fences_evictable: bool,
 }
 
-/// Probes the primary and Redis every [`PROBE_INTERVAL`] (the replica has its own probe), and
+/// Probes the primary and Redis every [`PROBE_INTERVAL`] (each replica has its own probe), and
 /// reads the last audit's counts every [`audit::AUDIT_NOTE_INTERVAL`]: `/readyz` and the
 /// audit gauges answer from what it last saw.
 pub struct DependencyProbe(pub Arc<SizeService>);
@@ -160,17 +160,11 @@ impl Worker for DependencyProbe {
 }
 
 impl SizeService {
-    pub fn new(
-        db: Db,
-        cache: Arc<Cache>,
-        metrics: Arc<Metrics>,
-        replica_health: Option<Arc<ReplicaHealth>>,
-    ) -> Self {
+    pub fn new(db: Db, cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         Self {
             db,
             cache,
             metrics,
-            replica_health,
             repairs: repair::Repairs::new(None),
             inspector: inspect::Inspector::default(),
             primary_position: position::PrimaryPosition::default(),
@@ -249,9 +243,13 @@ impl SizeService {
     /// The metrics, with gauges brought up to date (for a scrape).
     pub fn metrics(&self) -> &Metrics {
         let metrics = &self.metrics;
-        metrics.set_pool(crate::metrics::Database::Primary, self.db.primary());
-        if let Some(replica) = self.db.replica() {
-            metrics.set_pool(crate::metrics::Database::Replica, replica);
+        let (primary, replicas) = (self.db.primary(), self.db.replicas());
+        metrics.set_pools(Database::Primary, std::iter::once(primary));
+        if !replicas.is_empty() {
+            metrics.set_pools(Database::Replica, replicas.iter().map(Replica::pool));
+        }
+        for replica in replicas.iter() {
+            metrics.set_replica(replica.name(), replica.health());
         }
         metrics
             .cache_up
@@ -264,11 +262,6 @@ impl SizeService {
         metrics
             .repairs_pending
             .set(self.repairs.pending_count() as i64);
-        if let Some(replica) = &self.replica_health {
-            metrics.replica_usable.set(i64::from(replica.is_up()));
-            metrics.replica_lag_bytes.set(replica.lag_bytes() as i64);
-            metrics.replica_lag_seconds.set(replica.lag().as_secs_f64());
-        }
         metrics
     }
 
@@ -286,7 +279,9 @@ impl SizeService {
         let server = self.cache.server();
         Readiness {
             primary: self.probed.primary.load(Ordering::Relaxed),
-            replica: self.replica_health.as_ref().map(|h| h.is_reachable()),
+            replicas: (self.db.replicas().iter())
+                .map(|replica| (replica.name().to_owned(), replica.health().is_reachable()))
+                .collect(),
             cache: self.probed.cache.load(Ordering::Relaxed),
             cache_eviction_policy: server.as_ref().map(|s| s.eviction_policy.clone()),
             cache_fences_evictable: server.is_some_and(|s| s.may_evict_fences()),

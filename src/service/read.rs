@@ -28,14 +28,16 @@ use crate::telemetry;
 pub struct Reader {
     pub(super) shared: Arc<SizeService>,
     flights: Flights,
-    /// Concurrent single-SKU replica reads, one query per batch.
-    pub(super) replica_fetches: Option<SharedFetches>,
+    /// Per replica, in the replicas' order: concurrent single-SKU reads, one query per batch.
+    pub(super) replica_fetches: Vec<SharedFetches>,
 }
 
 impl Reader {
     pub fn new(shared: Arc<SizeService>) -> Self {
         Self {
-            replica_fetches: shared.db.replica_leases().map(SharedFetches::start),
+            replica_fetches: (shared.db.replicas().iter())
+                .map(|replica| SharedFetches::start(replica.read_leases()))
+                .collect(),
             flights: Flights::default(),
             shared,
         }

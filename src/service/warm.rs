@@ -1,5 +1,5 @@
 //! Cache warm-up: every row, page by page in SKU order, into Redis with the same versioned
-//! compare-and-set as fills, so it is safe while writes go on. Pages come from the replica once
+//! compare-and-set as fills, so it is safe while writes go on. Pages come from a replica once
 //! it has replayed the current high-water mark and the primary's position when the warm-up
 //! began, so rows written without the service (a restore with triggers off) are not missed;
 //! else from the primary.
@@ -181,14 +181,11 @@ impl SizeService {
         from_primary: bool,
     ) -> Result<Page, sqlx::Error> {
         let size = i32::try_from(batch).unwrap_or(i32::MAX);
-        let replica = self.db.replica_background().filter(|_| !from_primary);
-        // The probe already knows a replica that is down or behind the mark: skip the query.
-        let behind = self
-            .replica_health
-            .as_ref()
-            .is_some_and(|health| !health.is_up() || health.replayed() < hwm);
-        if let Some(replica) = replica.as_ref().filter(|_| !behind) {
-            let page = bounded!(replica, self.db.replica_deadline(), |conn| {
+        let replicas = Some(self.db.replicas()).filter(|r| !from_primary && !r.is_empty());
+        // The probes already know the replicas that are down or behind the mark: those are
+        // skipped, and the page read from the primary if all are.
+        if let Some((_, replica)) = replicas.and_then(|r| r.pick(Some(hwm))) {
+            let page = bounded!(&replica.background(), self.db.replica_deadline(), |conn| {
                 fetch_page(conn, after, size)
             });
             match page.await {
@@ -206,7 +203,7 @@ impl SizeService {
         }
         Ok(Page {
             fetched: fetch_page(self.db.primary(), after, size).await?,
-            fell_back: replica.is_some(),
+            fell_back: replicas.is_some(),
         })
     }
 }

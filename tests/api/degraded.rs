@@ -310,13 +310,13 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
     let ledgers = [ledger(&prefix, CacheRole::Primary)];
     let db = Db::connect_lazy(
         &SecretString::from(primary_url()),
-        None,
+        &[],
         &db_settings,
         &ledgers,
     )
     .unwrap();
     let metrics = Arc::new(Metrics::default());
-    let service = Arc::new(SizeService::new(db, cache, metrics.clone(), None));
+    let service = Arc::new(SizeService::new(db, cache, metrics.clone()));
     service.follow_changes().await.unwrap();
     service.join_readers().await;
     let reader = Arc::new(Reader::new(service));

@@ -13,7 +13,7 @@ use product_size_service::config::{
 use product_size_service::db;
 use product_size_service::service::ledger;
 use reqwest::{Method, RequestBuilder, Response};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgPool};
 
@@ -116,8 +116,8 @@ pub struct TestApp {
     pub redis: Client,
     pub primary: PgPool,
     pub replica: Option<PgPool>,
-    /// The app's replica probe.
-    replica_health: Option<std::sync::Arc<product_size_service::db::replica::ReplicaHealth>>,
+    /// The app's replicas, with what their probes saw.
+    replicas: product_size_service::db::replicas::Replicas,
 }
 
 impl TestApp {
@@ -162,7 +162,7 @@ impl TestApp {
         let app = Application::build(config.clone())
             .await
             .expect("app builds");
-        let replica_health = app.replica_health();
+        let replicas = app.replicas();
         let address = format!("http://{}", app.local_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
@@ -188,7 +188,7 @@ impl TestApp {
             redis,
             primary,
             replica,
-            replica_health,
+            replicas,
         };
         // A replica of the shared services is up; a test's own may be down on purpose.
         if matches!(options.replica, Replica::Fresh | Replica::Lagging) {
@@ -337,7 +337,8 @@ impl TestApp {
                     .await
                     .unwrap();
             // The app's replica probe must see it too: reads follow the probe.
-            let seen = self.replica_health.as_ref().is_none_or(|health| {
+            let seen = self.replicas.iter().all(|replica| {
+                let health = replica.health();
                 health.is_up() && health.replayed() >= target.parse().expect("an LSN")
             });
             if caught_up && seen {
@@ -348,13 +349,13 @@ impl TestApp {
         }
     }
 
-    /// Until the app's replica probe lets reads use the replica it started with.
+    /// Until the app's replica probes let reads use the replicas it started with.
     async fn wait_replica_up(&self) {
-        let (Some(_), Some(health)) = (&self.replica, &self.replica_health) else {
+        if self.replica.is_none() {
             return;
-        };
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !health.is_up() {
+        while !self.replicas.iter().all(|r| r.health().is_up()) {
             assert!(
                 Instant::now() < deadline,
                 "the replica probe never saw the replica up"
@@ -479,10 +480,15 @@ fn test_config(
     if let Some(ca_file) = &ca_file {
         argv.extend(["--redis-tls-ca-file", ca_file.as_str()]);
     }
+    if let Some(replica_url) = &replica_url {
+        argv.extend(["--database-replica-url", replica_url.as_str()]);
+    }
     let mut config = ServeConfig::from_args(<Serve as clap::Parser>::parse_from(argv).args)
         .expect("the test configuration loads");
     // The environment (`scripts/services.sh env`) names a replica; the test chooses its own.
-    config.common.replica_url = replica_url.map(SecretString::from);
+    if replica_url.is_none() {
+        config.common.replica_urls.clear();
+    }
     config.common.secondary_cache = options.secondary_cache.clone();
     config.common.database = options.database.clone().unwrap_or(DatabaseSettings {
         max_connections: 10,

@@ -18,6 +18,7 @@ mod processes;
 mod proxy;
 mod redis_failures;
 mod repairs;
+mod replicas;
 mod shutdown;
 mod sizes;
 mod slow_clients;
