@@ -9,6 +9,7 @@ mod degraded;
 mod deployments;
 mod errors;
 mod failover;
+mod four_instances;
 mod helpers;
 mod instances;
 mod migrations;
