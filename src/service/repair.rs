@@ -307,7 +307,8 @@ impl SizeService {
     /// Claims one batch of repairs owed to `cache`, installs the committed rows and clears
     /// their records, all while the claim holds. Returns how many were claimed and repaired.
     /// Within twice the background deadline (several statements and an install): a primary
-    /// that stopped answering does not hold the worker.
+    /// that stopped answering does not hold the worker. An epoch that must be started or
+    /// completed first is, with no claim held, and then the batch claimed again.
     async fn repair_batch(
         &self,
         role: CacheRole,
@@ -315,25 +316,32 @@ impl SizeService {
         ledger: &str,
     ) -> Result<(usize, usize), StoreError> {
         let deadline = self.db.background_deadline() * 2;
-        bounded!(self.db.background(), deadline, |conn| {
-            self.repair_batch_on(conn, role, cache, ledger)
-        })
-        .await
+        let batch = || {
+            bounded!(self.db.background(), deadline, |conn| {
+                self.repair_batch_on(conn, role, cache, ledger)
+            })
+        };
+        if let Some(counts) = batch().await? {
+            return Ok(counts);
+        }
+        self.repair_epoch(role, cache).await?;
+        Ok(batch().await?.unwrap_or((0, 0)))
     }
 
+    /// One batch, or `None` when `cache` holds no complete epoch the deployment serves.
     async fn repair_batch_on(
         &self,
         conn: &mut sqlx::PgConnection,
         role: CacheRole,
         cache: &Cache,
         ledger: &str,
-    ) -> Result<(usize, usize), StoreError> {
+    ) -> Result<Option<(usize, usize)>, StoreError> {
         let pending = self.repairs.pending_skus(role);
         let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
         let mut tx = sqlx::Connection::begin(conn).await?;
         let owed = claim_repairs(&mut tx, ledger, &pending, ORPHAN_AGE, BATCH as i64).await?;
         if owed.is_empty() {
-            return Ok((0, 0));
+            return Ok(Some((0, 0)));
         }
         // Orphans (their writer died or could not clear them) and other writers' changes are
         // not served from the cache here either until they are applied.
@@ -341,8 +349,13 @@ impl SizeService {
             role,
             owed.iter().map(|owed| (owed.sku.as_str(), owed.version)),
         );
-        // The epoch is captured before the rows are read, like a write's.
-        let meta = self.repair_epoch(role, cache).await?;
+        // The epoch is captured before the rows are read, like a write's; but not started or
+        // completed while the claim holds: that waits for every instance, and meanwhile the
+        // writes that record these SKUs as owed wait for the claim (and time out).
+        let Some(meta) = self.served_epoch(role, cache).await? else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
         let skus: Vec<&str> = owed.iter().map(|owed| owed.sku.as_str()).collect();
         let fetched = fetch_on(&mut tx, &skus).await?;
         let rows = fetched.rows;
@@ -359,7 +372,7 @@ impl SizeService {
             {
                 return Err(StoreError::NoEpoch);
             }
-            return Ok((0, 0));
+            return Ok(Some((0, 0)));
         }
         let installs: Vec<Install<'_>> = rows
             .iter()
@@ -372,7 +385,18 @@ impl SizeService {
         self.repairs.clear(role, &done);
         self.readers.settled(role, &done);
         self.count_applied(cache, &owed);
-        Ok((owed.len(), done.len()))
+        Ok(Some((owed.len(), done.len())))
+    }
+
+    /// The epoch of `cache` a repair installs in, if Redis holds it complete and the deployment
+    /// serves it: one read, no query.
+    async fn served_epoch(
+        &self,
+        role: CacheRole,
+        cache: &Cache,
+    ) -> Result<Option<Meta>, StoreError> {
+        let seen = cache.read_meta().await?;
+        Ok(seen.filter(|meta| meta.is_complete() && self.readers.is_authority(role, &meta.epoch)))
     }
 
     /// The epoch of `cache` a repair installs in. Only the data set the deployment serves: a
