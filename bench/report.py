@@ -81,6 +81,7 @@ TARGETS = [
     ("cache-hit GET / redis-benchmark GET", "cache-hit GET", 1, "redis-benchmark GET", 1, None),
     ("lookup SKUs/s / single GETs/s", "lookup 100 cached", 100, "cache-hit GET", 1, 8.0),
     ("miss GET / pgbench -S", "miss GET", 1, "pgbench -S", 1, 0.5),
+    ("miss GET, 2 replicas / miss GET, 1 replica", "miss GET, 2 replicas", 1, "miss GET", 1, None),
     ("WMS sync rows/s / direct upsert rows/s", "WMS sync x1000", 1000, "direct upsert x1000", 1000, 0.7),
     ("the same, first period (Redis grows its tables)", "WMS sync x1000, first period", 1000,
      "direct upsert x1000, first period", 1000, None),

@@ -7,7 +7,8 @@
 # Scenarios and their ceilings: cache-hit GET vs axum + one fred GET of the same entry
 # (bench/ceiling.rs), webdis and redis-benchmark; lookup of 100
 # cached SKUs vs single GETs; miss GET (Redis up but holding none of the SKUs, an instance of
-# its own key prefix emptied before each round; fresh replica) vs pgbench -S; WMS
+# its own key prefix emptied before each round; fresh replica; again spread over two
+# replicas, the second the one 2 s behind, which has long replayed these rows) vs pgbench -S; WMS
 # sync in batches of 1,000 vs the same set-based statement through pgbench (each measured in
 # a second period, after a first that is reported apart); warm-cache vs
 # redis-cli --pipe, and again from a replica 2 s behind while writes go on; outside UPDATEs
@@ -93,9 +94,13 @@ psql_primary -d "$db" -c "TRUNCATE product_sizes, cache_repairs, cache_own_write
 direct_db=${db}_direct
 psql_primary -d postgres -c "DROP DATABASE IF EXISTS $direct_db" \
   -c "CREATE DATABASE $direct_db TEMPLATE $db STRATEGY wal_log"
-target=$(psql_primary -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
-until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d "$db" -qAt \
-          -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ]; do sleep 0.2; done
+wait_replayed() { # replica_port: until it has replayed what the primary has written now
+  local target
+  target=$(psql_primary -d "$db" -c "SELECT pg_current_wal_insert_lsn()")
+  until [ "$("$pgbin/psql" -h 127.0.0.1 -p "$1" -U postgres -d "$db" -qAt \
+            -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ]; do sleep 0.2; done
+}
+wait_replayed "$replica_port"
 
 # The service and its datastores on CPU 1, the load generators on CPU 0. Processes started
 # here start pinned, so that they size their thread pools for the one CPU they have (tokio
@@ -251,6 +256,15 @@ for round in $(seq 1 "$rounds"); do
     start_service "$miss_port" benchmiss
     miss_pid=${pids[-1]}
     wrk_run "miss GET" "$round" "http://127.0.0.1:$miss_port" get.lua 32
+    kill "$miss_pid" && wait "$miss_pid" || true
+    # The same misses spread over two replicas: the second is the one that applies WAL 2 s
+    # late, which serves these rows (written long before) as well once it has replayed them.
+    wait_replayed "$lagging_port"
+    redis-cli -p "$redis_port" --scan --pattern 'benchmiss:*' | xargs -r -n 1000 redis-cli -p "$redis_port" del >/dev/null
+    DATABASE_REPLICA_URL="$DATABASE_REPLICA_URL,postgres://postgres@127.0.0.1:$lagging_port/$db" \
+      start_service "$miss_port" benchmiss
+    miss_pid=${pids[-1]}
+    wrk_run "miss GET, 2 replicas" "$round" "http://127.0.0.1:$miss_port" get.lua 32
     kill "$miss_pid" && wait "$miss_pid" || true
     psql_primary -d "$db" -c "DELETE FROM cache_ledgers WHERE ledger = 'benchmiss'" \
       -c "DELETE FROM cache_repairs WHERE cache_prefix = 'benchmiss'"

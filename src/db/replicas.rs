@@ -68,11 +68,27 @@ impl Replica {
     pub fn shared_health(&self) -> Arc<ReplicaHealth> {
         self.health.clone()
     }
+}
 
-    /// Usable by the last probe, and past `token` if there is one.
-    fn serves(&self, token: Option<Lsn>) -> bool {
-        self.health.is_up() && token.is_none_or(|token| self.health.replayed() >= token)
-    }
+/// What a replica's probe last saw, as far as choosing it goes.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    up: bool,
+    replayed: Lsn,
+}
+
+/// Which of the replicas `seen` a read that must see `token` goes to, starting the turn at
+/// `start`: the first usable one past the token that is also past `proves`, else the first
+/// usable one past the token.
+fn choose(seen: &[Seen], start: usize, token: Option<Lsn>, proves: Option<Lsn>) -> Option<usize> {
+    let past = |at: Option<Lsn>, replica: &Seen| at.is_none_or(|at| replica.replayed >= at);
+    let in_turn = || {
+        (0..seen.len())
+            .map(move |step| (start + step) % seen.len())
+            .filter(|&index| seen[index].up && past(token, &seen[index]))
+    };
+    let proving = |&index: &usize| proves.is_some() && past(proves, &seen[index]);
+    in_turn().find(proving).or_else(|| in_turn().next())
 }
 
 /// `host:port` of the server `options` connect to (the socket path for a local socket).
@@ -118,17 +134,21 @@ impl Replicas {
     }
 
     /// The replica for one read that must see `token`, with its place in the list: the next
-    /// in turn among those the probes saw usable and past the token.
-    pub fn pick(&self, token: Option<Lsn>) -> Option<(usize, &Replica)> {
-        let count = self.all.len();
-        if count == 0 {
+    /// in turn among those the probes saw usable and past the token, preferring those already
+    /// seen past `proves` (a position that proves the read's rows fresh, if one is known): a
+    /// replica behind it would most likely read rows only to have them thrown away.
+    pub fn pick(&self, token: Option<Lsn>, proves: Option<Lsn>) -> Option<(usize, &Replica)> {
+        if self.all.is_empty() {
             return None;
         }
+        let seen: Vec<Seen> = (self.all.iter())
+            .map(|replica| Seen {
+                up: replica.health.is_up(),
+                replayed: replica.health.replayed(),
+            })
+            .collect();
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
-        (0..count)
-            .map(|step| (start + step) % count)
-            .map(|index| (index, &self.all[index]))
-            .find(|(_, replica)| replica.serves(token))
+        choose(&seen, start, token, proves).map(|index| (index, &self.all[index]))
     }
 
     /// Whether the first probe of every replica has completed.
@@ -147,5 +167,44 @@ impl Replicas {
         for replica in self.iter() {
             replica.pool.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(up: bool, replayed: u64) -> Seen {
+        Seen {
+            up,
+            replayed: Lsn::new(replayed),
+        }
+    }
+
+    #[test]
+    fn reads_take_turns_over_the_usable_replicas() {
+        let replicas = [seen(true, 10), seen(false, 10), seen(true, 10)];
+        let picks: Vec<Option<usize>> = (0..4)
+            .map(|start| choose(&replicas, start, None, None))
+            .collect();
+        assert_eq!(picks, [Some(0), Some(2), Some(2), Some(0)]);
+        assert_eq!(choose(&[seen(false, 10)], 0, None, None), None);
+    }
+
+    #[test]
+    fn a_replica_behind_the_token_is_never_chosen() {
+        let replicas = [seen(true, 10), seen(true, 20)];
+        let token = Some(Lsn::new(15));
+        assert_eq!(choose(&replicas, 0, token, None), Some(1));
+        assert_eq!(choose(&replicas, 1, token, None), Some(1));
+        assert_eq!(choose(&replicas, 0, Some(Lsn::new(21)), None), None);
+    }
+
+    #[test]
+    fn a_replica_known_to_prove_the_rows_is_preferred_else_any_usable_one() {
+        let replicas = [seen(true, 10), seen(true, 20)];
+        assert_eq!(choose(&replicas, 0, None, Some(Lsn::new(15))), Some(1));
+        assert_eq!(choose(&replicas, 0, None, Some(Lsn::new(30))), Some(0));
+        assert_eq!(choose(&replicas, 1, None, Some(Lsn::new(30))), Some(1));
     }
 }

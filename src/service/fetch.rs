@@ -29,7 +29,7 @@ impl Reader {
         let replica = Some(self.shared.db.replicas())
             .filter(|_| load.route == DbRoute::ReplicaPreferred)
             .filter(|_| load.misses.iter().any(|m| !m.primary_only))
-            .and_then(|replicas| replicas.pick(load.token));
+            .and_then(|replicas| replicas.pick(load.token, proving_position(load)));
         let Some((index, replica)) = replica else {
             return read;
         };
@@ -218,6 +218,15 @@ fn judgeable(
 }
 
 /// The span of one database read of `skus` SKUs from `database`.
+/// A replay position that proves every miss of `load` fresh, if one is known before the read:
+/// the client's token, and the high-water mark if a miss has no fence (a fenced miss is proven
+/// by its row's version instead).
+fn proving_position(load: &Load<'_>) -> Option<Lsn> {
+    let unfenced = load.misses.iter().any(|miss| miss.fence.is_none());
+    let hwm = load.meta.filter(|_| unfenced).map(|meta| meta.hwm);
+    hwm.max(load.token)
+}
+
 fn db_read_span(database: &'static str, skus: usize) -> tracing::Span {
     tracing::debug_span!("db.read", db.system = "postgresql", database, skus)
 }

@@ -184,7 +184,7 @@ impl SizeService {
         let replicas = Some(self.db.replicas()).filter(|r| !from_primary && !r.is_empty());
         // The probes already know the replicas that are down or behind the mark: those are
         // skipped, and the page read from the primary if all are.
-        if let Some((_, replica)) = replicas.and_then(|r| r.pick(Some(hwm))) {
+        if let Some((_, replica)) = replicas.and_then(|r| r.pick(Some(hwm), None)) {
             let page = bounded!(&replica.background(), self.db.replica_deadline(), |conn| {
                 fetch_page(conn, after, size)
             });
