@@ -297,7 +297,7 @@ impl Metrics {
     }
 
     /// Publishes what the probe of `replica` last saw.
-    pub fn set_replica(&self, replica: &str, health: &crate::db::replica::ReplicaHealth) {
+    pub fn set_replica(&self, replica: &str, health: &crate::db::replicas::ReplicaHealth) {
         let labels = ReplicaLabels {
             replica: replica.to_owned(),
         };

@@ -5,58 +5,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::DbError;
 use super::lease::Leases;
-use super::replicas::Replica;
+use super::replicas::{Replica, ReplicaHealth};
 use crate::domain::Lsn;
 use crate::infra::background::{Worker, every};
-
-#[derive(Debug, Default)]
-pub struct ReplicaHealth {
-    /// Answered the last probe (whether or not it may be read).
-    reachable: AtomicBool,
-    /// Probes completed since start.
-    probes: AtomicU64,
-    usable: AtomicBool,
-    replayed: AtomicU64,
-    lag_bytes: AtomicU64,
-    lag_millis: AtomicU64,
-}
-
-impl ReplicaHealth {
-    /// Whether the replica answered the last probe (`/readyz`).
-    pub fn is_reachable(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
-    }
-
-    /// Whether a probe has completed since start.
-    pub fn probed(&self) -> bool {
-        self.probes.load(Ordering::Relaxed) > 0
-    }
-
-    /// Reachable, replaying, and no further behind the primary than the configured bound.
-    pub fn is_up(&self) -> bool {
-        self.usable.load(Ordering::Relaxed)
-    }
-
-    /// The replay position seen by the last successful probe.
-    pub fn replayed(&self) -> Lsn {
-        Lsn::new(self.replayed.load(Ordering::Relaxed))
-    }
-
-    /// How far the replica's replay is behind the primary's WAL, in bytes.
-    pub fn lag_bytes(&self) -> u64 {
-        self.lag_bytes.load(Ordering::Relaxed)
-    }
-
-    /// How long ago the primary was where the replica's replay is now.
-    pub fn lag(&self) -> Duration {
-        Duration::from_millis(self.lag_millis.load(Ordering::Relaxed))
-    }
-}
 
 /// The primary's WAL positions over the last while, to turn a replay position into a lag in
 /// time: the replica is as far behind as the oldest sample it has not replayed yet.

@@ -5,14 +5,59 @@
 //! read proves its own rows fresh with the replay position of its snapshot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
 use super::lease::Leases;
-use super::replica::ReplicaHealth;
 use crate::domain::Lsn;
+
+/// What a replica's probe ([`super::replica::ReplicaProbe`]) last saw, which reads consult.
+#[derive(Debug, Default)]
+pub struct ReplicaHealth {
+    /// Answered the last probe (whether or not it may be read).
+    pub(super) reachable: AtomicBool,
+    /// Probes completed since start.
+    pub(super) probes: AtomicU64,
+    pub(super) usable: AtomicBool,
+    pub(super) replayed: AtomicU64,
+    pub(super) lag_bytes: AtomicU64,
+    pub(super) lag_millis: AtomicU64,
+}
+
+impl ReplicaHealth {
+    /// Whether the replica answered the last probe (`/readyz`).
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Whether a probe has completed since start.
+    pub fn probed(&self) -> bool {
+        self.probes.load(Ordering::Relaxed) > 0
+    }
+
+    /// Reachable, replaying, and no further behind the primary than the configured bound.
+    pub fn is_up(&self) -> bool {
+        self.usable.load(Ordering::Relaxed)
+    }
+
+    /// The replay position seen by the last successful probe.
+    pub fn replayed(&self) -> Lsn {
+        Lsn::new(self.replayed.load(Ordering::Relaxed))
+    }
+
+    /// How far the replica's replay is behind the primary's WAL, in bytes.
+    pub fn lag_bytes(&self) -> u64 {
+        self.lag_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the primary was where the replica's replay is now.
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_millis.load(Ordering::Relaxed))
+    }
+}
 
 /// One replica: its pools and what its probe last saw.
 #[derive(Debug)]

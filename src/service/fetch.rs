@@ -10,9 +10,10 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::ServiceError;
+use super::answer::Proof;
 use super::answer::ReadSource;
+use super::read::Load;
 use super::read::Reader;
-use super::read::{Load, Proof};
 use crate::db::DbRoute;
 use crate::db::lease::Leases;
 use crate::db::sizes::{Fetched, fetch_leased};

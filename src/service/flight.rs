@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use super::read::Answer;
+use super::answer::Answer;
 use crate::cache::Epoch;
 
 #[derive(Default)]
