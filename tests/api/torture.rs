@@ -21,7 +21,7 @@ use fred::prelude::{ClientLike, KeysInterface};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, Replica, TestApp, primary_port, size};
+use crate::helpers::{Options, Replica, TestApp, primary_port, read_source, size};
 use crate::processes::{OwnPostgres, OwnRedis};
 use crate::proxy::TcpProxy;
 
@@ -31,8 +31,8 @@ const SKUS: usize = 36;
 struct Checker {
     /// Per SKU: (acknowledged at, version).
     acked: HashMap<String, Vec<(Instant, i64)>>,
-    /// (started at, SKU, version read).
-    reads: Vec<(Instant, String, i64)>,
+    /// (started at, SKU, version read, where from and through which instance).
+    reads: Vec<(Instant, String, i64, String)>,
     writes: usize,
     server_errors: Vec<String>,
     chaos: Vec<&'static str>,
@@ -50,7 +50,7 @@ impl Checker {
     fn stale_reads(&self) -> Vec<String> {
         self.reads
             .iter()
-            .filter_map(|(started, sku, version)| {
+            .filter_map(|(started, sku, version, from)| {
                 let floor = self
                     .acked
                     .get(sku)?
@@ -58,8 +58,9 @@ impl Checker {
                     .filter(|(at, _)| at < started)
                     .map(|(_, v)| *v)
                     .max()?;
-                (*version < floor)
-                    .then(|| format!("{sku}: read v{version} after v{floor} was acknowledged"))
+                (*version < floor).then(|| {
+                    format!("{sku}: read v{version} ({from}) after v{floor} was acknowledged")
+                })
             })
             .collect()
     }
@@ -279,13 +280,17 @@ impl Run {
                 let response = app.lookup(&wanted).await;
                 record_status(&self.checker, response.status(), "lookup");
                 if response.status() == StatusCode::OK {
+                    let from = format!("lookup, {}, {}", read_source(&response), app.address);
                     let body: Value = response.json().await.unwrap();
                     let mut checker = self.checker.lock().unwrap();
                     for item in body["items"].as_array().unwrap() {
                         let sku = item["sku"].as_str().unwrap().to_owned();
-                        checker
-                            .reads
-                            .push((begun, sku, item["version"].as_i64().unwrap()));
+                        checker.reads.push((
+                            begun,
+                            sku,
+                            item["version"].as_i64().unwrap(),
+                            from.clone(),
+                        ));
                     }
                 }
             } else {
@@ -293,10 +298,11 @@ impl Run {
                 let response = app.get(sku).await;
                 record_status(&self.checker, response.status(), "get");
                 if response.status() == StatusCode::OK {
+                    let from = format!("get, {}, {}", read_source(&response), app.address);
                     let version = response.json::<Value>().await.unwrap()["version"]
                         .as_i64()
                         .unwrap();
-                    let read = (begun, sku.to_owned(), version);
+                    let read = (begun, sku.to_owned(), version, from);
                     self.checker.lock().unwrap().reads.push(read);
                 }
             }
