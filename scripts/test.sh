@@ -17,6 +17,14 @@ if $started_here; then
   trap 'scripts/services.sh down' EXIT
 fi
 eval "$(scripts/services.sh env)"
+# The pooler tests (tests/api/pooler.rs) run PgBouncers of their own, as the postgres user.
+if [ ! -x /usr/sbin/pgbouncer ] && ! command -v pgbouncer >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { echo "missing: pgbouncer (run as root to install)" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null
+  # Debian starts one as a system service where it can; the tests need none.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now pgbouncer >/dev/null 2>&1 || true; fi
+fi
 
 cargo test --locked "$@"
 # The live-instance contract tests: the docs page in a browser, schemathesis over the API.

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
+pub use crate::db::session::Pooler;
+
 /// The flags of `product-size serve`; each also reads an environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -167,6 +169,17 @@ pub struct DatabaseArgs {
     /// Longest wait for a pooled connection, and longest statement, in milliseconds.
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 3000)]
     pub database_timeout_ms: u64,
+
+    /// What DATABASE_URL and DATABASE_REPLICA_URL point at: `none`, the servers (or a pooler
+    /// in session mode); `transaction`, a pooler in transaction mode (PgBouncer).
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value_t = Pooler::None)]
+    pub database_pooler: Pooler,
+
+    /// The primary through a connection that keeps its session (the server, or a pooler in
+    /// session mode): the change listener, epoch changes' lock and `migrate` use it. Default:
+    /// DATABASE_URL; required when DATABASE_POOLER is `transaction`.
+    #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true)]
+    pub database_session_url: Option<String>,
 }
 
 /// What every command needs: how to reach the databases and Redis, and how the cache and
@@ -174,6 +187,8 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: SecretString,
+    /// See `DATABASE_SESSION_URL`.
+    pub session_url: Option<SecretString>,
     /// The streaming replicas reads may use; none: every read goes to the primary.
     pub replica_urls: Vec<SecretString>,
     pub replica_max_lag: Duration,
@@ -234,6 +249,8 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     /// See `REPLICA_TIMEOUT_MS`.
     pub replica_timeout: Duration,
+    /// See `DATABASE_POOLER`.
+    pub pooler: Pooler,
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +297,7 @@ impl DatabaseSettings {
             acquire_timeout: timeout,
             statement_timeout: timeout,
             replica_timeout: DEFAULT_REPLICA_TIMEOUT,
+            pooler: args.database_pooler,
         }
     }
 }
@@ -346,6 +364,7 @@ impl Config {
         let entry_ttl = Duration::from_secs(args.cache_ttl_secs);
         Ok(Self {
             database_url: SecretString::from(args.database.database_url.clone()),
+            session_url: args.database.database_session_url.clone().map(Into::into),
             replica_urls: replica_urls(args.database_replica_url.as_deref())
                 .map(SecretString::from)
                 .collect(),
@@ -381,6 +400,18 @@ impl Config {
 /// range: at start, not at the first connection.
 fn check_connection_args(args: &ConnectionArgs) -> Result<(), ConfigError> {
     check_pg_url("DATABASE_URL", &args.database.database_url)?;
+    match (
+        &args.database.database_session_url,
+        args.database.database_pooler,
+    ) {
+        (Some(url), _) => check_pg_url("DATABASE_SESSION_URL", url)?,
+        (None, Pooler::Transaction) => {
+            return Err(ConfigError::Invalid(
+                "DATABASE_POOLER=transaction needs DATABASE_SESSION_URL: the primary, or a pooler in session mode".into(),
+            ));
+        }
+        (None, Pooler::None) => {}
+    }
     for url in replica_urls(args.database_replica_url.as_deref()) {
         check_pg_url("DATABASE_REPLICA_URL", url)?;
     }

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use product_size_service::cli::{Cli, Command};
-use product_size_service::config::{DatabaseSettings, ServeConfig};
+use product_size_service::config::{DatabaseSettings, Pooler, ServeConfig};
 use product_size_service::{Application, commands, db, routes, telemetry};
 
 // Many small, short-lived allocations per request (headers, keys, futures): mimalloc serves
@@ -51,9 +51,22 @@ async fn serve(args: product_size_service::config::ServeArgs) -> Result<(), AnyE
     Ok(())
 }
 
+/// Applies the migrations, holding a session's lock: behind a pooler in transaction mode,
+/// through `DATABASE_SESSION_URL`.
 async fn migrate(args: product_size_service::config::DatabaseArgs) -> Result<(), AnyError> {
-    let url = secrecy::SecretString::from(args.database_url.clone());
-    let db = db::Db::connect_lazy(&url, &[], &DatabaseSettings::from_args(&args), &[])?;
+    let url = match (args.database_pooler, &args.database_session_url) {
+        (Pooler::None, _) => &args.database_url,
+        (Pooler::Transaction, Some(url)) => url,
+        (Pooler::Transaction, None) => {
+            return Err("DATABASE_POOLER=transaction needs DATABASE_SESSION_URL: the primary, or a pooler in session mode".into());
+        }
+    };
+    let url = secrecy::SecretString::from(url.clone());
+    let settings = DatabaseSettings {
+        pooler: Pooler::None,
+        ..DatabaseSettings::from_args(&args)
+    };
+    let db = db::Db::connect_lazy(&url, &[], None, &settings, &[])?;
     db::migrate(db.primary()).await?;
     tracing::info!("migrations applied");
     Ok(())

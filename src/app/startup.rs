@@ -41,6 +41,7 @@ pub async fn connect(config: &Config) -> Result<(Db, Arc<Cache>, Option<Secondar
     let db = Db::connect_lazy(
         &config.database_url,
         &config.replica_urls,
+        config.session_url.as_ref(),
         &config.database,
         &ledgers,
     )?;

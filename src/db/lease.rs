@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
+use super::session::Sessions;
+
 /// How long a connection may wait in the keep list before it is closed.
 const MAX_KEPT: Duration = Duration::from_secs(30);
 /// How long an idle connection may take to answer a test before it is handed out; one that
@@ -48,16 +50,19 @@ pub const IDLE_TEST_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Admission {
     pool: PgPool,
+    /// How statements reach the pool's server ([`super::session`]).
+    sessions: Sessions,
     /// Callers waiting for a connection now, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
 }
 
 impl Admission {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, sessions: Sessions) -> Self {
         let size = pool.options().get_max_connections() as usize;
         Self {
             pool,
+            sessions,
             waiting: AtomicUsize::new(0),
             max_waiting: 2 * size.max(1),
         }
@@ -83,6 +88,11 @@ impl Admission {
         drop(waiting);
         conn
     }
+
+    /// How statements reach the pool's server ([`super::session`]).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
 }
 
 #[derive(Debug)]
@@ -100,22 +110,22 @@ pub struct Leases {
 
 impl Leases {
     /// The read path's leases: half the pool kept.
-    pub fn new(pool: PgPool, deadline: Duration) -> Self {
+    pub fn new(pool: PgPool, sessions: Sessions, deadline: Duration) -> Self {
         let keep = pool.options().get_max_connections() as usize / 2;
-        Self::with(pool, deadline, keep, true)
+        Self::with(Admission::new(pool, sessions), deadline, keep, true)
     }
 
     /// Leases for background queries ([`bounded!`]): up to `keep` connections kept, none ever
     /// handed back to sqlx.
-    pub fn background(pool: PgPool, deadline: Duration, keep: usize) -> Self {
-        Self::with(pool, deadline, keep, false)
+    pub fn background(pool: PgPool, sessions: Sessions, deadline: Duration, keep: usize) -> Self {
+        Self::with(Admission::new(pool, sessions), deadline, keep, false)
     }
 
-    fn with(pool: PgPool, deadline: Duration, keep: usize, hand_back: bool) -> Self {
+    fn with(admission: Admission, deadline: Duration, keep: usize, hand_back: bool) -> Self {
         Self {
             kept: Mutex::new(Vec::with_capacity(keep)),
             keep,
-            admission: Admission::new(pool),
+            admission,
             deadline,
             hand_back,
         }
@@ -124,6 +134,11 @@ impl Leases {
     /// The pool the connections come from.
     pub fn pool(&self) -> &PgPool {
         &self.admission.pool
+    }
+
+    /// How statements reach the pool's server ([`super::session`]).
+    pub fn sessions(&self) -> &Sessions {
+        &self.admission.sessions
     }
 
     /// How long one query may take, connecting included.
@@ -148,6 +163,11 @@ impl Leases {
         while let Some(conn) = self.take_kept() {
             // Leased before the ping: cancelled midway, it is closed, not handed back.
             let mut lease = self.lease(conn, true);
+            if self.sessions().is_pooled() {
+                // Behind a pooler a ping waits for a server connection it lends: under load it
+                // would time out on its queue, not on a connection that stopped answering.
+                return Ok(lease);
+            }
             let ping = sqlx::Connection::ping(&mut *lease);
             if matches!(
                 tokio::time::timeout(IDLE_TEST_TIMEOUT, ping).await,
@@ -282,25 +302,27 @@ impl Lease<'_> {
 /// [`QueryError`]) on a connection of `$leases`, and once more on a tested one if the kept
 /// connection turned out broken; all of it within the leases' deadline, after which the
 /// connection in use is closed (a server that stops answering without closing its connections
-/// holds a query until TCP gives up, minutes later) and the error says it timed out.
+/// holds a query until TCP gives up, minutes later) and the error says it timed out. Behind
+/// a pooler in transaction mode, `$query` runs in a transaction of its own
+/// ([`crate::db::session`]).
 macro_rules! leased {
     ($leases:expr, |$conn:ident| $query:expr) => {
         async {
             let leases: &$crate::db::lease::Leases = $leases;
             let attempt = async {
                 let mut lease = leases.acquire().await?;
-                let result = {
-                    let $conn: &mut sqlx::PgConnection = &mut lease;
-                    $query.await
-                };
+                let result =
+                    $crate::db::session::own_transaction!(leases.sessions(), &mut lease, |$conn| {
+                        $query
+                    });
                 if !lease.finish(&result) {
                     return result;
                 }
                 let mut lease = leases.acquire_tested().await?;
-                let result = {
-                    let $conn: &mut sqlx::PgConnection = &mut lease;
-                    $query.await
-                };
+                let result =
+                    $crate::db::session::own_transaction!(leases.sessions(), &mut lease, |$conn| {
+                        $query
+                    });
                 lease.finish(&result);
                 result
             };
@@ -320,7 +342,9 @@ pub(crate) use leased;
 /// `$leases` within `$deadline`, taking and testing the connection included. A connection
 /// whose query did not end in time is closed. On background leases ([`Leases::background`])
 /// so is one whose query failed or that is not kept: none goes back to sqlx (see the
-/// module's "Background work"); the request path's own queries use the read leases.
+/// module's "Background work"); the request path's own queries use the read leases. Behind a
+/// pooler in transaction mode, `$query` runs in a transaction of its own
+/// ([`crate::db::session`]).
 macro_rules! bounded {
     ($leases:expr, $deadline:expr, |$conn:ident| $query:expr) => {
         async {
@@ -330,10 +354,11 @@ macro_rules! bounded {
             let mut lease = tokio::time::timeout_at(deadline, leases.acquire_checked())
                 .await
                 .map_err(|_| $crate::db::lease::timed_out(limit))??;
-            let result = {
-                let $conn: &mut sqlx::PgConnection = &mut lease;
-                tokio::time::timeout_at(deadline, $query).await
-            };
+            let sessions = leases.sessions();
+            let result = tokio::time::timeout_at(deadline, async {
+                $crate::db::session::own_transaction!(sessions, &mut lease, |$conn| $query)
+            })
+            .await;
             match result {
                 Ok(result) => {
                     lease.settle(result.is_ok());

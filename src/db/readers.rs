@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 
 use super::error::{DbError, parse_lsn};
 use super::lease::Leases;
+use super::session::commit_so_far;
 use crate::domain::Lsn;
 
 /// What one renewal (or one read of the book on a replica) returned.
@@ -69,7 +70,8 @@ pub async fn renew(
 
 /// Records that the cache `ledger` missed the write of `xacts` and of `owed` (SKU, version),
 /// notifies every instance, and returns the primary's WAL insert position read after that
-/// commit: a reader whose applied book reaches it has the records.
+/// commit: a reader whose applied book reaches it has the records. (Behind a pooler in
+/// transaction mode, the statement's transaction is committed first.)
 pub async fn owe_failed_write(
     conn: &mut PgConnection,
     ledger: &str,
@@ -83,6 +85,7 @@ pub async fn owe_failed_write(
         .bind(owed.iter().map(|(_, version)| *version).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
+    commit_so_far(conn).await?;
     super::sizes::current_wal_lsn(conn).await
 }
 
@@ -105,7 +108,7 @@ pub async fn record_epoch(
 /// Takes the lock that serialises epoch changes of the cache `ledger`, for as long as `conn`
 /// is open or until [`unlock_epochs`]: two instances completing epochs at once record them in
 /// the order they check Redis. `conn` must be closed, not returned to a pool, if the unlock
-/// may not run (a cancelled task).
+/// may not run (a cancelled task), and keep its session ([`super::Db::epoch_locks`]).
 pub async fn lock_epochs(conn: &mut PgConnection, ledger: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_lock(hashtext('product_size_epoch ' || $1))")
         .bind(ledger)

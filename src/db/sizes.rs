@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::lease::{Leases, leased};
 use crate::domain::{Lsn, StoredSize};
@@ -71,13 +71,7 @@ impl FetchedRow {
     }
 }
 
-/// Reads `skus` (tombstones included) and the replay position that bounds what the rows
-/// reflect. See `read_product_sizes` in the migrations for why the bound is exact.
-pub async fn fetch(pool: &PgPool, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
-    fetch_on(&mut *pool.acquire().await?, skus).await
-}
-
-/// [`fetch`] on a connection the read path keeps.
+/// [`fetch_on`] on a connection the read path keeps.
 pub async fn fetch_leased(leases: &Leases, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
     leased!(leases, |conn| fetch_on(conn, skus)).await
 }
@@ -125,6 +119,8 @@ impl SharedFetches {
     }
 }
 
+/// Reads `skus` (tombstones included) and the replay position that bounds what the rows
+/// reflect. See `read_product_sizes` in the migrations for why the bound is exact.
 pub async fn fetch_on(conn: &mut PgConnection, skus: &[&str]) -> Result<Fetched, sqlx::Error> {
     // Boxed where it is made: sqlx's query future is kilobytes, and every future that holds
     // it unboxed is copied whole into each box above it (a miss's read was 45 KB).
@@ -153,9 +149,9 @@ pub async fn fetch_page(
 }
 
 /// How many rows (tombstones included) there are.
-pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn count(executor: impl sqlx::PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM product_sizes")
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await
 }
 

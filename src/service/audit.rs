@@ -11,7 +11,8 @@ use tracing::instrument;
 
 use super::{CacheJobError, SizeService};
 use crate::cache::{Entry, Epoch, Install};
-use crate::db::sizes::{fetch, fetch_page};
+use crate::db::session::on_pool;
+use crate::db::sizes::{fetch_on, fetch_page};
 use crate::domain::{Lsn, StoredSize};
 
 /// How many divergent SKUs a report lists.
@@ -99,7 +100,10 @@ impl SizeService {
         // Every stored row against the cache.
         let mut after = String::new();
         loop {
-            let page = fetch_page(self.db.primary(), &after, PAGE as i32).await?;
+            let page = on_pool!(self.db.sessions(), self.db.primary(), |conn| {
+                fetch_page(conn, &after, PAGE as i32)
+            })
+            .await?;
             let Some(last) = page.rows.last() else { break };
             after = last.sku.clone();
             let live: Vec<&StoredSize> = page.rows.iter().filter(|r| !r.deleted).collect();
@@ -177,7 +181,10 @@ impl SizeService {
         &self,
         skus: &[&str],
     ) -> Result<HashMap<String, StoredSize>, CacheJobError> {
-        Ok(fetch(self.db.primary(), skus)
+        let stored = on_pool!(self.db.sessions(), self.db.primary(), |conn| {
+            fetch_on(conn, skus)
+        });
+        Ok(stored
             .await?
             .rows
             .into_iter()

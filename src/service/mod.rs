@@ -353,7 +353,7 @@ impl SizeService {
         // session's, on a connection taken out of the pool: closed when done, or when this
         // task is cancelled, it never goes back to the pool holding the lock.
         let ledger = self.ledger(role);
-        let mut conn = self.db.primary().acquire().await?.detach();
+        let mut conn = self.db.epoch_locks().acquire().await?.detach();
         crate::db::readers::lock_epochs(&mut conn, &ledger).await?;
         let completed = self.complete_new_epoch(cache, role, &mut conn).await;
         let unlocked = crate::db::readers::unlock_epochs(&mut conn, &ledger).await;

@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use super::{SizeService, StoreError};
 use crate::cache::{Cache, CacheRole, Install, Meta};
 use crate::db::lease::bounded;
+use crate::db::session::on_pool;
 use crate::db::sizes::{
     Owed, claim_repairs, fetch_on, hand_over_own_writes, owed_repairs, primary_position,
     repair_backlog, settle_repairs,
@@ -226,7 +227,11 @@ impl SizeService {
     pub async fn adopt_owed_repairs(&self) -> Result<usize, sqlx::Error> {
         let mut adopted = 0;
         for (role, _) in self.ledgers() {
-            let owed = owed_repairs(self.db.primary(), &self.ledger(role), None).await?;
+            let ledger = self.ledger(role);
+            let owed = on_pool!(self.db.sessions(), self.db.primary(), |conn| {
+                owed_repairs(conn, &ledger, None)
+            })
+            .await?;
             self.repairs.mark_owed(
                 role,
                 owed.iter().map(|(sku, version)| (sku.as_str(), *version)),

@@ -13,6 +13,7 @@ use tracing::instrument;
 use super::{CacheJobError, FILL_MAX_AGE, SizeService};
 use crate::cache::{CacheError, Install, Meta};
 use crate::db::lease::bounded;
+use crate::db::session::on_pool;
 use crate::db::sizes::{Fetched, count, fetch_page, primary_position};
 use crate::domain::Lsn;
 pub use crate::domain::WarmProgress;
@@ -69,8 +70,10 @@ impl SizeService {
     ) -> Result<WarmProgress, CacheJobError> {
         let started = Instant::now();
         let batch = options.batch_size.clamp(1, 10_000);
+        let (sessions, primary) = (self.db.sessions(), self.db.primary());
         let mut progress = WarmProgress {
-            total: u64::try_from(count(self.db.primary()).await?).unwrap_or(0),
+            total: u64::try_from(on_pool!(sessions, primary, |conn| count(conn)).await?)
+                .unwrap_or(0),
             ..WarmProgress::default()
         };
         // Without a rate limit, the next page is read while the current one is installed:
@@ -78,7 +81,7 @@ impl SizeService {
         // past FILL_MAX_AGE and be dropped, so each page is read when its turn comes.
         let rate_limit = options.rate_limit.filter(|l| *l > 0);
         // Everything committed before now, by anyone, must be in what the pages read.
-        let (floor, _) = primary_position(&mut *self.db.primary().acquire().await?).await?;
+        let (floor, _) = on_pool!(sessions, primary, |conn| primary_position(conn)).await?;
         let mut next = self
             .next_page(String::new(), batch, options.from_primary, floor)
             .await?;
@@ -202,7 +205,10 @@ impl SizeService {
             }
         }
         Ok(Page {
-            fetched: fetch_page(self.db.primary(), after, size).await?,
+            fetched: on_pool!(self.db.sessions(), self.db.primary(), |conn| {
+                fetch_page(conn, after, size)
+            })
+            .await?,
             fell_back: replicas.is_some(),
         })
     }

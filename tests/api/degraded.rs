@@ -306,11 +306,13 @@ async fn concurrent_misses_for_one_sku_make_one_database_read() {
         acquire_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),
         replica_timeout: product_size_service::config::DEFAULT_REPLICA_TIMEOUT,
+        pooler: product_size_service::config::Pooler::None,
     };
     let ledgers = [ledger(&prefix, CacheRole::Primary)];
     let db = Db::connect_lazy(
         &SecretString::from(primary_url()),
         &[],
+        None,
         &db_settings,
         &ledgers,
     )
@@ -439,6 +441,7 @@ async fn saturable_app() -> (TestApp, OwnPostgres, String) {
             acquire_timeout: Duration::from_secs(60),
             statement_timeout: Duration::from_secs(60),
             replica_timeout: product_size_service::config::DEFAULT_REPLICA_TIMEOUT,
+            pooler: product_size_service::config::Pooler::None,
         }),
         request_timeout: Duration::from_secs(120),
         ..Options::default()

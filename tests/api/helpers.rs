@@ -8,12 +8,11 @@ use fred::prelude::{Client, ClientLike, Config as RedisConfig, KeysInterface};
 use product_size_service::Application;
 use product_size_service::cache::CacheRole;
 use product_size_service::config::{
-    CacheSettings, Config, DatabaseSettings, SecondaryCache, ServeArgs, ServeConfig,
+    CacheSettings, Config, DatabaseSettings, Pooler, SecondaryCache, ServeArgs, ServeConfig,
 };
 use product_size_service::db;
 use product_size_service::service::ledger;
 use reqwest::{Method, RequestBuilder, Response};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgPool};
 
@@ -80,6 +79,26 @@ pub struct Options {
     pub request_timeout: Duration,
     /// `CACHE_READ_LEASE_MS` and `CACHE_ACK_TIMEOUT_MS` (the service's defaults if `None`).
     pub readers: Option<product_size_service::config::ReaderSettings>,
+    /// `DATABASE_POOLER=transaction`: `database_url` (and a replica's URL) point at a pooler.
+    pub pooled: Option<Pooled>,
+}
+
+/// An app behind a pooler in transaction mode (`tests/api/pooler.rs`).
+#[derive(Debug, Clone)]
+pub struct Pooled {
+    /// The primary itself: the app's `DATABASE_SESSION_URL`; the test's own pool, the
+    /// migrations and the clean-up use it too.
+    pub direct_url: String,
+}
+
+impl Options {
+    /// Where the test's own pool goes: the primary itself, even for an app behind a pooler
+    /// (whose `DatabaseSettings` say so).
+    fn own_url(&self) -> &str {
+        self.pooled
+            .as_ref()
+            .map_or(&self.database_url, |p| &p.direct_url)
+    }
 }
 
 impl Default for Options {
@@ -96,6 +115,7 @@ impl Default for Options {
             http: product_size_service::infra::server::Limits::default(),
             request_timeout: Duration::from_secs(10),
             readers: None,
+            pooled: None,
         }
     }
 }
@@ -139,7 +159,7 @@ impl TestApp {
             .id
             .clone()
             .unwrap_or_else(|| format!("{:08x}", fastrand::u32(..)));
-        let primary = PgPool::connect_lazy(&options.database_url).unwrap();
+        let primary = PgPool::connect_lazy(options.own_url()).unwrap();
         // A test may point the app at a primary that is down on purpose.
         if let Err(error) = db::migrate(&primary).await {
             eprintln!("migrations not applied: {error}");
@@ -350,8 +370,8 @@ impl TestApp {
     }
 
     /// Until the app's replica probes let reads use the replicas it started with.
-    async fn wait_replica_up(&self) {
-        if self.replica.is_none() {
+    pub async fn wait_replica_up(&self) {
+        if self.replicas.is_empty() {
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -495,7 +515,9 @@ fn test_config(
         acquire_timeout: Duration::from_secs(2),
         statement_timeout: Duration::from_secs(5),
         replica_timeout: product_size_service::config::DEFAULT_REPLICA_TIMEOUT,
+        pooler: Pooler::None,
     });
+    config.common.session_url = options.pooled.as_ref().map(|p| p.direct_url.clone().into());
     config.http = options.http;
     config.request_timeout = options.request_timeout;
     if let Some(readers) = options.readers {
@@ -522,13 +544,14 @@ impl Drop for TestApp {
     /// receiving records until then: with dozens of tests a minute, every write of the suite
     /// would be recorded dozens of times.
     fn drop(&mut self) {
-        let url = self.config.database_url.expose_secret().to_owned();
+        // The test's own pool goes to the primary itself, even for an app behind a pooler.
+        let options = self.primary.connect_options().as_ref().clone();
         let ledgers = [
             ledger(&self.key_prefix, CacheRole::Primary),
             ledger(&self.key_prefix, CacheRole::Secondary),
         ];
         let forget = async move {
-            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            let mut conn = sqlx::PgConnection::connect_with(&options).await?;
             sqlx::query(
                 "WITH gone AS (DELETE FROM cache_ledgers WHERE ledger = ANY($1)), \
                       writes AS (DELETE FROM cache_own_writes WHERE ledger = ANY($1)), \

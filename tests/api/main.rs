@@ -15,6 +15,7 @@ mod instances;
 mod migrations;
 mod operations;
 mod outside_writes;
+mod pooler;
 mod processes;
 mod proxy;
 mod redis_failures;

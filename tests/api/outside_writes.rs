@@ -223,10 +223,10 @@ async fn deployments_with_their_own_prefix_follow_each_other_and_outside_writers
 
 /// Stops a PostgreSQL backend (as a connection that hangs without closing would) and lets it
 /// go on when dropped, whatever the test did in between.
-struct Paused(i32);
+pub struct Paused(i32);
 
 impl Paused {
-    fn pause(pid: i32) -> Self {
+    pub fn pause(pid: i32) -> Self {
         signal("-STOP", pid);
         Self(pid)
     }

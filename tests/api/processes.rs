@@ -265,20 +265,26 @@ fn postgres_bin(tool: &str) -> PathBuf {
     dirs.pop().expect("a PostgreSQL version").join(tool)
 }
 
-/// Runs a PostgreSQL tool as the `postgres` user (tests may run as root).
-fn as_postgres(tool: &str) -> Command {
-    let is_root = std::process::Command::new("id")
+fn is_root() -> bool {
+    std::process::Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if is_root {
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a PostgreSQL tool as the `postgres` user (tests may run as root).
+fn as_postgres(tool: &str) -> Command {
+    run_as_postgres(postgres_bin(tool))
+}
+
+/// Runs `program` as the `postgres` user (tests may run as root).
+fn run_as_postgres(program: PathBuf) -> Command {
+    if is_root() {
         let mut command = Command::new("runuser");
-        command
-            .args(["-u", "postgres", "--"])
-            .arg(postgres_bin(tool));
+        command.args(["-u", "postgres", "--"]).arg(program);
         command
     } else {
-        Command::new(postgres_bin(tool))
+        Command::new(program)
     }
 }
 
@@ -709,6 +715,83 @@ impl OwnSentinel {
 
 impl Drop for OwnSentinel {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PgBouncer in transaction mode (`pool_mode = transaction`) in front of the server on
+/// `server_port`, on a free port, with a configuration, log and pid file in a temporary folder
+/// of its own; it runs as the `postgres` user and is stopped when dropped.
+pub struct OwnPgBouncer {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl OwnPgBouncer {
+    /// `pool_size` server connections (`default_pool_size`) for every client.
+    pub async fn start(server_port: u16, pool_size: u32) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("pss-test-pgbouncer-{:016x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bouncer = Self {
+            port: free_port(),
+            dir,
+        };
+        let path = |name: &str| bouncer.dir.join(name).to_string_lossy().into_owned();
+        std::fs::write(bouncer.dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            bouncer.dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\nproduct_sizes = host=127.0.0.1 port={server_port} dbname=product_sizes user=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 500\n\
+                 logfile = {}\npidfile = {}\n",
+                bouncer.port,
+                path("users.txt"),
+                path("pgbouncer.log"),
+                path("pgbouncer.pid"),
+            ),
+        )
+        .unwrap();
+        if is_root() {
+            run(Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&bouncer.dir))
+            .await;
+        }
+        // `-d`: it forks into the background once it listens, and writes its pid file.
+        run(run_as_postgres(PathBuf::from(pgbouncer_bin()))
+            .arg("-d")
+            .arg(path("pgbouncer.ini"))
+            .stdout(Stdio::null()))
+        .await;
+        wait_port(bouncer.port, true).await;
+        bouncer
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/product_sizes", self.port)
+    }
+}
+
+/// Where Debian installs PgBouncer (`apt-get install pgbouncer`; `scripts/test.sh` does).
+fn pgbouncer_bin() -> &'static str {
+    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .expect("PgBouncer is installed")
+}
+
+impl Drop for OwnPgBouncer {
+    fn drop(&mut self) {
+        // SIGKILL: the process this test started, found by its pid file; its connections
+        // close with it.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Acquire, PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::position::{DatabaseHistory, primary_position};
 use crate::db::error::{DbError, parse_lsn};
 use crate::db::lease::Admission;
+use crate::db::session::{Sessions, own_transaction};
 use crate::domain::{Lsn, StoredSize};
 
 /// What a write transaction stored, the WAL position after its commit, and the history of
@@ -54,7 +55,7 @@ pub async fn write_transaction<T>(
     let mut conn = primary.acquire().await?;
     let mut last = None;
     for attempt in 1..=MAX_ATTEMPTS {
-        match try_write(&mut conn, skus, &plan, unsure).await {
+        match try_write(&mut conn, primary.sessions(), skus, &plan, unsure).await {
             Ok(Some(committed)) => return Ok(committed),
             Ok(None) => {}
             Err(DbError::Sqlx(error)) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
@@ -73,11 +74,12 @@ pub async fn write_transaction<T>(
 /// was committed).
 async fn try_write<T>(
     conn: &mut PgConnection,
+    sessions: &Sessions,
     skus: &[&str],
     plan: &impl Fn(&HashMap<String, StoredSize>) -> (Vec<StoredSize>, T),
     unsure: &(dyn Fn(&[StoredSize], i64) + Sync),
 ) -> Result<Option<Committed<T>>, DbError> {
-    let mut tx = conn.begin().await?;
+    let mut tx = sessions.begin(conn).await?;
     let current = lock_rows(&mut tx, skus).await?;
     let (rows, outcome) = plan(&current);
     let mut visible = Lsn::ZERO;
@@ -101,7 +103,7 @@ async fn try_write<T>(
         });
         tx.commit().await?;
     }
-    let (lsn, history) = primary_position(conn).await?;
+    let (lsn, history) = own_transaction!(sessions, conn, |conn| primary_position(conn))?;
     if let Some(mut outcome) = outcome_unknown {
         outcome.known = true;
     }
