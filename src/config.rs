@@ -9,7 +9,6 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
-pub use crate::db::session::Pooler;
 
 /// The flags of `product-size serve`; each also reads an environment variable.
 #[derive(Debug, Clone, Args)]
@@ -180,6 +179,16 @@ pub struct DatabaseArgs {
     /// DATABASE_URL; required when DATABASE_POOLER is `transaction`.
     #[arg(long, env = "DATABASE_SESSION_URL", hide_env_values = true)]
     pub database_session_url: Option<String>,
+}
+
+/// What the database URLs point at (`DATABASE_POOLER`; docs/scaling.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooler {
+    /// The servers, or a pooler in session mode: a connection keeps its session.
+    #[default]
+    None,
+    /// A pooler in transaction mode: each transaction may run on another server connection.
+    Transaction,
 }
 
 /// What every command needs: how to reach the databases and Redis, and how the cache and

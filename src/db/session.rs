@@ -29,16 +29,6 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Transaction};
 
-/// What the database URLs point at (`DATABASE_POOLER`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Pooler {
-    /// The servers, or a pooler in session mode: a connection keeps its session.
-    #[default]
-    None,
-    /// A pooler in transaction mode: each transaction may run on another server connection.
-    Transaction,
-}
-
 /// How statements reach one server's connections: as they are, or each in a transaction that
 /// begins with `begin` (see the module).
 #[derive(Debug, Clone, Default)]
