@@ -9,7 +9,6 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
-
 /// The flags of `product-size serve`; each also reads an environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {

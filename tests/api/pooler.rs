@@ -393,8 +393,11 @@ async fn listener_backend(app: &TestApp) -> Option<i32> {
     .unwrap()
 }
 
-fn mean(latencies: &[Duration]) -> Duration {
-    latencies.iter().sum::<Duration>() / latencies.len() as u32
+/// The middle of `latencies`: one change delayed by a busy machine does not move it.
+fn median(latencies: &[Duration]) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
 }
 
 #[tokio::test]
@@ -418,12 +421,12 @@ async fn the_session_url_wakes_the_change_feed_at_once() {
     let unannounced = outside_updates(&poolers, &[&app], &sku, 13, 12).await;
     drop(paused);
     // Without notifications, a change waits for the first of two passes every 250 ms (the
-    // repair worker's, the lease renewal's): 83 ms on average, on top of what applying it
+    // repair worker's, the lease renewal's): 73 ms at the median, on top of what applying it
     // takes.
-    let (woken, unannounced) = (mean(&woken), mean(&unannounced));
+    let (woken, unannounced) = (median(&woken), median(&unannounced));
     assert!(
         woken + Duration::from_millis(30) < unannounced,
-        "on average, woken {woken:?}, unannounced {unannounced:?}"
+        "at the median, woken {woken:?}, unannounced {unannounced:?}"
     );
 }
 
